@@ -1,0 +1,102 @@
+"""The application factory: the one place where settings, storage, keys and routes meet.
+
+Reading `routes()` top to bottom lists every URL the server answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from authserver import observability, web
+from authserver.db import Database
+from authserver.errors import exception_handlers
+from authserver.keystore import KeyStore
+from authserver.oauth import discovery
+from authserver.security import Digester, Passwords
+from authserver.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    """What request handlers need, built once per app (no import-time globals)."""
+
+    settings: Settings
+    db: Database
+    keystore: KeyStore
+    digester: Digester
+    passwords: Passwords
+    csrf: web.Csrf
+
+
+def open_keystore(settings: Settings) -> KeyStore:
+    """Open (on first start: create) the key store; raises KeyStoreError when unreadable."""
+    retention = max(settings.access_token_ttl, settings.id_token_ttl)
+    return KeyStore(
+        settings.keys_dir,
+        settings.keys_passphrase,
+        activation_delay=settings.key_activation_delay,
+        retention=retention,
+    ).open()
+
+
+def build_services(settings: Settings) -> Services:
+    keystore = open_keystore(settings)
+    secret = settings.secret_key.encode() if settings.secret_key else keystore.secret()
+    return Services(
+        settings=settings,
+        db=Database(settings.database_url),
+        keystore=keystore,
+        digester=Digester(secret),
+        passwords=Passwords(
+            settings.password_time_cost,
+            settings.password_memory_cost,
+            settings.password_parallelism,
+        ),
+        csrf=web.Csrf(secret, issuer=settings.issuer),
+    )
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/health", observability.health),
+        Route("/ready", observability.ready),
+        Route("/.well-known/openid-configuration", discovery.openid_configuration),
+        Route("/.well-known/oauth-authorization-server", discovery.openid_configuration),
+        Route("/jwks.json", discovery.jwks),
+        Mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static"),
+    ]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the ASGI app. With no settings, read them from the environment (uvicorn --factory)."""
+    settings = settings or Settings.from_env()
+    services = build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        services.db.dispose()
+
+    app = Starlette(
+        routes=routes(),
+        middleware=[
+            Middleware(observability.RequestLogMiddleware),
+            Middleware(web.SecurityHeadersMiddleware, https=settings.is_https),
+            Middleware(web.BodySizeLimitMiddleware),
+        ],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.settings = settings
+    app.state.db = services.db
+    app.state.keystore = services.keystore
+    app.state.templates = web.make_templates()
+    return app

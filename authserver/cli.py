@@ -1,0 +1,344 @@
+"""The `authserver` command: serve, migrate, keys, users, clients, orgs, purge.
+
+Every failure the operator can fix ends as one line on stderr and a non-zero exit: 2 for bad
+configuration or usage, 1 for a refused operation (duplicate email, bad redirect URI, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from authserver import __version__
+from authserver.errors import AppError
+from authserver.keystore import KeyStoreError
+from authserver.settings import ConfigError, Settings
+
+EXIT_REFUSED = 1
+EXIT_CONFIG = 2
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def alembic_config(database_url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def migrate(database_url: str) -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(database_url), "head")
+
+
+def schema_is_current(database_url: str) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    script = ScriptDirectory.from_config(alembic_config(database_url))
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+    finally:
+        engine.dispose()
+    return set(current) == set(script.get_heads())
+
+
+def _emit(args: argparse.Namespace, record: dict[str, Any], summary: str) -> None:
+    if args.json:
+        print(json.dumps(record, indent=2, default=str))
+    else:
+        print(summary)
+
+
+def _services(settings: Settings) -> Any:
+    from authserver.app import build_services
+
+    return build_services(settings)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from authserver.app import open_keystore
+    from authserver.observability import configure_logging
+
+    open_keystore(settings)
+    if not schema_is_current(settings.database_url):
+        raise CliError("the database schema is not current: run `authserver migrate` first")
+    configure_logging(settings.log_format)
+    print(f"authserver {__version__} serving issuer {settings.issuer}")
+    print(f"  listening on http://{args.host}:{args.port}")
+    print("  next: authserver users create --email you@example.com --password-stdin")
+    print("        authserver clients create --name 'My app' --redirect-uri https://app/cb")
+    sys.stdout.flush()
+    uvicorn.run(
+        "authserver.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        reload=args.reload,
+        log_level="warning",
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    migrate(settings.database_url)
+    print("database is at the latest revision")
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
+    from authserver.app import open_keystore
+
+    store = open_keystore(settings)
+    if args.keys_command == "rotate":
+        info = store.rotate(args.alg)
+        _emit(args, asdict(info), f"added {info.alg} key {info.kid}")
+    elif args.keys_command == "retire":
+        info = store.retire(args.kid)
+        _emit(args, asdict(info), f"retired {info.alg} key {info.kid}")
+    else:
+        ring = store.keys()
+        keys = [asdict(info) for info in ring]
+        if args.json:
+            print(json.dumps(keys, indent=2))
+        else:
+            for key in keys:
+                print(f"{key['kid']}  {key['alg']:<6} {key['status']}")
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise CliError("give the password on standard input with --password-stdin", EXIT_CONFIG)
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Repeat password: "):
+        raise CliError("the passwords do not match")
+    return first
+
+
+def cmd_users_create(args: argparse.Namespace, settings: Settings) -> None:
+    from authserver import audit
+    from authserver.users import models as users
+
+    password = users.validate_password(_read_password(args))
+    services = _services(settings)
+
+    def create() -> dict[str, Any]:
+        user = users.create(
+            email=args.email,
+            name=args.name,
+            password_hash=services.passwords.hash(password),
+            is_admin=args.admin,
+        )
+        audit.record("user.created", actor_type="cli", target_type="user", target_id=user.id)
+        return users.as_dict(user)
+
+    record = services.db.call(create)
+    _emit(args, record, f"created user {record['email']} ({record['id']})")
+
+
+def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
+    from authserver import audit
+    from authserver.oauth import clients
+
+    auth_method = args.auth_method or ("none" if args.public else "client_secret_basic")
+    if args.public and auth_method != "none":
+        raise CliError("a --public client authenticates with --auth-method none")
+    if auth_method == "none" and not args.public:
+        raise CliError("--auth-method none is for public clients: add --public")
+    services = _services(settings)
+
+    def create() -> dict[str, Any]:
+        client, secret = clients.create(
+            services.digester,
+            name=args.name,
+            redirect_uris=args.redirect_uri,
+            grant_types=args.grant_type,
+            scope=args.scope,
+            auth_method=auth_method,
+            post_logout_redirect_uris=args.post_logout_redirect_uri,
+            skip_consent=args.skip_consent,
+        )
+        audit.record("client.created", actor_type="cli", target_type="client", target_id=client.id)
+        record = clients.as_dict(client)
+        if secret:
+            record["client_secret"] = secret
+        return record
+
+    record = services.db.call(create)
+    summary = f"created client {record['client_name']}\n  client_id:     {record['client_id']}"
+    if "client_secret" in record:
+        summary += f"\n  client_secret: {record['client_secret']}  (shown once; store it now)"
+    _emit(args, record, summary)
+
+
+def cmd_orgs_create(args: argparse.Namespace, settings: Settings) -> None:
+    from authserver import audit
+    from authserver.organizations import models as orgs
+    from authserver.users import models as users
+
+    services = _services(settings)
+
+    def create() -> dict[str, Any]:
+        owner = users.find_by_email(args.owner)
+        if owner is None:
+            raise CliError(f"no user with email {args.owner}")
+        organization = orgs.create(name=args.name, owner_id=owner.id)
+        audit.record(
+            "organization.created",
+            actor_type="cli",
+            target_type="organization",
+            target_id=organization.id,
+        )
+        return {**orgs.as_dict(organization), "owner": owner.email}
+
+    record = services.db.call(create)
+    _emit(args, record, f"created organization {record['name']} ({record['id']})")
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> None:
+    from authserver.maintenance import purge_expired
+
+    services = _services(settings)
+    counts = services.db.call(purge_expired)
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        print(", ".join(f"{name}: {count}" for name, count in counts.items()) or "nothing to purge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authserver", description="OAuth 2.1 / OpenID Connect authorization server."
+    )
+    parser.add_argument("--version", action="version", version=f"authserver {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        group: Any, name: str, handler: Callable[..., None], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    serve = command(commands, "serve", cmd_serve, "Serve the issuer over HTTP.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
+
+    command(commands, "migrate", cmd_migrate, "Apply database migrations (alembic upgrade head).")
+
+    keys = commands.add_parser("keys", help="Manage signing keys.", description="Signing keys.")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    for name, help_text in (
+        ("list", "List the keys."),
+        ("rotate", "Add a new signing key."),
+        ("retire", "Stop signing with a key."),
+    ):
+        sub = command(key_commands, name, cmd_keys, help_text)
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        if name == "rotate":
+            sub.add_argument("--alg", choices=["RS256", "ES256", "EdDSA"], default="RS256")
+        if name == "retire":
+            sub.add_argument("kid")
+
+    users = commands.add_parser("users", help="Manage users.", description="Users.")
+    users_create = command(
+        users.add_subparsers(dest="users_command", required=True, metavar="ACTION"),
+        "create",
+        cmd_users_create,
+        "Create a user.",
+    )
+    users_create.add_argument("--email", required=True)
+    users_create.add_argument("--name", default="")
+    users_create.add_argument("--admin", action="store_true", help="may hold the admin scope")
+    users_create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    users_create.add_argument("--json", action="store_true", help="print the record as JSON")
+
+    clients = commands.add_parser("clients", help="Manage OAuth clients.", description="Clients.")
+    clients_create = command(
+        clients.add_subparsers(dest="clients_command", required=True, metavar="ACTION"),
+        "create",
+        cmd_clients_create,
+        "Register an OAuth client; prints its secret once.",
+    )
+    clients_create.add_argument("--name", required=True)
+    clients_create.add_argument("--redirect-uri", action="append", default=[])
+    clients_create.add_argument("--public", action="store_true", help="no secret (SPA, native)")
+    clients_create.add_argument("--grant-type", action="append", default=None)
+    clients_create.add_argument("--scope", default="openid profile email offline_access")
+    clients_create.add_argument("--auth-method", default=None)
+    clients_create.add_argument("--post-logout-redirect-uri", action="append", default=[])
+    clients_create.add_argument(
+        "--skip-consent", action="store_true", help="first-party: never show consent"
+    )
+    clients_create.add_argument("--json", action="store_true", help="print the record as JSON")
+
+    orgs = commands.add_parser("orgs", help="Manage organizations.", description="Orgs.")
+    orgs_create = command(
+        orgs.add_subparsers(dest="orgs_command", required=True, metavar="ACTION"),
+        "create",
+        cmd_orgs_create,
+        "Create an organization with an owner.",
+    )
+    orgs_create.add_argument("--name", required=True)
+    orgs_create.add_argument("--owner", required=True, metavar="EMAIL")
+    orgs_create.add_argument("--json", action="store_true", help="print the record as JSON")
+
+    purge = command(commands, "purge", cmd_purge, "Delete expired codes, tokens and sessions.")
+    purge.add_argument("--json", action="store_true", help="print the counts as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        args.handler(args, settings)
+    except ConfigError as exc:
+        print(f"authserver: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyStoreError as exc:
+        print(f"authserver: key store error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (CliError, AppError) as exc:
+        print(f"authserver: {exc}", file=sys.stderr)
+        return exc.status if isinstance(exc, CliError) else EXIT_REFUSED
+    except OperationalError as exc:
+        reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        print(f"authserver: database error: {reason}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

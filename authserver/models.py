@@ -1,0 +1,27 @@
+"""Every table, imported in one place so that `Base.metadata` is complete (Alembic, tests)."""
+
+from authserver.audit import AuditEvent
+from authserver.db import Base
+from authserver.oauth.clients import Client
+from authserver.oauth.codes import AuthorizationCode
+from authserver.oauth.consent import Consent
+from authserver.oauth.tokens import AccessToken, RefreshToken, TokenFamily
+from authserver.organizations.models import Membership, Organization
+from authserver.sessions.models import LoginSession
+from authserver.users.models import EmailToken, User
+
+__all__ = [
+    "AccessToken",
+    "AuditEvent",
+    "AuthorizationCode",
+    "Base",
+    "Client",
+    "Consent",
+    "EmailToken",
+    "LoginSession",
+    "Membership",
+    "Organization",
+    "RefreshToken",
+    "TokenFamily",
+    "User",
+]

@@ -1,0 +1,50 @@
+"""The two discovery documents (OIDC Discovery 1.0, RFC 8414) from one builder, and the JWKS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from authserver.settings import Settings
+
+SCOPES = ("openid", "profile", "email", "offline_access", "organization")
+CLAIMS = (
+    "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "at_hash",
+    "name", "email", "email_verified", "org_id", "org_role",
+)  # fmt: skip
+SIGNING_ALGS = ("RS256", "ES256", "EdDSA")
+PUBLIC_CACHE = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
+
+
+def metadata(settings: Settings) -> dict[str, Any]:
+    """What this server supports; both documents carry exactly this."""
+    issuer = settings.issuer
+    return {
+        "issuer": issuer,
+        "jwks_uri": f"{issuer}/jwks.json",
+        "scopes_supported": list(SCOPES),
+        "claims_supported": list(CLAIMS),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query", "form_post"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": list(SIGNING_ALGS),
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+    }
+
+
+async def openid_configuration(request: Request) -> JSONResponse:
+    return JSONResponse(metadata(request.app.state.settings), headers=PUBLIC_CACHE)
+
+
+async def jwks(request: Request) -> JSONResponse:
+    """Every key that may have signed a live token (RFC 7517); short cache so rotation shows."""
+    keys = request.app.state.keystore.public_jwks()
+    headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}
+    return JSONResponse(keys, headers=headers, media_type="application/jwk-set+json")

@@ -1,0 +1,1 @@
+"""Browser sign-in sessions, kept server-side; the cookie carries only a random id."""

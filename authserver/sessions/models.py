@@ -1,0 +1,127 @@
+"""Server-side browser sessions: the database holds the state, the cookie only a random id."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import ForeignKey, String, delete, or_, select, update
+from sqlalchemy.orm import Mapped, mapped_column
+
+from authserver import web
+from authserver.db import Base, current_session, new_id, utcnow
+from authserver.security import Digester, new_token
+from authserver.settings import Settings
+from authserver.users.models import User
+
+
+class LoginSession(Base):
+    __tablename__ = "login_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_agent: Mapped[str] = mapped_column(String(500), default="")
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    auth_time: Mapped[datetime]
+    amr: Mapped[str] = mapped_column(String(100), default="pwd")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    idle_expires_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None]
+
+    def is_active(self, now: datetime) -> bool:
+        return self.ended_at is None and now < self.idle_expires_at and now < self.expires_at
+
+
+def purge(now: datetime) -> int:
+    """Drop sessions that can no longer be used: ended, idle too long, or past their lifetime."""
+    expired = or_(
+        LoginSession.ended_at.is_not(None),
+        LoginSession.idle_expires_at < now,
+        LoginSession.expires_at < now,
+    )
+    result = current_session().execute(delete(LoginSession).where(expired))
+    return int(result.rowcount or 0)
+
+
+SID_PURPOSE = "session"
+COOKIE = "sid"
+
+
+def cookie_name(settings: Settings) -> str:
+    return web.cookie_name(COOKIE, settings.is_https)
+
+
+def start(
+    digester: Digester,
+    settings: Settings,
+    *,
+    user_id: str,
+    user_agent: str = "",
+    ip: str = "",
+    amr: str = "pwd",
+    now: datetime | None = None,
+) -> tuple[LoginSession, str]:
+    """Open a session for a user who just signed in; returns it with the raw cookie value.
+
+    Each sign-in gets a fresh random id, so an id planted before sign-in is worthless after.
+    """
+    now = now or utcnow()
+    raw_sid = new_token()
+    login_session = LoginSession(
+        digest=digester.digest(SID_PURPOSE, raw_sid),
+        user_id=user_id,
+        user_agent=user_agent[:500],
+        ip=ip[:64],
+        auth_time=now,
+        amr=amr,
+        created_at=now,
+        last_seen_at=now,
+        idle_expires_at=now + timedelta(seconds=settings.session_idle_ttl),
+        expires_at=now + timedelta(seconds=settings.session_ttl),
+    )
+    current_session().add(login_session)
+    current_session().flush()
+    return login_session, raw_sid
+
+
+def find_active(
+    digester: Digester,
+    settings: Settings,
+    raw_sid: str | None,
+    *,
+    now: datetime | None = None,
+    touch: bool = True,
+) -> LoginSession | None:
+    """The live session behind a cookie value, or None; slides the idle expiry when touched.
+
+    A session of a deactivated user is not live, so disabling an account signs it out at once.
+    """
+    if not raw_sid or len(raw_sid) > 200:
+        return None
+    now = now or utcnow()
+    found = current_session().scalar(
+        select(LoginSession).where(LoginSession.digest == digester.digest(SID_PURPOSE, raw_sid))
+    )
+    if found is None or not found.is_active(now):
+        return None
+    user = current_session().get(User, found.user_id)
+    if user is None or not user.is_active:
+        return None
+    if touch:
+        found.last_seen_at = now
+        found.idle_expires_at = min(
+            now + timedelta(seconds=settings.session_idle_ttl), found.expires_at
+        )
+    return found
+
+
+def end(session_id: str, *, now: datetime | None = None) -> bool:
+    """End a session. Tokens bound to it die by reference: they check the session is live."""
+    result = current_session().execute(
+        update(LoginSession)
+        .where(LoginSession.id == session_id, LoginSession.ended_at.is_(None))
+        .values(ended_at=now or utcnow())
+    )
+    return bool(result.rowcount)

@@ -1,0 +1,195 @@
+"""Configuration: read once from the environment (and an optional `.env`), validated, frozen.
+
+Every field maps to one `AUTHSERVER_*` variable. A bad value raises `ConfigError` naming the
+variable, so start-up can stop with one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+PREFIX = "AUTHSERVER_"
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+class ConfigError(ValueError):
+    """One invalid setting; `str()` is the line shown to the operator."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+def _issuer(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an absolute https URL")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise ValueError("must use https (plain http only for localhost or 127.0.0.1)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must not contain a query, fragment or credentials")
+    return value.rstrip("/")
+
+
+def _database_url(value: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError("is not a SQLAlchemy database URL") from None
+    if url.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ValueError("must be a sqlite:// or postgresql+psycopg:// URL")
+    return value
+
+
+def _secret_key(value: str) -> str:
+    if len(value.encode()) < 32:
+        raise ValueError("must be at least 32 bytes")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if number <= 0:
+        raise ValueError("must be greater than zero")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    if value.strip() == "0":
+        return 0
+    return _positive_int(value)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _setting(default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration. Defaults are the safe laptop setup (SQLite, keys in `keys/`)."""
+
+    issuer: str = _setting("http://127.0.0.1:8000", _issuer, "issuer identifier")
+    database_url: str = _setting("sqlite:///authserver.db", _database_url, "SQLAlchemy URL")
+    keys_dir: Path = _setting(Path("keys"), Path, "key store folder")
+    keys_passphrase: str | None = _setting(None, str, "encrypts private keys on disk")
+    secret_key: str | None = _setting(None, _secret_key, "signs cookies; generated if unset")
+    redis_url: str | None = _setting(None, _redis_url, "shares rate limits and replay caches")
+    log_format: str | None = _setting(None, _choice("text", "json"), "text on a terminal")
+
+    access_token_ttl: int = _setting(600, _positive_int, "access token lifetime, seconds")
+    id_token_ttl: int = _setting(3600, _positive_int, "ID token lifetime, seconds")
+    code_ttl: int = _setting(60, _positive_int, "authorization code lifetime, seconds")
+    refresh_token_ttl: int = _setting(
+        30 * 86400, _positive_int, "refresh token family absolute lifetime, seconds"
+    )
+    refresh_token_idle_ttl: int = _setting(
+        14 * 86400, _positive_int, "a refresh token unused this long expires, seconds"
+    )
+    refresh_grace_seconds: int = _setting(
+        5,
+        _non_negative_int,
+        "a rotated refresh token presented again within this many "
+        "seconds returns the same successor; 0 turns the window off",
+    )
+    session_idle_ttl: int = _setting(8 * 3600, _positive_int, "browser session idle timeout")
+    session_ttl: int = _setting(24 * 3600, _positive_int, "browser session absolute lifetime")
+    key_activation_delay: int = _setting(
+        0, _non_negative_int, "seconds a rotated key is published before it signs"
+    )
+
+    password_time_cost: int = _setting(2, _positive_int, "argon2id iterations")
+    password_memory_cost: int = _setting(19456, _positive_int, "argon2id memory, KiB")
+    password_parallelism: int = _setting(1, _positive_int, "argon2id lanes")
+
+    signup_enabled: bool = _setting(True, _bool, "self-registration at /signup")
+    registration_open: bool = _setting(False, _bool, "open dynamic client registration")
+    login_rate_per_ip: int = _setting(30, _positive_int, "sign-in attempts per IP per minute")
+    login_rate_per_account: int = _setting(
+        10, _positive_int, "failed sign-ins per account per 15 minutes"
+    )
+    token_rate_per_client: int = _setting(600, _positive_int, "token requests per client/min")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Build settings from `environ` (default `os.environ`) over the values of `env_file`.
+
+        The environment wins over the file, so a deployment can override a checked-in `.env`.
+        """
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Settings:
+        kwargs: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            variable = PREFIX + spec.name.upper()
+            raw = values.get(variable)
+            if raw is None or raw == "":
+                continue
+            try:
+                kwargs[spec.name] = spec.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigError(variable, str(exc)) from None
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_https(self) -> bool:
+        return self.issuer.startswith("https://")
+
+    @property
+    def api_audience(self) -> str:
+        return f"{self.issuer}/api/v1"
+
+
+def documented_settings() -> list[tuple[str, Any, str]]:
+    """(variable, default, meaning) for every setting: the README table is written from this."""
+    return [
+        (PREFIX + f.name.upper(), f.default, f.metadata["doc"])
+        for f in dataclasses.fields(Settings)
+    ]

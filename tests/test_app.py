@@ -1,0 +1,148 @@
+"""The application shell: health, readiness, discovery, JWKS, errors and headers."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from authserver.app import create_app
+from authserver.settings import Settings
+from tests.conftest import ISSUER
+
+PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k"}
+
+
+def test_health(client: TestClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_ready_checks_the_database(client: TestClient) -> None:
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.json()["database"] == "ok"
+
+
+def test_ready_fails_when_the_database_is_unreachable(settings: Settings) -> None:
+    """SECURITY.md L88: readiness fails while the database is down."""
+    down = settings.replace(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with TestClient(create_app(down), base_url=ISSUER) as client:
+        response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable"
+
+
+def test_both_discovery_documents_carry_the_same_metadata(client: TestClient) -> None:
+    """SECURITY.md F49: issuer byte-equal, S256 only, code only, no `none` algorithm."""
+    oidc = client.get("/.well-known/openid-configuration")
+    oauth = client.get("/.well-known/oauth-authorization-server")
+    assert oidc.status_code == oauth.status_code == 200
+    assert oidc.json() == oauth.json()
+    metadata = oidc.json()
+    assert metadata["issuer"] == ISSUER
+    assert metadata["jwks_uri"] == f"{ISSUER}/jwks.json"
+    assert metadata["response_types_supported"] == ["code"]
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
+    assert "none" not in metadata["id_token_signing_alg_values_supported"]
+
+
+def test_jwks_publishes_public_keys_only(client: TestClient) -> None:
+    """SECURITY.md F50: no private members, unique kids, RSA of at least 2048 bits."""
+    response = client.get("/jwks.json")
+    assert response.status_code == 200
+    keys = response.json()["keys"]
+    assert {key["alg"] for key in keys} >= {"RS256", "ES256"}
+    assert len({key["kid"] for key in keys}) == len(keys)
+    for key in keys:
+        assert not PRIVATE_MEMBERS & set(key)
+        if key["kty"] == "RSA":
+            assert len(jwt.utils.base64url_decode(key["n"])) * 8 >= 2048
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_a_jwt_signed_by_the_key_store_verifies_with_pyjwt_and_the_jwks(
+    client: TestClient, services, alg: str
+) -> None:
+    """What a resource server does: fetch /jwks.json, pick the key by kid, verify."""
+    token = services.keystore.sign(
+        {"iss": ISSUER, "sub": "someone", "aud": "rs", "exp": 4102444800}, alg=alg
+    )
+    jwks = jwt.PyJWKSet.from_dict(client.get("/jwks.json").json())
+    kid = jwt.get_unverified_header(token)["kid"]
+    claims = jwt.decode(token, key=jwks[kid].key, algorithms=[alg], audience="rs", issuer=ISSUER)
+    assert claims["sub"] == "someone"
+
+
+def test_unknown_page_is_an_html_404_without_a_traceback(client: TestClient) -> None:
+    response = client.get("/nowhere", headers={"accept": "text/html"})
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Not Found" in response.text
+    assert "Traceback" not in response.text
+
+
+def test_unknown_api_path_is_problem_json(client: TestClient) -> None:
+    response = client.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 404
+
+
+def test_wrong_method_is_405(client: TestClient) -> None:
+    response = client.post("/jwks.json")
+    assert response.status_code == 405
+    assert "Traceback" not in response.text
+
+
+def test_unexpected_errors_are_a_generic_500(settings: Settings) -> None:
+    """SECURITY.md §0: a generic body, no stack trace or SQL."""
+    app = create_app(settings)
+
+    def explode(request: object) -> Response:
+        raise RuntimeError("SELECT secret FROM somewhere")
+
+    app.router.routes.append(Route("/explode", explode))
+    with TestClient(app, base_url=ISSUER, raise_server_exceptions=False) as client:
+        response = client.get("/explode", headers={"accept": "text/html"})
+    assert response.status_code == 500
+    assert "SELECT" not in response.text
+    assert "Traceback" not in response.text
+
+
+def test_security_headers_on_every_response(client: TestClient) -> None:
+    """SECURITY.md H66 (HSTS only under https, see the next test)."""
+    response = client.get("/nowhere")
+    csp = response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp
+    assert "script-src 'self'" in csp
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["cross-origin-opener-policy"] == "same-origin"
+
+
+def test_hsts_under_https(settings: Settings) -> None:
+    https = settings.replace(issuer="https://id.example.com")
+    with TestClient(create_app(https), base_url="https://id.example.com") as client:
+        response = client.get("/health")
+    assert "max-age=31536000" in response.headers["strict-transport-security"]
+
+
+def test_request_id_is_echoed_or_made(client: TestClient) -> None:
+    assert (
+        client.get("/health", headers={"x-request-id": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    made = client.get("/health", headers={"x-request-id": "bad id\twith spaces"})
+    assert made.headers["x-request-id"] != "bad id\twith spaces"
+    assert len(made.headers["x-request-id"]) >= 12
+
+
+def test_oversized_bodies_and_urls_are_refused(client: TestClient) -> None:
+    """SECURITY.md M99: >64 KB body → 413, URL >8 KB → 414."""
+    assert client.post("/health", content=b"x" * (65 * 1024)).status_code == 413
+    assert client.get("/health?q=" + "a" * 9000).status_code == 414

@@ -1,0 +1,54 @@
+"""Secrets and passwords (SECURITY.md I69-I70, §0 entropy)."""
+
+from __future__ import annotations
+
+import math
+
+from authserver.security import Digester, Passwords, new_token
+
+FAST = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+
+
+def test_tokens_have_256_bits_in_url_safe_characters() -> None:
+    token = new_token()
+    assert len(token) >= math.ceil(256 / 6)
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert new_token() != token
+
+
+def test_digests_are_keyed_and_separated_by_purpose() -> None:
+    digester = Digester(b"k" * 32)
+    assert digester.digest("code", "abc") != Digester(b"j" * 32).digest("code", "abc")
+    assert digester.digest("code", "abc") != digester.digest("refresh", "abc")
+    assert digester.matches("code", "abc", digester.digest("code", "abc"))
+    assert not digester.matches("code", "abd", digester.digest("code", "abc"))
+
+
+def test_passwords_are_argon2id_with_visible_parameters() -> None:
+    """SECURITY.md I69: the stored hash names argon2id and its parameters."""
+    stored = Passwords(**FAST).hash("correct horse battery staple")
+    assert stored.startswith("$argon2id$v=19$m=8,t=1,p=1$")
+
+
+def test_long_passwords_are_not_truncated() -> None:
+    """SECURITY.md I70: 128 characters work; a difference at character 73 matters."""
+    passwords = Passwords(**FAST)
+    long_password = "a" * 128
+    stored = passwords.hash(long_password)
+    assert passwords.verify(stored, long_password)
+    assert not passwords.verify(stored, "a" * 72 + "b" + "a" * 55)
+
+
+def test_verify_without_a_hash_says_no() -> None:
+    """SECURITY.md I72: unknown accounts run a dummy verify and fail."""
+    assert not Passwords(**FAST).verify(None, "anything")
+    assert not Passwords(**FAST).verify("not-a-hash", "anything")
+
+
+def test_rehash_needed_when_parameters_rise() -> None:
+    """SECURITY.md I69: raised parameters are applied on the next successful sign-in."""
+    stored = Passwords(**FAST).hash("pw-pw-pw-pw")
+    stronger = Passwords(time_cost=2, memory_cost=16, parallelism=1)
+    assert stronger.verify(stored, "pw-pw-pw-pw")
+    assert stronger.needs_rehash(stored)
+    assert not Passwords(**FAST).needs_rehash(stored)
