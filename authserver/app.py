@@ -67,6 +67,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/health", observability.health),
         Route("/ready", observability.ready),
+        Route("/metrics", observability.metrics),
         Route("/.well-known/openid-configuration", discovery.openid_configuration),
         Route("/.well-known/oauth-authorization-server", discovery.openid_configuration),
         Route("/jwks.json", discovery.jwks),
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """Build the ASGI app. With no settings, read them from the environment (uvicorn --factory)."""
     settings = settings or Settings.from_env()
     services = build_services(settings)
+    metrics = observability.Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -87,7 +89,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes(),
         middleware=[
-            Middleware(observability.RequestLogMiddleware),
+            Middleware(observability.RequestLogMiddleware, metrics=metrics),
             Middleware(web.SecurityHeadersMiddleware, https=settings.is_https),
             Middleware(web.BodySizeLimitMiddleware),
         ],
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.metrics = metrics
     app.state.settings = settings
     app.state.db = services.db
     app.state.keystore = services.keystore

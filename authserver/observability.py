@@ -14,10 +14,17 @@ import sys
 import time
 from typing import Any
 
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authserver.security import new_token
@@ -54,9 +61,38 @@ def configure_logging(log_format: str | None) -> None:
     root.propagate = False
 
 
+class Metrics:
+    """Request counts and latencies per endpoint, in a registry owned by one app.
+
+    Labels use the endpoint's name, never the raw path, so ids in URLs cannot blow up
+    cardinality. Each worker process keeps its own numbers; scrape every worker.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "authserver_http_requests",
+            "HTTP requests answered",
+            ["method", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "authserver_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["endpoint"],
+            registry=self.registry,
+        )
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        endpoint = getattr(scope.get("endpoint"), "__name__", "unmatched")
+        self.requests.labels(scope["method"], endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+
 class RequestLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,17 +114,24 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.observe(scope, status, elapsed)
             fields = {
                 "request_id": request_id,
                 "method": scope["method"],
                 "path": scope["path"],
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(elapsed * 1000, 2),
                 "client_ip": (scope.get("client") or ("", 0))[0],
             }
             access_log.info(
                 "%s %s %s", scope["method"], scope["path"], status, extra={"fields": fields}
             )
+
+
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def health(request: Request) -> JSONResponse:

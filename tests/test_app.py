@@ -146,3 +146,12 @@ def test_oversized_bodies_and_urls_are_refused(client: TestClient) -> None:
     """SECURITY.md M99: >64 KB body → 413, URL >8 KB → 414."""
     assert client.post("/health", content=b"x" * (65 * 1024)).status_code == 413
     assert client.get("/health?q=" + "a" * 9000).status_code == 414
+
+
+def test_metrics_count_requests_by_endpoint(client: TestClient) -> None:
+    client.get("/health")
+    client.get("/no/such/page/12345")
+    body = client.get("/metrics").text
+    assert 'authserver_http_requests_total{endpoint="health",method="GET",status="200"}' in body
+    assert 'endpoint="unmatched"' in body
+    assert "12345" not in body
