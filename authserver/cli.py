@@ -245,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    def create_command(
+        group: Any, noun: str, noun_help: str, handler: Callable[..., None], help_text: str
+    ) -> argparse.ArgumentParser:
+        parent = group.add_parser(noun, help=noun_help, description=noun_help)
+        actions = parent.add_subparsers(dest=f"{noun}_command", required=True, metavar="ACTION")
+        sub = command(actions, "create", handler, help_text)
+        sub.add_argument("--json", action="store_true", help="print the record as JSON")
+        return sub
+
     serve = command(commands, "serve", cmd_serve, "Serve the issuer over HTTP.")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -267,12 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "retire":
             sub.add_argument("kid")
 
-    users = commands.add_parser("users", help="Manage users.", description="Users.")
-    users_create = command(
-        users.add_subparsers(dest="users_command", required=True, metavar="ACTION"),
-        "create",
-        cmd_users_create,
-        "Create a user.",
+    users_create = create_command(
+        commands, "users", "Manage users.", cmd_users_create, "Create a user."
     )
     users_create.add_argument("--email", required=True)
     users_create.add_argument("--name", default="")
@@ -280,12 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     users_create.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    users_create.add_argument("--json", action="store_true", help="print the record as JSON")
 
-    clients = commands.add_parser("clients", help="Manage OAuth clients.", description="Clients.")
-    clients_create = command(
-        clients.add_subparsers(dest="clients_command", required=True, metavar="ACTION"),
-        "create",
+    clients_create = create_command(
+        commands,
+        "clients",
+        "Manage OAuth clients.",
         cmd_clients_create,
         "Register an OAuth client; prints its secret once.",
     )
@@ -299,18 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     clients_create.add_argument(
         "--skip-consent", action="store_true", help="first-party: never show consent"
     )
-    clients_create.add_argument("--json", action="store_true", help="print the record as JSON")
 
-    orgs = commands.add_parser("orgs", help="Manage organizations.", description="Orgs.")
-    orgs_create = command(
-        orgs.add_subparsers(dest="orgs_command", required=True, metavar="ACTION"),
-        "create",
-        cmd_orgs_create,
-        "Create an organization with an owner.",
+    orgs_create = create_command(
+        commands, "orgs", "Manage organizations.", cmd_orgs_create, "Create an organization."
     )
     orgs_create.add_argument("--name", required=True)
     orgs_create.add_argument("--owner", required=True, metavar="EMAIL")
-    orgs_create.add_argument("--json", action="store_true", help="print the record as JSON")
 
     purge = command(commands, "purge", cmd_purge, "Delete expired codes, tokens and sessions.")
     purge.add_argument("--json", action="store_true", help="print the counts as JSON")
