@@ -9,17 +9,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from authserver import observability, web
+from authserver import kv, observability, web
 from authserver.db import Database
 from authserver.errors import exception_handlers
 from authserver.keystore import KeyStore
-from authserver.oauth import discovery
+from authserver.maintenance import purge_periodically
+from authserver.oauth import discovery, logout
+from authserver.ratelimit import RateLimiter
 from authserver.security import Digester, Passwords
+from authserver.sessions import pages
 from authserver.settings import Settings
 
 
@@ -33,6 +37,7 @@ class Services:
     digester: Digester
     passwords: Passwords
     csrf: web.Csrf
+    limiter: RateLimiter
 
 
 def open_keystore(settings: Settings) -> KeyStore:
@@ -60,6 +65,7 @@ def build_services(settings: Settings) -> Services:
             settings.password_parallelism,
         ),
         csrf=web.Csrf(secret, issuer=settings.issuer),
+        limiter=RateLimiter(kv.open_kv(settings.redis_url)),
     )
 
 
@@ -71,6 +77,8 @@ def routes() -> list[BaseRoute]:
         Route("/.well-known/openid-configuration", discovery.openid_configuration),
         Route("/.well-known/oauth-authorization-server", discovery.openid_configuration),
         Route("/jwks.json", discovery.jwks),
+        Route("/login", pages.login, methods=["GET", "POST"]),
+        Route("/logout", logout.logout, methods=["GET", "POST"]),
         Mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static"),
     ]
 
@@ -83,8 +91,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+        async with anyio.create_task_group() as tasks:
+            if settings.purge_interval:
+                tasks.start_soon(purge_periodically, services.db, settings.purge_interval)
+            yield
+            tasks.cancel_scope.cancel()
         services.db.dispose()
+        services.limiter.close()
 
     app = Starlette(
         routes=routes(),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from authserver.db import utcnow
+import logging
+
+import anyio
+
+from authserver.db import Database, utcnow
 from authserver.oauth import codes, tokens
 from authserver.sessions import models as sessions
 from authserver.users import models as users
@@ -17,3 +21,22 @@ def purge_expired() -> dict[str, int]:
         "login_sessions": sessions.purge(now),
         "email_tokens": users.purge_email_tokens(now),
     }
+
+
+log = logging.getLogger("authserver.maintenance")
+
+
+async def purge_periodically(db: Database, interval: int) -> None:
+    """Run `purge_expired` every `interval` seconds until cancelled (the app's lifespan).
+
+    Every worker runs it; the deletes are idempotent, so overlap between workers is harmless.
+    A failed round is logged and retried next time rather than killing the server.
+    """
+    while True:
+        await anyio.sleep(interval)
+        try:
+            counts = await db.run_sync(purge_expired)
+        except Exception:
+            log.exception("periodic purge failed")
+        else:
+            log.info("purged expired rows", extra={"fields": counts})

@@ -131,6 +131,9 @@ class Settings:
     )
     session_idle_ttl: int = _setting(8 * 3600, _positive_int, "browser session idle timeout")
     session_ttl: int = _setting(24 * 3600, _positive_int, "browser session absolute lifetime")
+    purge_interval: int = _setting(
+        3600, _non_negative_int, "seconds between in-process purges of expired rows; 0 turns it off"
+    )
     key_activation_delay: int = _setting(
         0, _non_negative_int, "seconds a rotated key is published before it signs"
     )

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.errors import Conflict, Invalid
+from authserver.security import Passwords
 
 
 class User(Base):
@@ -114,3 +115,23 @@ def as_dict(user: User) -> dict[str, object]:
 def purge_email_tokens(now: datetime) -> int:
     result = current_session().execute(delete(EmailToken).where(EmailToken.expires_at < now))
     return int(result.rowcount or 0)
+
+
+def authenticate(passwords: Passwords, email: str, password: str) -> User | None:
+    """The active user with this email and password, or None.
+
+    Every call runs exactly one argon2 verification, against a dummy hash when the account is
+    unknown, inactive or has no password, so neither the answer nor its timing tells which
+    (SECURITY.md I72). Passwords are compared whole, never truncated or case-folded (I70), and
+    a hash made with weaker parameters than today's is replaced on the way in (I69).
+    """
+    lookupable = len(email) <= EMAIL_MAX and "\x00" not in email
+    user = find_by_email(email) if lookupable else None
+    if user is not None and not user.is_active:
+        user = None
+    stored = user.password_hash if user is not None and len(password) <= PASSWORD_MAX else None
+    if not passwords.verify(stored, password) or user is None or stored is None:
+        return None
+    if passwords.needs_rehash(stored):
+        user.password_hash = passwords.hash(password)
+    return user

@@ -1,0 +1,323 @@
+"""Plumbing for the `/api/v1` resources: bearer authentication, scopes, JSON bodies, cursors,
+and the OpenAPI document, all from one table of `Operation`s per feature.
+
+The API is a resource server of this issuer: it accepts only our own access tokens for the
+audience `<issuer>/api/v1`. How a token is verified is the OAuth package's business; it is
+handed in as `Services.verify_access_token` so that identity features never import `oauth`.
+Errors are RFC 9457 problem+json (rendered by `errors.py` for every `/api/` path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Union, get_args, get_origin, get_type_hints
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from authserver.errors import AppError, Forbidden, Invalid
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+API_PREFIX = "/api/v1"
+
+
+class InvalidToken(AppError):
+    """RFC 6750 §3.1: no usable token. Without any token the challenge carries no error code."""
+
+    status_code = 401
+    title = "Unauthorized"
+
+    def __init__(self, detail: str = "The access token is invalid.", *, code: bool = True) -> None:
+        challenge = 'Bearer realm="api", error="invalid_token"' if code else 'Bearer realm="api"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class InsufficientScope(AppError):
+    status_code = 403
+    title = "Forbidden"
+
+    def __init__(self, scopes: Sequence[str]) -> None:
+        wanted = " ".join(scopes)
+        super().__init__(
+            f"The access token lacks the scope this needs ({wanted}).",
+            headers={
+                "WWW-Authenticate": f'Bearer realm="api", error="insufficient_scope", '
+                f'scope="{wanted}"'
+            },
+        )
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    title = "Unsupported Media Type"
+
+
+class TokenVerifier(Protocol):
+    """Checks an access token and returns its claims, or raises `InvalidToken`.
+
+    Called inside a unit of work, so it may consult storage (revocation, session, user).
+    """
+
+    def __call__(self, token: str, *, audience: str) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user through a client, or a client on its own (client_credentials)."""
+
+    client_id: str
+    user_id: str | None
+    scopes: frozenset[str]
+    claims: dict[str, Any]
+
+    @property
+    def is_admin(self) -> bool:
+        """`admin` is only ever granted to admins or operator-trusted clients (see oauth)."""
+        return "admin" in self.scopes
+
+    def require_user(self) -> str:
+        if self.user_id is None:
+            raise Forbidden("This operation acts on a signed-in user; use a user's token.")
+        return self.user_id
+
+
+async def authenticate(request: Request, any_of: Sequence[str]) -> Principal:
+    """The caller of an API request, holding at least one of `any_of` scopes (or `admin`).
+
+    RFC 6750 §2.1 header only: a token in the query string or body is not looked at.
+    """
+    services = request.app.state.services
+    header = request.headers.get("authorization")
+    if header is None:
+        raise InvalidToken("An access token is required.", code=False)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
+        raise Invalid("The Authorization header must be `Bearer <token>`.")
+    claims = await services.db.run_sync(
+        services.verify_access_token, token.strip(), audience=services.settings.api_audience
+    )
+    scopes = frozenset(str(claims.get("scope", "")).split())
+    if any_of and not scopes & {*any_of, "admin"}:
+        raise InsufficientScope(any_of)
+    user_id = claims.get("sub") if claims.get("sub") != claims.get("client_id") else None
+    return Principal(
+        client_id=str(claims.get("client_id")), user_id=user_id, scopes=scopes, claims=claims
+    )
+
+
+async def read_json(request: Request, model: type[Any]) -> Any:
+    """The JSON body as an instance of the dataclass `model`.
+
+    Unknown members are refused rather than ignored, so `{"is_admin": true}` can never slip
+    into an update (mass assignment, SECURITY.md J77); wrong types are a 400, never a 500.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("Send the body as application/json.")
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise Invalid("The body must be a JSON object.")
+    hints = get_type_hints(model)
+    known = {f.name for f in dataclasses.fields(model)}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise Invalid(f"Unknown or read-only member(s): {', '.join(unknown)}.")
+    for name, value in body.items():
+        if not _matches(value, hints[name]):
+            raise Invalid(f"`{name}` has the wrong type.")
+    missing = [
+        f.name
+        for f in dataclasses.fields(model)
+        if f.name not in body
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise Invalid(f"Missing member(s): {', '.join(missing)}.")
+    return model(**body)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+class Cursors:
+    """Opaque, signed pagination cursors: a client can hand back only what we gave it."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._serializer = URLSafeSerializer(secret, salt="authserver.cursor")
+
+    def encode(self, position: Sequence[str]) -> str:
+        return str(self._serializer.dumps(list(position)))
+
+    def decode(self, cursor: str | None) -> list[str] | None:
+        if not cursor:
+            return None
+        try:
+            position = self._serializer.loads(cursor)
+        except BadSignature:
+            raise Invalid("The cursor is not valid.") from None
+        if not isinstance(position, list) or not all(isinstance(p, str) for p in position):
+            raise Invalid("The cursor is not valid.")
+        return position
+
+
+def page_size(request: Request) -> int:
+    raw = request.query_params.get("page_size")
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise Invalid(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}.")
+    return int(raw)
+
+
+def page(items: list[dict[str, Any]], next_cursor: str | None) -> JSONResponse:
+    return JSONResponse({"items": items, "next_cursor": next_cursor})
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One API operation: its route and its OpenAPI description, declared side by side."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    scopes: tuple[str, ...]
+    response: dict[str, Any] | None = None
+    status: int = 200
+    request: dict[str, Any] | None = None
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: tuple[int, ...] = (400, 401, 403, 404)
+
+
+def routes(operations: Sequence[Operation]) -> list[Route]:
+    """Starlette routes, one per path, dispatching on method (405 for the others)."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for operation in operations:
+        by_path.setdefault(operation.path, {})[operation.method] = operation.handler
+
+    def dispatch(handlers: dict[str, Handler]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            return await handlers[request.method](request)
+
+        endpoint.__name__ = "api_" + "_".join(sorted(h.__name__ for h in handlers.values()))
+        return endpoint
+
+    return [
+        Route(API_PREFIX + path, dispatch(handlers), methods=list(handlers))
+        for path, handlers in by_path.items()
+    ]
+
+
+PROBLEM = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+}
+
+
+def openapi(operations: Sequence[Operation], issuer: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document, built from the same table the routes come from."""
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_params(op.path)
+        ] + [
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in op.query.items()
+        ]
+        responses: dict[str, Any] = {
+            str(op.status): (
+                {"description": "Success"}
+                if op.response is None
+                else {
+                    "description": "Success",
+                    "content": {"application/json": {"schema": op.response}},
+                }
+            )
+        }
+        for status in (*op.errors, 415) if op.request else op.errors:
+            responses[str(status)] = {
+                "description": "Problem",
+                "content": {"application/problem+json": {"schema": PROBLEM}},
+            }
+        entry: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": op.handler.__name__,
+            "security": [{"bearer": list(op.scopes)}],
+            "parameters": parameters,
+            "responses": responses,
+        }
+        if op.request is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": op.request}},
+            }
+        paths.setdefault(API_PREFIX + op.path, {})[op.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "authserver identity API", "version": "1"},
+        "servers": [{"url": issuer}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "oauth2",
+                    "flows": {
+                        "authorizationCode": {
+                            "authorizationUrl": f"{issuer}/authorize",
+                            "tokenUrl": f"{issuer}/token",
+                            "scopes": {},
+                        }
+                    },
+                }
+            }
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
+
+
+def list_schema(item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": item},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }

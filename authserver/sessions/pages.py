@@ -1,0 +1,264 @@
+"""Sign-in: the /login page, the session cookie, and `current_login` for other pages.
+
+POST /login walks one path (STYLE.md §4 step 2): CSRF → rate limits → authenticate → a fresh
+session → audit → 303. Every failure a visitor can cause (unknown email, wrong password,
+disabled account) gets the same answer, and the cookie carries only the session's random id.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from authserver import audit
+from authserver.sessions import models as sessions
+from authserver.sessions.models import LoginSession
+from authserver.settings import Settings
+from authserver.users import models as users
+from authserver.web import CSRF_FIELD
+
+if TYPE_CHECKING:
+    from authserver.app import Services
+
+LANDING = "/login"
+IP_WINDOW = 60
+ACCOUNT_WINDOW = 15 * 60
+NEXT_MAX = 4096
+FAILED = "Incorrect email or password."
+TOO_MANY = "Too many sign-in attempts. Wait {minutes} and try again."
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def current_login(request: Request) -> LoginSession | None:
+    """The browser's live session, or None (no cookie, ended, expired, or user disabled)."""
+    services: Services = request.app.state.services
+    raw_sid = request.cookies.get(sessions.cookie_name(services.settings))
+    if not raw_sid:
+        return None
+    return await services.db.run_sync(
+        sessions.find_active, services.digester, services.settings, raw_sid
+    )
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A page with a fresh CSRF token for its forms; never cached, since it carries one."""
+    csrf = request.app.state.services.csrf
+    form_token, cookie_value = csrf.token(request)
+    response = request.app.state.templates.TemplateResponse(
+        request,
+        template,
+        {**context, "csrf_token": form_token},
+        status_code=status,
+        headers={**NO_STORE, **(headers or {})},
+    )
+    csrf.set_cookie(response, cookie_value)
+    return response
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The text fields of a small browser form (first value wins); an upload is a 400, and
+    nothing is left open."""
+    async with request.form(max_files=0, max_fields=50) as form:
+        fields: dict[str, str] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                fields.setdefault(name, value)
+        return fields
+
+
+def set_session_cookie(response: Response, settings: Settings, raw_sid: str) -> None:
+    """SECURITY.md H61: `__Host-` under https, HttpOnly, Secure, Path=/, and SameSite=Lax (an
+    RP's top-level redirect back to /authorize must still carry it). No Max-Age: the server
+    decides when a session ends; the browser forgets the cookie when it closes."""
+    response.set_cookie(
+        sessions.cookie_name(settings),
+        raw_sid,
+        httponly=True,
+        secure=settings.is_https,
+        samesite="lax",
+        path="/",
+    )
+
+
+def clear_session_cookie(response: Response, settings: Settings) -> None:
+    response.delete_cookie(
+        sessions.cookie_name(settings),
+        httponly=True,
+        secure=settings.is_https,
+        samesite="lax",
+        path="/",
+    )
+
+
+def safe_next(value: str | None) -> str | None:
+    """`value` when it is this server's own /authorize request, else None (SECURITY.md H67).
+
+    Only a same-origin path is accepted, so the sign-in page cannot be an open redirector:
+    `//evil.com`, `https://evil.com`, `/\\evil.com`, `%2F%2Fevil.com` and `javascript:` all
+    fail the prefix test, and control characters could split the Location header.
+    """
+    if not value or len(value) > NEXT_MAX or not value.startswith("/authorize?"):
+        return None
+    if "\\" in value or any(ord(ch) < 33 or ord(ch) == 127 for ch in value):
+        return None
+    return value
+
+
+async def login(request: Request) -> Response:
+    if request.method == "POST":
+        return await _sign_in(request)
+    next_url = safe_next(request.query_params.get("next"))
+    if next_url is None:
+        signed_in = await _signed_in_user(request)
+        if signed_in is not None:
+            return render(request, "login.html", {"signed_in_as": signed_in.email})
+    hint = request.query_params.get("login_hint") or _login_hint_of(next_url)
+    return _login_form(request, email=_printable(hint, users.EMAIL_MAX), next_url=next_url)
+
+
+async def _sign_in(request: Request) -> Response:
+    services: Services = request.app.state.services
+    settings = services.settings
+    form = await read_form(request)
+    services.csrf.verify(request, form.get(CSRF_FIELD))
+    email = _printable(form.get("email", ""), users.EMAIL_MAX)
+    password = form.get("password", "")
+    next_url = safe_next(form.get("next"))
+    ip = request.client.host if request.client else ""
+    account = users.normalize_email(email)
+
+    retry_after = await run_in_threadpool(_over_limit, services, ip, account)
+    if retry_after is not None:
+        minutes = math.ceil(retry_after / 60)
+        wait = "a minute" if minutes == 1 else f"{minutes} minutes"
+        return _login_form(
+            request,
+            email=email,
+            next_url=next_url,
+            error=TOO_MANY.format(minutes=wait),
+            status=429,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    raw_sid = await services.db.run_sync(
+        _open_session,
+        services,
+        email=email,
+        password=password,
+        previous_sid=request.cookies.get(sessions.cookie_name(settings)),
+        ip=ip,
+        user_agent=request.headers.get("user-agent", ""),
+    )
+    if raw_sid is None:
+        return _login_form(request, email=email, next_url=next_url, error=FAILED, status=400)
+    await run_in_threadpool(services.limiter.forgive, "login-account", account, ACCOUNT_WINDOW)
+    response = RedirectResponse(next_url or LANDING, status_code=303)
+    set_session_cookie(response, settings, raw_sid)
+    return response
+
+
+def _over_limit(services: Services, ip: str, account: str) -> int | None:
+    """Seconds to wait, or None. Every attempt counts against both limits before the password
+    is checked, so parallel guesses cannot slip through, and a right password over the
+    account limit is refused like a wrong one: the limit is no oracle (SECURITY.md I71). The
+    account lock is soft: it lifts when the window ends, so a victim waits minutes, not days.
+    Refused by the IP limit, an attempt does not count against the account."""
+    limiter, settings = services.limiter, services.settings
+    retry_after = limiter.check("login-ip", ip, settings.login_rate_per_ip, IP_WINDOW)
+    if retry_after is None:
+        retry_after = limiter.check(
+            "login-account", account, settings.login_rate_per_account, ACCOUNT_WINDOW
+        )
+    return retry_after
+
+
+def _open_session(
+    services: Services,
+    *,
+    email: str,
+    password: str,
+    previous_sid: str | None,
+    ip: str,
+    user_agent: str,
+) -> str | None:
+    """Check the password and start a session under a brand-new id (no fixation, H63); the
+    browser's previous session, if any, ends. Returns the raw cookie value, or None."""
+    user = users.authenticate(services.passwords, email, password)
+    if user is None:
+        known = users.find_by_email(email)
+        audit.record(
+            "login.failed",
+            outcome="failure",
+            actor_type="user",
+            actor_id=known.id if known else None,
+            ip=ip,
+            target_type="user",
+            target_id=known.id if known else None,
+        )
+        return None
+    previous = sessions.find_active(services.digester, services.settings, previous_sid, touch=False)
+    if previous is not None:
+        sessions.end(previous.id)
+    login_session, raw_sid = sessions.start(
+        services.digester, services.settings, user_id=user.id, user_agent=user_agent, ip=ip
+    )
+    audit.record(
+        "login.succeeded",
+        actor_type="user",
+        actor_id=user.id,
+        ip=ip,
+        target_type="session",
+        target_id=login_session.id,
+    )
+    return raw_sid
+
+
+async def _signed_in_user(request: Request) -> users.User | None:
+    services: Services = request.app.state.services
+    login_session = await current_login(request)
+    if login_session is None:
+        return None
+    return await services.db.run_sync(users.get, login_session.user_id)
+
+
+def _login_form(
+    request: Request,
+    *,
+    email: str,
+    next_url: str | None,
+    error: str | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    context = {"email": email, "next": next_url, "error": error}
+    return render(request, "login.html", context, status=status, headers=headers)
+
+
+def _printable(value: str, limit: int) -> str:
+    """`value` if it could be an email address at all; else empty, which matches no account.
+
+    Control characters are refused here rather than sent to the database (PostgreSQL rejects
+    NUL), and an over-long value is refused whole: cut short, it might match another account.
+    """
+    if len(value) > limit or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return ""
+    return value
+
+
+def _login_hint_of(next_url: str | None) -> str:
+    """OIDC `login_hint` from the pending authorization request, to pre-fill Email."""
+    if next_url is None:
+        return ""
+    return parse_qs(urlsplit(next_url).query).get("login_hint", [""])[0]
