@@ -15,16 +15,19 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from authserver import kv, observability, web
+from authserver import kv, observability, outbound, web
 from authserver.db import Database
 from authserver.errors import exception_handlers
 from authserver.keystore import KeyStore
 from authserver.maintenance import purge_periodically
-from authserver.oauth import discovery, logout
+from authserver.oauth import authorize, bearer, build_server, discovery, endpoints, logout
+from authserver.oauth.server import AuthorizationServer
 from authserver.ratelimit import RateLimiter
+from authserver.rest import TokenVerifier
 from authserver.security import Digester, Passwords
 from authserver.sessions import pages
 from authserver.settings import Settings
+from authserver.users import pages as user_pages
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class Services:
     passwords: Passwords
     csrf: web.Csrf
     limiter: RateLimiter
+    verify_access_token: TokenVerifier
+    mailer: outbound.Mailer
+    oauth: AuthorizationServer
 
 
 def open_keystore(settings: Settings) -> KeyStore:
@@ -54,11 +60,12 @@ def open_keystore(settings: Settings) -> KeyStore:
 def build_services(settings: Settings) -> Services:
     keystore = open_keystore(settings)
     secret = settings.secret_key.encode() if settings.secret_key else keystore.secret()
+    digester = Digester(secret)
     return Services(
         settings=settings,
         db=Database(settings.database_url),
         keystore=keystore,
-        digester=Digester(secret),
+        digester=digester,
         passwords=Passwords(
             settings.password_time_cost,
             settings.password_memory_cost,
@@ -66,6 +73,9 @@ def build_services(settings: Settings) -> Services:
         ),
         csrf=web.Csrf(secret, issuer=settings.issuer),
         limiter=RateLimiter(kv.open_kv(settings.redis_url)),
+        verify_access_token=bearer.make_verifier(keystore, settings),
+        mailer=outbound.build_mailer(settings),
+        oauth=build_server(settings, keystore, digester),
     )
 
 
@@ -77,8 +87,22 @@ def routes() -> list[BaseRoute]:
         Route("/.well-known/openid-configuration", discovery.openid_configuration),
         Route("/.well-known/oauth-authorization-server", discovery.openid_configuration),
         Route("/jwks.json", discovery.jwks),
+        Route("/authorize", authorize.authorize, methods=["GET", "POST"]),
+        Route("/consent", authorize.consent_page, methods=["GET", "POST"]),
+        Route("/token", endpoints.token, methods=["POST"]),
+        Route("/revoke", endpoints.revoke, methods=["POST"]),
+        Route("/introspect", endpoints.introspect, methods=["POST"]),
+        Route("/userinfo", endpoints.userinfo, methods=["GET", "POST"]),
         Route("/login", pages.login, methods=["GET", "POST"]),
         Route("/logout", logout.logout, methods=["GET", "POST"]),
+        Route("/signup", user_pages.signup, methods=["GET", "POST"]),
+        Route("/verify-email", user_pages.verify_email, methods=["GET", "POST"]),
+        Route("/verify-email/resend", user_pages.resend_verification, methods=["GET", "POST"]),
+        Route("/reset-password", user_pages.reset_password, methods=["GET", "POST"]),
+        Route(
+            "/reset-password/confirm", user_pages.reset_password_confirm, methods=["GET", "POST"]
+        ),
+        Route("/account/password", user_pages.change_password, methods=["GET", "POST"]),
         Mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static"),
     ]
 

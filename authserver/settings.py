@@ -64,6 +64,25 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _smtp_url(value: str) -> str:
+    parts = urlsplit(value)
+    try:
+        valid = parts.scheme in {"smtp", "smtps"} and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError("must be an smtp://user:pass@host:port or smtps:// URL")
+    return value
+
+
+def _mail_address(value: str) -> str:
+    from email.utils import parseaddr
+
+    if any(ord(ch) < 32 for ch in value) or "@" not in parseaddr(value)[1]:
+        raise ValueError("must be an address like 'authserver <no-reply@example.com>'")
+    return value
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -149,6 +168,15 @@ class Settings:
         10, _positive_int, "failed sign-ins per account per 15 minutes"
     )
     token_rate_per_client: int = _setting(600, _positive_int, "token requests per client/min")
+
+    smtp_url: str | None = _setting(None, _smtp_url, "mail server; unset: mail is only logged")
+    mail_from: str | None = _setting(None, _mail_address, "From: of mail; no-reply@issuer host")
+    email_verify_ttl: int = _setting(86400, _positive_int, "email verification link lifetime, s")
+    password_reset_ttl: int = _setting(1800, _positive_int, "password reset link lifetime, s")
+    mail_rate_per_ip: int = _setting(
+        20, _positive_int, "sign-ups and emailed-link requests per IP per hour"
+    )
+    mail_rate_per_address: int = _setting(5, _positive_int, "emails to one address per hour")
 
     @classmethod
     def from_env(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -20,6 +21,7 @@ from starlette.testclient import TestClient
 from authserver.app import create_app
 from authserver.db import Database
 from authserver.keystore import KeyStore
+from authserver.kv import REDIS_PREFIX
 from authserver.models import Base
 from authserver.settings import Settings
 from tests import factories
@@ -103,6 +105,22 @@ def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
             connection.execute(table.delete())
 
 
+@pytest.fixture(autouse=True)
+def _forget_shared_counters() -> Iterator[None]:
+    """Rate-limit counters in a shared test Redis would leak from one test into the next."""
+    yield
+    if not TEST_REDIS_URL:
+        return
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=0.5)
+    try:
+        for key in client.scan_iter(f"{REDIS_PREFIX}*"):
+            client.delete(key)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def app(settings: Settings) -> Iterator[Starlette]:
     application = create_app(settings)
@@ -129,3 +147,8 @@ def make(services: factories.Services) -> factories.Factory:
 def count_rows(database: Database, table: str) -> int:
     with database.engine.connect() as connection:
         return int(connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one())  # noqa: S608
+
+
+@pytest.fixture
+def tokens(make: factories.Factory) -> factories.TokenFactory:
+    return factories.TokenFactory(make)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from authserver import db
 from authserver.app import Services
-from authserver.oauth import clients
+from authserver.oauth import clients, tokens
 from authserver.oauth.clients import Client
 from authserver.organizations import models as orgs
 from authserver.organizations.models import Organization
+from authserver.security import new_token
+from authserver.sessions import models as sessions
 from authserver.users import models as users
 from authserver.users.models import User
 
@@ -35,3 +40,81 @@ class Factory:
 
     def organization(self, owner: User, name: str = "Acme") -> Organization:
         return self.services.db.call(orgs.create, name=name, owner_id=owner.id)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """An access token minted for a test, with the rows that make it live."""
+
+    token: str
+    jti: str
+    family_id: str | None
+    session_id: str | None
+    client_id: str
+
+
+class TokenFactory:
+    """Access tokens as `/token` would issue them, without a browser round trip."""
+
+    def __init__(self, factory: Factory) -> None:
+        self.factory = factory
+
+    def access_token(
+        self,
+        user: User | None,
+        scope: str,
+        *,
+        client: Client | None = None,
+        audience: str | None = None,
+        offline: bool = False,
+        typ: str = "at+jwt",
+        ttl: int = 600,
+    ) -> IssuedToken:
+        services = self.factory.services
+        settings = services.settings
+        if client is None:
+            client, _ = self.factory.client(
+                grant_types=["authorization_code", "refresh_token", "client_credentials"],
+                scope=scope,
+            )
+        now = db.utcnow()
+
+        def mint() -> IssuedToken:
+            session_id = family_id = None
+            if user is not None:
+                login, _ = sessions.start(services.digester, settings, user_id=user.id)
+                session_id = login.id
+                end_user = tokens.EndUser(user, login.id, now)
+                family = tokens.open_family(
+                    client_id=client.id,
+                    end_user=end_user,
+                    code_id=None,
+                    scope=scope + (" offline_access" if offline else ""),
+                    now=now,
+                    ttl=settings.refresh_token_ttl,
+                )
+                family_id = family.id
+            jti = new_token(16)
+            claims = {
+                "iss": settings.issuer,
+                "sub": user.id if user is not None else client.id,
+                "aud": audience or settings.api_audience,
+                "exp": int(now.timestamp()) + ttl,
+                "iat": int(now.timestamp()),
+                "jti": jti,
+                "client_id": client.id,
+                "scope": scope,
+            }
+            db.current_session().add(
+                tokens.AccessToken(
+                    jti=jti,
+                    family_id=family_id,
+                    client_id=client.id,
+                    user_id=user.id if user is not None else None,
+                    expires_at=now + timedelta(seconds=ttl),
+                )
+            )
+            token = services.keystore.sign(claims, typ=typ)
+            return IssuedToken(token, jti, family_id, session_id, client.id)
+
+        return services.db.call(mint)

@@ -1,1 +1,49 @@
-"""The OAuth 2.1 / OpenID Connect protocol: the only package that imports authlib's server."""
+"""The OAuth 2.1 / OpenID Connect protocol: the only package that imports authlib's server.
+
+`build_server` is the one wiring place (fosite's `compose`): which grants, extensions and
+endpoints the server has, and which storage functions Authlib's hooks call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from authserver.keystore import KeyStore
+from authserver.security import Digester
+from authserver.settings import Settings
+
+if TYPE_CHECKING:
+    from authserver.oauth.server import AuthorizationServer
+
+
+def build_server(settings: Settings, keystore: KeyStore, digester: Digester) -> AuthorizationServer:
+    """Authlib's server with our grants (code + PKCE + OIDC, refresh, client_credentials),
+    revocation and introspection, and storage through `clients` and `tokens`.
+
+    It takes the three services it needs rather than `Services`, so that `Services` can
+    hold the server it builds. The protocol modules are imported here, not at the top:
+    `authserver.models` reaches the tables through this package, and loading the tables
+    should not load Authlib's server and every endpoint with them.
+    """
+    from authserver.oauth import clients, endpoints, grants, oidc, tokens
+    from authserver.oauth.server import AuthorizationServer
+
+    server = AuthorizationServer(
+        query_client=clients.query,
+        save_token=tokens.save_token,
+        authenticate_client=clients.ClientAuthentication(digester, realm=settings.issuer),
+    )
+    server.register_token_generator("default", tokens.AccessTokenGenerator(keystore, settings))
+    server.register_grant(
+        grants.bind(grants.AuthorizationCodeGrant, settings, digester),
+        [grants.PKCE(), oidc.OpenIDCode(keystore, settings)],
+    )
+    server.register_grant(
+        grants.bind(grants.RefreshTokenGrant, settings, digester),
+        [oidc.IDTokens(keystore, settings)],
+    )
+    server.register_grant(grants.ClientCredentialsGrant)
+    server.register_endpoint(endpoints.Revocation(keystore, settings, digester))
+    server.register_endpoint(endpoints.Introspection(keystore, settings, digester))
+    return server
+

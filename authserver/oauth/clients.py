@@ -1,11 +1,19 @@
-"""OAuth clients: registration data, hashed secrets, and redirect URI matching."""
+"""OAuth clients: registration data, hashed secrets, redirect URI matching, authentication.
+
+`Client` implements Authlib's `ClientMixin`, so Authlib's grants ask the client itself which
+redirect URIs, scopes, response and grant types it may use.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, InvalidRequestError
 from sqlalchemy import JSON, Boolean, String
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -22,7 +30,7 @@ GRANT_TYPES = (
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 
 
-class Client(Base):
+class Client(Base, ClientMixin):
     __tablename__ = "clients"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -50,12 +58,68 @@ class Client(Base):
     def is_public(self) -> bool:
         return self.token_endpoint_auth_method == "none"
 
+    def get_client_id(self) -> str:
+        return self.id
+
+    def get_default_redirect_uri(self) -> str | None:
+        """OAuth 2.1 §2.3.2: `redirect_uri` may be omitted only when exactly one is
+        registered; with more, guessing would be a choice the client did not make."""
+        return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return any(redirect_uri_matches(registered, redirect_uri) for registered in self.redirect_uris)
+
+    def get_allowed_scope(self, scope: str | None) -> str | None:
+        """The requested scope when every value is allowed for this client, else None
+        (`invalid_scope`): a request is never narrowed or broadened silently (ASVS 10.4.11)."""
+        requested = list(dict.fromkeys((scope or "").split()))
+        if not set(requested) <= set(self.scope.split()):
+            return None
+        return " ".join(requested)
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        raise NotImplementedError("secrets are checked by ClientAuthentication")
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.token_endpoint_auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type in self.response_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grant_types
+
 
 def get(client_id: str) -> Client | None:
     return current_session().get(Client, client_id)
 
 
+def query(client_id: str | None) -> Client | None:
+    """The client Authlib asks for: a disabled client does not exist for the protocol."""
+    if not client_id or len(client_id) > 64:
+        return None
+    client = get(client_id)
+    return client if client is not None and client.is_active else None
+
+
 LOOPBACK_REDIRECT_HOSTS = {"127.0.0.1", "[::1]"}
+_LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?(/.*)?", re.DOTALL)
+
+
+def redirect_uri_matches(registered: str, sent: str) -> bool:
+    """Exact string comparison (RFC 9700 §2.1, OAuth 2.1 §4.1.1): no case folding, no path
+    normalisation, no added query. The one exception is RFC 8252 §7.3: a native app's
+    loopback redirect `http://127.0.0.1` or `http://[::1]` may use any port, with path
+    and query still byte-identical."""
+    if sent == registered:
+        return True
+    ours, theirs = _LOOPBACK.fullmatch(registered), _LOOPBACK.fullmatch(sent)
+    if ours is None or theirs is None:
+        return False
+    port = theirs.group(2)
+    if port is not None and not 0 < int(port) < 65536:
+        return False
+    return ours.group(1) == theirs.group(1) and ours.group(3) == theirs.group(3)
 DEFAULT_SCOPE = "openid profile email offline_access"
 SECRET_PURPOSE = "client_secret"
 
@@ -162,3 +226,84 @@ def as_dict(client: Client) -> dict[str, Any]:
         "is_active": client.is_active,
         "created_at": client.created_at.isoformat(),
     }
+
+
+class ClientAuthentication:
+    """RFC 6749 §2.3 client authentication with one method per request.
+
+    The method is read from the request's shape (an `Authorization: Basic` header, a
+    `client_secret` in the body, or a bare `client_id` for public clients) and must be the
+    one the client registered. §2.3 says a client "MUST NOT use more than one
+    authentication method in each request", so Basic plus a body secret is
+    `invalid_request`. Secrets are compared as keyed digests in constant time, and every
+    failure is 401 `invalid_client` with a Basic challenge (§5.2, RFC 7235 §3.1).
+    """
+
+    def __init__(self, digester: Digester, realm: str) -> None:
+        self._digester = digester
+        self._realm = realm
+
+    def __call__(self, request: Any, methods: list[str], endpoint: str = "token") -> Client:
+        method, client_id, secret = self._presented(request)
+        if method not in methods:
+            raise self._failed("This endpoint needs client authentication with a secret.")
+        client = query(client_id)
+        if client is None:
+            raise self._failed("Unknown client.")
+        if not client.check_endpoint_auth_method(method, endpoint):
+            raise self._failed("The client must use its registered authentication method.")
+        if method != "none" and not (
+            client.secret_digest
+            and self._digester.matches(SECRET_PURPOSE, secret or "", client.secret_digest)
+        ):
+            raise self._failed("Client authentication failed.")
+        request.auth_method = method
+        return client
+
+    def _presented(self, request: Any) -> tuple[str, str | None, str | None]:
+        header = request.headers.get("Authorization")
+        body_id = request.form.get("client_id")
+        body_secret = request.form.get("client_secret")
+        if header is not None:
+            if body_secret is not None:
+                raise InvalidRequestError("Use one client authentication method, not two.")
+            client_id, secret = self._basic(header)
+            if body_id is not None and body_id != client_id:
+                raise InvalidRequestError("The client_id does not match the authenticated client.")
+            return "client_secret_basic", client_id, secret
+        if body_secret is not None:
+            return "client_secret_post", body_id, body_secret
+        if body_id is not None:
+            return "none", body_id, None
+        raise self._failed("Client authentication is required.")
+
+    def _basic(self, header: str) -> tuple[str, str]:
+        """RFC 7617 credentials, each form-url-decoded as RFC 6749 §2.3.1 requires."""
+        scheme, _, encoded = header.strip().partition(" ")
+        if scheme.lower() != "basic":
+            raise self._failed("Use HTTP Basic client authentication.")
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise self._failed("Malformed HTTP Basic credentials.") from None
+        client_id, colon, secret = decoded.partition(":")
+        if not colon or not client_id:
+            raise self._failed("Malformed HTTP Basic credentials.")
+        return unquote_plus(client_id), unquote_plus(secret)
+
+    def _failed(self, description: str) -> InvalidClientError:
+        return ChallengedClientError(description, realm=self._realm)
+
+
+class ChallengedClientError(InvalidClientError):
+    """`invalid_client` as 401 with `WWW-Authenticate: Basic realm=...` (RFC 6749 §5.2)."""
+
+    status_code = 401
+
+    def __init__(self, description: str, *, realm: str) -> None:
+        super().__init__(description=description, status_code=401)
+        self.realm = realm
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        headers = [h for h in super().get_headers() if h[0].lower() != "www-authenticate"]
+        return [*headers, ("WWW-Authenticate", f'Basic realm="{self.realm}"')]

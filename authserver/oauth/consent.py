@@ -1,13 +1,20 @@
-"""Consent: what a user allowed a client, remembered as its own record."""
+"""Consent: what a user allowed a client, remembered as its own record.
+
+One row per user and client holds the union of every scope the user allowed it. A later
+request for the same or fewer scopes needs no new consent; anything new is asked for.
+The /consent page itself is part of the authorization flow (see `authorize.py`); this
+module only knows the record and the words the page uses.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String, UniqueConstraint, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver.db import Base, new_id, utcnow
+from authserver.db import Base, current_session, new_id, utcnow
 
 
 class Consent(Base):
@@ -20,3 +27,61 @@ class Consent(Base):
     scope: Mapped[str] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def find(user_id: str, client_id: str) -> Consent | None:
+    return current_session().scalar(
+        select(Consent).where(Consent.user_id == user_id, Consent.client_id == client_id)
+    )
+
+
+def covers(user_id: str, client_id: str, scope: str) -> bool:
+    """Whether the user already allowed this client every scope requested now."""
+    found = find(user_id, client_id)
+    return found is not None and set(scope.split()) <= set(found.scope.split())
+
+
+def remember(user_id: str, client_id: str, scope: str, now: datetime) -> Consent:
+    """Add `scope` to what the user allowed the client.
+
+    Two tabs allowing at once race for the unique (user, client) row; the loser's insert
+    runs in a savepoint, so it can fall back to updating the winner's row.
+    """
+    found = find(user_id, client_id)
+    if found is None:
+        try:
+            with current_session().begin_nested():
+                found = Consent(
+                    user_id=user_id,
+                    client_id=client_id,
+                    scope=scope,
+                    created_at=now,
+                    updated_at=now,
+                )
+                current_session().add(found)
+            return found
+        except IntegrityError:
+            found = find(user_id, client_id)
+            if found is None:
+                raise
+    merged = list(dict.fromkeys([*found.scope.split(), *scope.split()]))
+    found.scope = " ".join(merged)
+    found.updated_at = now
+    return found
+
+
+SCOPE_WORDS = {
+    "openid": "Confirm your identity",
+    "profile": "See your name",
+    "email": "See your email address",
+    "offline_access": "Stay signed in to {app} when you are away",
+    "organization": "See the organization you choose and your role in it",
+}
+
+
+def describe(scope: str, app: str) -> list[str]:
+    """Each requested scope in words, for the consent page (SPEC §6)."""
+    return [
+        SCOPE_WORDS[name].format(app=app) if name in SCOPE_WORDS else f"Use the “{name}” permission"
+        for name in scope.split()
+    ]

@@ -15,14 +15,23 @@ CLAIMS = (
     "name", "email", "email_verified", "org_id", "org_role",
 )  # fmt: skip
 SIGNING_ALGS = ("RS256", "ES256", "EdDSA")
+TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 PUBLIC_CACHE = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
 
 
 def metadata(settings: Settings) -> dict[str, Any]:
-    """What this server supports; both documents carry exactly this."""
+    """What this server supports; both documents carry exactly this (RFC 8414 §2, OIDC
+    Discovery §3). Every endpoint the server answers is listed."""
     issuer = settings.issuer
     return {
         "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "userinfo_endpoint": f"{issuer}/userinfo",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "introspection_endpoint": f"{issuer}/introspect",
+        "end_session_endpoint": f"{issuer}/logout",
         "jwks_uri": f"{issuer}/jwks.json",
         "scopes_supported": list(SCOPES),
         "claims_supported": list(CLAIMS),
@@ -31,7 +40,11 @@ def metadata(settings: Settings) -> dict[str, Any]:
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(SIGNING_ALGS),
+        "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
+        "revocation_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
+        "introspection_endpoint_auth_methods_supported": list(SECRET_AUTH_METHODS),
         "code_challenge_methods_supported": ["S256"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": False,
         "request_parameter_supported": False,

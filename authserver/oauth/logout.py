@@ -64,8 +64,8 @@ class LogoutRequest:
 class Outcome:
     """What to answer: `redirect_to`, else the confirmation page (`ask`) or the signed-out page.
 
-    `return_to` is a registered post-logout URI with `state`, offered as a link, never followed
-    automatically unless the request was proven.
+    `return_to` is a registered post-logout URI with `state` that the pages offer as a link;
+    only a proven request is redirected (`redirect_to`) without the user's click.
     """
 
     ask: bool = False
@@ -135,10 +135,10 @@ def _requested(
     client = _client(params.client_id or _client_id_of(claims))
     return_to = _return_to(client, params)
     if params.post_logout_redirect_uri and return_to is None:
-        return _ask(current, client, error=NOT_REGISTERED)
+        return _ask(current, client, params, error=NOT_REGISTERED)
     if claims is None or (current is not None and not _same_session(claims, current)):
         error = NOT_VERIFIED if params.id_token_hint and claims is None else None
-        return _ask(current, client, error=error, return_to=return_to, params=params)
+        return _ask(current, client, params, return_to=return_to, error=error)
     if current is not None:
         _end(current, ip, client, via="id_token_hint")
     return Outcome(redirect_to=return_to, client_name=client.name if client else "")
@@ -156,15 +156,16 @@ def _confirmed(services: Services, raw_sid: str | None, params: LogoutRequest, i
 def _ask(
     current: LoginSession | None,
     client: Client | None,
+    params: LogoutRequest,
     *,
-    error: str | None = None,
     return_to: str | None = None,
-    params: LogoutRequest | None = None,
+    error: str | None = None,
 ) -> Outcome:
-    """The confirmation page when there is a session to end, else the signed-out page."""
+    """The confirmation page when there is a session to end, else the signed-out page. A
+    registered return address rides along in the form, to be offered once the user confirms."""
     user = users.get(current.user_id) if current is not None else None
     forward = None
-    if return_to is not None and client is not None and params is not None:
+    if return_to is not None and client is not None:
         forward = LogoutRequest(
             post_logout_redirect_uri=params.post_logout_redirect_uri,
             state=params.state,

@@ -1,17 +1,40 @@
-"""Token families (one per grant), refresh-token digests, and issued access-token ids.
+"""Token families (one per grant), refresh-token digests, and issued access tokens.
 
 A family is everything issued from one authorization: revoking it kills its refresh tokens
-and, by reference, its access tokens. Only digests of refresh tokens are stored.
+and, by reference, its access tokens. Only digests of refresh tokens are stored. Every
+check of a token asks whether its family is still live (not revoked or expired, user and
+client active, and the browser session alive unless `offline_access` was granted), so
+ending a session or disabling a user takes effect without touching the tokens.
+
+Access tokens are RFC 9068 JWTs signed by the key store, the one signer of every JWT this
+server issues; `decode_own_jwt` is the one verifier.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, String, delete
+from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from joserfc import jwt
+from joserfc.errors import JoseError
+from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
+from authserver import audit, db
 from authserver.db import Base, current_session, new_id, utcnow
+from authserver.keystore import ALGORITHMS, JWS_REGISTRY, KeyStore
+from authserver.oauth import clients
+from authserver.security import Digester, new_token
+from authserver.sessions.models import LoginSession
+from authserver.settings import Settings
+from authserver.users import models as users
+from authserver.users.models import User
 
 
 class TokenFamily(Base):
@@ -71,6 +94,346 @@ class AccessToken(Base):
     revoked_at: Mapped[datetime | None]
 
 
+REFRESH_PURPOSE = "refresh_token"
+SUCCESSOR_PURPOSE = "refresh_successor"
+JWT_MAX_LENGTH = 8192
+#: `iat` may be this far in the future (another instance's clock): FAPI 2.0 §5.3.1.1.
+CLOCK_SKEW = 60
+#: A JWT we issued has exactly these header members; anything else (`jwk`, `jku`, `x5u`,
+#: `crit`, ...) means someone else made it (SECURITY.md F51).
+HEADER_MEMBERS = {"alg", "typ", "kid"}
+
+
+@dataclass(frozen=True)
+class EndUser:
+    """The resource owner as a grant sees them: the account, plus when and how they signed
+    in (OIDC Core §2 `auth_time`, `amr`, `acr`) and in which browser session (`sid`)."""
+
+    user: User
+    session_id: str | None
+    auth_time: datetime
+    amr: str = "pwd"
+    acr: str | None = None
+
+    def get_user_id(self) -> str:
+        return self.user.id
+
+
+class AccessTokenGenerator(JWTBearerTokenGenerator):
+    """RFC 9068 access tokens, always RS256 (what every resource server verifies).
+
+    Audience rule: a token issued for a user is for this server's API resource
+    (`settings.api_audience`, which /userinfo and /api/v1 accept); a client_credentials
+    token speaks for the client alone, so its audience is the client itself and our
+    user-facing resources refuse it. Refresh tokens are 256-bit random strings.
+    """
+
+    def __init__(self, keystore: KeyStore, settings: Settings) -> None:
+        super().__init__(
+            issuer=settings.issuer,
+            alg="RS256",
+            refresh_token_generator=lambda **_: new_token(),
+            expires_generator=lambda client, grant_type: settings.access_token_ttl,
+        )
+        self.keystore = keystore
+        self.settings = settings
+
+    def get_audiences(self, client: Any, user: EndUser | None, scope: str) -> str:
+        return self.settings.api_audience if user is not None else client.get_client_id()
+
+    def access_token_generator(
+        self, client: Any, grant_type: str, user: EndUser | None, scope: str
+    ) -> str:
+        """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time);
+        the header says `typ: at+jwt` (§2.1) so an access token is never taken for an ID
+        token, or the other way round."""
+        now = int(db.utcnow().timestamp())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": user.get_user_id() if user is not None else client.get_client_id(),
+            "aud": self.get_audiences(client, user, scope),
+            "exp": now + self.settings.access_token_ttl,
+            "iat": now,
+            "jti": new_token(16),
+            "client_id": client.get_client_id(),
+        }
+        if scope:
+            claims["scope"] = scope
+        if user is not None:
+            claims["auth_time"] = int(user.auth_time.timestamp())
+        return self.keystore.sign(claims, alg=self.alg, typ="at+jwt")
+
+
+def decode_own_jwt(keystore: KeyStore, raw: str | None, *, typ: str) -> dict[str, Any] | None:
+    """The claims of a JWT this server signed, or None; claims are the caller's to check.
+
+    SECURITY.md F51: bounded size; a header of only `alg`, `typ`, `kid`; the algorithm
+    from our allowlist (never `none`, never HMAC, so a public key cannot serve as a MAC
+    secret) and equal to that of our published key named by `kid`.
+    """
+    if not raw or len(raw) > JWT_MAX_LENGTH or raw.count(".") != 2:
+        return None
+    try:
+        header = json.loads(_b64decode(raw.split(".", 1)[0]))
+    except ValueError:
+        return None
+    if not isinstance(header, dict) or not set(header) <= HEADER_MEMBERS:
+        return None
+    if header.get("typ") != typ or header.get("alg") not in ALGORITHMS:
+        return None
+    try:
+        key = keystore.verification_keys().get_by_kid(str(header.get("kid")))
+        if key.alg != header["alg"]:
+            return None
+        token = jwt.decode(raw, key, registry=JWS_REGISTRY)
+    except (JoseError, ValueError, TypeError):
+        return None
+    return token.claims
+
+
+def verify_access_token(
+    keystore: KeyStore, settings: Settings, raw: str | None, now: datetime
+) -> dict[str, Any] | None:
+    """Signature and claims of one of our access tokens (RFC 9068 §4), not yet its state."""
+    claims = decode_own_jwt(keystore, raw, typ="at+jwt")
+    if claims is None or claims.get("iss") != settings.issuer:
+        return None
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not _number(exp) or not _number(iat):
+        return None
+    if exp <= now.timestamp() or iat > now.timestamp() + CLOCK_SKEW:
+        return None
+    if not all(isinstance(claims.get(name), str) for name in ("jti", "sub", "client_id")):
+        return None
+    return claims
+
+
+# -- families ------------------------------------------------------------------------------
+
+
+def open_family(
+    *,
+    client_id: str,
+    end_user: EndUser,
+    code_id: str | None,
+    scope: str,
+    now: datetime,
+    ttl: int,
+) -> TokenFamily:
+    family = TokenFamily(
+        client_id=client_id,
+        user_id=end_user.user.id,
+        session_id=end_user.session_id,
+        code_id=code_id,
+        scope=scope,
+        offline="offline_access" in scope.split(),
+        auth_time=end_user.auth_time,
+        amr=end_user.amr,
+        acr=end_user.acr,
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl),
+    )
+    current_session().add(family)
+    current_session().flush()
+    return family
+
+
+def family_is_live(family: TokenFamily, now: datetime) -> bool:
+    """Validity by reference: a family lives while it is unrevoked and unexpired, its user
+    and client are active, and its browser session is alive unless the user granted
+    `offline_access` (OIDC Core §11)."""
+    if family.revoked_at is not None or family.expires_at <= now:
+        return False
+    if clients.query(family.client_id) is None:
+        return False
+    if family.user_id is not None:
+        user = users.get(family.user_id)
+        if user is None or not user.is_active:
+            return False
+    if family.offline:
+        return True
+    login = current_session().get(LoginSession, family.session_id) if family.session_id else None
+    return login is not None and login.is_active(now)
+
+
+def end_user_of(family: TokenFamily) -> EndUser | None:
+    user = users.get(family.user_id) if family.user_id else None
+    if user is None or not user.is_active or family.auth_time is None:
+        return None
+    return EndUser(user, family.session_id, family.auth_time, family.amr or "pwd", family.acr)
+
+
+def revoke_family(family_id: str, reason: str, now: datetime) -> bool:
+    result = current_session().execute(
+        update(TokenFamily)
+        .where(TokenFamily.id == family_id, TokenFamily.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+        .execution_options(synchronize_session="fetch")
+    )
+    return result.rowcount == 1
+
+
+def revoke_issued_from_code(code_id: str, now: datetime) -> TokenFamily | None:
+    """OAuth 2.1 §4.1.3: a code used twice revokes everything issued from it."""
+    family = current_session().scalar(select(TokenFamily).where(TokenFamily.code_id == code_id))
+    if family is not None:
+        revoke_family(family.id, "code_reuse", now)
+    return family
+
+
+def revoke_user_families(
+    user_id: str, *, reason: str, keep_session_id: str | None = None, now: datetime | None = None
+) -> int:
+    """Revoke every live family of a user, except the session-bound ones of
+    `keep_session_id` (the browser that made the change); offline grants always end."""
+    condition = [TokenFamily.user_id == user_id, TokenFamily.revoked_at.is_(None)]
+    if keep_session_id is not None:
+        kept = (TokenFamily.session_id == keep_session_id) & TokenFamily.offline.is_(False)
+        condition.append(~kept)
+    result = current_session().execute(
+        update(TokenFamily)
+        .where(*condition)
+        .values(revoked_at=now or db.utcnow(), revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
+
+
+# -- refresh tokens ------------------------------------------------------------------------
+
+
+@dataclass
+class PresentedRefreshToken:
+    """A refresh token as presented at /token, with its family (Authlib's TokenMixin)."""
+
+    raw: str
+    row: RefreshToken
+    family: TokenFamily
+
+    def check_client(self, client: Any) -> bool:
+        return self.family.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        """The family's scope: a narrower refresh request never narrows the grant."""
+        return self.family.scope
+
+
+def add_refresh_token(
+    digester: Digester, raw: str, family: TokenFamily, now: datetime, idle_ttl: int
+) -> RefreshToken:
+    """Store a refresh token's digest; it expires when unused for `idle_ttl`, and never
+    later than its family (ASVS 10.4.8)."""
+    row = RefreshToken(
+        digest=digester.digest(REFRESH_PURPOSE, raw),
+        family_id=family.id,
+        created_at=now,
+        expires_at=min(family.expires_at, now + timedelta(seconds=idle_ttl)),
+    )
+    current_session().add(row)
+    current_session().flush()
+    return row
+
+
+def successor_of(digester: Digester, raw: str) -> str:
+    """The refresh token that replaces `raw`, derived with a keyed HMAC: a retried refresh
+    gets the same successor again, while only digests are ever stored."""
+    mac = hmac.new(digester.key(SUCCESSOR_PURPOSE), raw.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def find_refresh_token(digester: Digester, raw: str | None) -> PresentedRefreshToken | None:
+    if not raw or len(raw) > 200:
+        return None
+    row = current_session().scalar(
+        select(RefreshToken).where(RefreshToken.digest == digester.digest(REFRESH_PURPOSE, raw))
+    )
+    if row is None:
+        return None
+    family = current_session().get(TokenFamily, row.family_id)
+    return PresentedRefreshToken(raw, row, family) if family is not None else None
+
+
+def mark_rotated(token_id: str, now: datetime) -> bool:
+    """Retire a refresh token: True for the one caller whose conditional UPDATE won."""
+    result = current_session().execute(
+        update(RefreshToken)
+        .where(RefreshToken.id == token_id, RefreshToken.rotated_at.is_(None))
+        .values(rotated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def reload(presented: PresentedRefreshToken) -> PresentedRefreshToken:
+    """Read the token and its family again, as another transaction committed them."""
+    current_session().refresh(presented.row)
+    current_session().refresh(presented.family)
+    return presented
+
+
+def slide(presented: PresentedRefreshToken, now: datetime, idle_ttl: int) -> None:
+    """A non-rotating refresh token stays valid while it is used (idle expiry slides)."""
+    presented.row.expires_at = min(
+        presented.family.expires_at, now + timedelta(seconds=idle_ttl)
+    )
+
+
+# -- access tokens -------------------------------------------------------------------------
+
+
+def save_token(token: dict[str, Any], request: Any) -> None:
+    """Authlib's `save_token`: remember the access token's `jti`, the handle by which it is
+    revoked and introspected. The grant has stored the family and refresh token already."""
+    claims = json.loads(_b64decode(token["access_token"].split(".")[1]))
+    client, end_user = request.client, request.user
+    current_session().add(
+        AccessToken(
+            jti=claims["jti"],
+            family_id=request.family_id,
+            client_id=client.id,
+            user_id=end_user.user.id if end_user is not None else None,
+            created_at=datetime.fromtimestamp(claims["iat"], UTC),
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        )
+    )
+    audit.record(
+        "token.issued",
+        actor_type="client",
+        actor_id=client.id,
+        ip=request.snapshot.client_ip,
+        target_type="user" if end_user is not None else "client",
+        target_id=end_user.user.id if end_user is not None else client.id,
+        grant_type=request.payload.grant_type,
+        family_id=request.family_id,
+        scope=token.get("scope", ""),
+        refresh_token="refresh_token" in token,
+    )
+    current_session().flush()
+
+
+def access_token_is_live(claims: dict[str, Any], now: datetime) -> bool:
+    """An access token still counts: recorded, not revoked, and its family live."""
+    row = current_session().get(AccessToken, claims["jti"])
+    if row is None or row.revoked_at is not None or row.expires_at <= now:
+        return False
+    if row.client_id != claims["client_id"]:
+        return False
+    if row.family_id is None:
+        return clients.query(row.client_id) is not None
+    family = current_session().get(TokenFamily, row.family_id)
+    return family is not None and family_is_live(family, now)
+
+
+def revoke_access_token(jti: str, now: datetime) -> bool:
+    result = current_session().execute(
+        update(AccessToken)
+        .where(AccessToken.jti == jti, AccessToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
 def purge(now: datetime) -> dict[str, int]:
     """Delete what can no longer be used. Rotated refresh tokens stay until their family
     expires, because presenting one again is how reuse is detected."""
@@ -85,3 +448,11 @@ def purge(now: datetime) -> dict[str, int]:
         "refresh_tokens": int(refresh.rowcount or 0),
         "access_tokens": int(access.rowcount or 0),
     }
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -125,3 +125,19 @@ def end(session_id: str, *, now: datetime | None = None) -> bool:
         .values(ended_at=now or utcnow())
     )
     return bool(result.rowcount)
+
+
+def end_all_for_user(
+    user_id: str, *, except_session_id: str | None = None, now: datetime | None = None
+) -> int:
+    """End every live session of a user in one UPDATE, sparing `except_session_id` if given.
+
+    A password reset ends them all; a password change spares the browser that made it.
+    """
+    conditions = [LoginSession.user_id == user_id, LoginSession.ended_at.is_(None)]
+    if except_session_id is not None:
+        conditions.append(LoginSession.id != except_session_id)
+    result = current_session().execute(
+        update(LoginSession).where(*conditions).values(ended_at=now or utcnow())
+    )
+    return int(result.rowcount or 0)

@@ -198,14 +198,19 @@ def _open_session(
     user = users.authenticate(services.passwords, email, password)
     if user is None:
         known = users.find_by_email(email)
+        if known is None:
+            reason = "unknown_account"
+        else:
+            reason = "bad_password" if known.is_active else "account_disabled"
         audit.record(
             "login.failed",
             outcome="failure",
             actor_type="user",
             actor_id=known.id if known else None,
             ip=ip,
-            target_type="user",
+            target_type="user" if known else None,
             target_id=known.id if known else None,
+            reason=reason,
         )
         return None
     previous = sessions.find_active(services.digester, services.settings, previous_sid, touch=False)

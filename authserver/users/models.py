@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Boolean, ForeignKey, String, delete, select
+from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.errors import Conflict, Invalid
-from authserver.security import Passwords
+from authserver.security import Digester, Passwords, new_token
 
 
 class User(Base):
@@ -135,3 +135,107 @@ def authenticate(passwords: Passwords, email: str, password: str) -> User | None
     if passwords.needs_rehash(stored):
         user.password_hash = passwords.hash(password)
     return user
+
+
+VERIFY_EMAIL = "verify_email"
+RESET_PASSWORD = "reset_password"
+LINK_TOKEN_MAX = 128
+
+
+def _link_digest(digester: Digester, purpose: str, raw_token: str) -> str:
+    """Keyed per purpose, so a verification link can never be replayed as a reset link."""
+    return digester.digest(f"email-link/{purpose}", raw_token)
+
+
+def _readable_token(raw_token: str) -> bool:
+    return 0 < len(raw_token) <= LINK_TOKEN_MAX and raw_token.isascii()
+
+
+def issue_link(
+    digester: Digester, *, user_id: str, purpose: str, lifetime: int, now: datetime | None = None
+) -> str:
+    """Store a single-use link valid for `lifetime` seconds; return the raw token for the email.
+
+    Only the digest is stored, so the table is no list of working links.
+    """
+    now = now or utcnow()
+    raw_token = new_token()
+    current_session().add(
+        EmailToken(
+            digest=_link_digest(digester, purpose, raw_token),
+            user_id=user_id,
+            purpose=purpose,
+            created_at=now,
+            expires_at=now + timedelta(seconds=lifetime),
+        )
+    )
+    return raw_token
+
+
+def link_owner(
+    digester: Digester, raw_token: str, purpose: str, *, now: datetime | None = None
+) -> User | None:
+    """The active user a live link belongs to, without using it up: the GET that shows the
+    form must not spend the link, or a mail scanner prefetching it would."""
+    if not _readable_token(raw_token):
+        return None
+    now = now or utcnow()
+    user_id = current_session().scalar(
+        select(EmailToken.user_id).where(
+            EmailToken.digest == _link_digest(digester, purpose, raw_token),
+            EmailToken.purpose == purpose,
+            EmailToken.used_at.is_(None),
+            EmailToken.expires_at > now,
+        )
+    )
+    user = get(user_id) if user_id else None
+    return user if user is not None and user.is_active else None
+
+
+def redeem_link(
+    digester: Digester, raw_token: str, purpose: str, *, now: datetime | None = None
+) -> User | None:
+    """Use up a link and return its active user, or None when it is unknown, used or expired.
+
+    One conditional UPDATE that must touch one row: of two racing requests exactly one wins,
+    with no read-then-write window (the pattern of SECURITY.md K81).
+    """
+    if not _readable_token(raw_token):
+        return None
+    now = now or utcnow()
+    user_id = current_session().scalar(
+        update(EmailToken)
+        .where(
+            EmailToken.digest == _link_digest(digester, purpose, raw_token),
+            EmailToken.purpose == purpose,
+            EmailToken.used_at.is_(None),
+            EmailToken.expires_at > now,
+        )
+        .values(used_at=now)
+        .returning(EmailToken.user_id)
+    )
+    user = get(user_id) if user_id else None
+    return user if user is not None and user.is_active else None
+
+
+def revoke_links(user_id: str, purpose: str, *, now: datetime | None = None) -> int:
+    """Spend every outstanding link of a kind, e.g. older reset links once the password changed."""
+    result = current_session().execute(
+        update(EmailToken)
+        .where(
+            EmailToken.user_id == user_id,
+            EmailToken.purpose == purpose,
+            EmailToken.used_at.is_(None),
+        )
+        .values(used_at=now or utcnow())
+    )
+    return int(result.rowcount or 0)
+
+
+def set_password(user: User, password_hash: str) -> None:
+    """Store a new argon2id hash (hashed by the caller, outside the transaction)."""
+    user.password_hash = password_hash
+
+
+def mark_email_verified(user: User) -> None:
+    user.email_verified = True

@@ -9,19 +9,16 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from authserver.app import Services, create_app
 from authserver.audit import AuditEvent
 from authserver.db import current_session
-from authserver.kv import REDIS_PREFIX
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users
 from tests import factories
-from tests.conftest import TEST_REDIS_URL
 
 HTTPS_ISSUER = "https://id.example.com"
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -33,22 +30,6 @@ def csrf_token(page: httpx.Response) -> str:
     match = CSRF_INPUT.search(page.text)
     assert match, "the page has no CSRF token"
     return match.group(1)
-
-
-@pytest.fixture(autouse=True)
-def _forget_shared_counters() -> Iterator[None]:
-    """Rate-limit counters in a shared test Redis would leak from one test into the next."""
-    yield
-    if not TEST_REDIS_URL:
-        return
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=0.5)
-    try:
-        for key in client.scan_iter(f"{REDIS_PREFIX}rl:*"):
-            client.delete(key)
-    except redis.RedisError:
-        pass
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -266,6 +266,12 @@ def test_unknown_email_wrong_password_and_disabled_account_look_the_same(
     assert sorted(e.actor_id or "" for e in failed) == sorted(
         ["", known.id, disabled.id, no_password.id]
     )
+    assert sorted(e.details["reason"] for e in failed) == [
+        "account_disabled",
+        "bad_password",
+        "bad_password",
+        "unknown_account",
+    ]
     for event in failed:
         assert factories.PASSWORD not in repr(event.details)
         assert "wrong password here" not in repr(event.details)

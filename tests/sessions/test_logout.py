@@ -1,4 +1,4 @@
-"""RP-Initiated Logout at /logout (SECURITY.md H68; OIDC conformance oidcc-rp-initiated-logout-*)."""
+"""RP-Initiated Logout at /logout (SECURITY.md H68; conformance oidcc-rp-initiated-logout-*)."""
 
 from __future__ import annotations
 

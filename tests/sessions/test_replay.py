@@ -3,12 +3,14 @@ cookie or form field, however odd, gets a 500 (item 95)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from authserver.app import Services
@@ -78,15 +80,19 @@ def test_captured_cookie_is_anonymous_once_the_session_ends(
     assert _current_login(client.app, f"sid={captured}") is None
 
 
-def _current_login(app: object, cookie_header: str) -> LoginSession | None:
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/",
-        "headers": [(b"cookie", cookie_header.encode("latin-1"))],
-        "app": app,
-    }
-    return asyncio.run(current_login(Request(scope)))
+def _current_login(app: Starlette, cookie_header: str) -> LoginSession | None:
+    """Call `current_login` the way another page would, inside a request."""
+    found: list[LoginSession | None] = []
+
+    async def page(request: Request) -> PlainTextResponse:
+        found.append(await current_login(request))
+        return PlainTextResponse("ok")
+
+    probe = Starlette(routes=[Route("/probe", page)])
+    probe.state.services = app.state.services
+    with TestClient(probe) as client:
+        client.get("/probe", headers={"cookie": cookie_header.encode("latin-1", "replace")})
+    return found[0]
 
 
 def test_current_login_finds_the_live_session(

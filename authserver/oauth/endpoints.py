@@ -1,0 +1,304 @@
+"""/token, /revoke, /introspect and /userinfo: read the request, run Authlib in one unit of work.
+
+Each route freezes the request into a snapshot and hands it to Authlib in the threadpool;
+an OAuth error is an answer, not a failure, so its transaction commits (a replayed code's
+revocation sticks). Anything else that goes wrong rolls the whole request back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from authlib.oauth2.rfc6749 import (
+    InvalidRequestError,
+    MissingAuthorizationError,
+    ResourceProtector,
+    UnsupportedTokenTypeError,
+)
+from authlib.oauth2.rfc6750 import BearerTokenValidator, InsufficientScopeError, InvalidTokenError
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from authserver import audit, db
+from authserver.errors import NO_STORE, oauth_error_response
+from authserver.keystore import KeyStore
+from authserver.oauth import tokens
+from authserver.oauth.grants import CLIENT_AUTH_METHODS
+from authserver.oauth.oidc import userinfo as userinfo_claims
+from authserver.oauth.requests import (
+    MalformedRequest,
+    RequestSnapshot,
+    SnapshotRequest,
+    read_form_request,
+    read_resource_request,
+)
+from authserver.oauth.tokens import RefreshToken, TokenFamily
+from authserver.security import Digester
+from authserver.settings import Settings
+from authserver.users import models as users
+
+if TYPE_CHECKING:
+    from authserver.app import Services
+
+SECRET_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+
+async def token(request: Request) -> Response:
+    """RFC 6749 §3.2: the token endpoint (authorization_code, refresh_token,
+    client_credentials)."""
+    return await _form_endpoint(request, lambda server, snapshot: server.create_token_response(snapshot))
+
+
+async def revoke(request: Request) -> Response:
+    """RFC 7009 §2."""
+    return await _form_endpoint(
+        request, lambda server, snapshot: server.create_endpoint_response("revocation", snapshot)
+    )
+
+
+async def introspect(request: Request) -> Response:
+    """RFC 7662 §2."""
+    return await _form_endpoint(
+        request, lambda server, snapshot: server.create_endpoint_response("introspection", snapshot)
+    )
+
+
+async def _form_endpoint(request: Request, handle: Any) -> Response:
+    services: Services = request.app.state.services
+    try:
+        snapshot = await read_form_request(request, services.settings.issuer)
+    except MalformedRequest as error:
+        return oauth_error_response("invalid_request", error.description)
+    response: Response = await services.db.run_sync(handle, services.oauth, snapshot)
+    return response
+
+
+# -- revocation and introspection ----------------------------------------------------------
+
+
+@dataclass
+class IssuedToken:
+    """A token presented at /revoke or /introspect, found by its digest or its signature."""
+
+    kind: str
+    client_id: str
+    family: TokenFamily | None = None
+    refresh: RefreshToken | None = None
+    claims: dict[str, Any] | None = None
+
+    def check_client(self, client: Any) -> bool:
+        return self.client_id == client.get_client_id()
+
+
+class _TokenLookup:
+    """Find a token of either kind. RFC 7009 §2.1 / RFC 7662 §2.1: the hint only says where
+    to look first; a wrong or unknown hint still finds the token."""
+
+    SUPPORTED_TOKEN_TYPES = ("access_token", "refresh_token")
+
+    def __init__(self, keystore: KeyStore, settings: Settings, digester: Digester) -> None:
+        super().__init__()
+        self.keystore = keystore
+        self.settings = settings
+        self.digester = digester
+
+    def check_params(self, request: Any, client: Any) -> None:
+        if "token" not in request.form:
+            raise InvalidRequestError("The token parameter is required.")
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
+        order = [self._refresh_token, self._access_token]
+        if token_type_hint != "refresh_token":
+            order.reverse()
+        return next((found for find in order if (found := find(token_string))), None)
+
+    def _refresh_token(self, raw: str) -> IssuedToken | None:
+        presented = tokens.find_refresh_token(self.digester, raw)
+        if presented is None:
+            return None
+        family = presented.family
+        return IssuedToken("refresh_token", family.client_id, family, refresh=presented.row)
+
+    def _access_token(self, raw: str) -> IssuedToken | None:
+        claims = tokens.verify_access_token(self.keystore, self.settings, raw, db.utcnow())
+        if claims is None:
+            return None
+        return IssuedToken("access_token", claims["client_id"], claims=claims)
+
+
+class Revocation(_TokenLookup, RevocationEndpoint):
+    """RFC 7009. Public clients may revoke their tokens with their `client_id` (§2.1)."""
+
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def authenticate_token(self, request: Any, client: Any) -> IssuedToken | None:
+        """§2.1: "the authorization server ... verifies whether the token was issued to the
+        client making the revocation request. If this validation fails, the request is
+        refused" — node-oidc-provider's `invalid_request`; the token stays active."""
+        self.check_params(request, client)
+        found = self.query_token(request.form["token"], request.form.get("token_type_hint"))
+        if found is not None and not found.check_client(client):
+            raise InvalidRequestError("The token was not issued to this client.")
+        return found
+
+    def revoke_token(self, token: IssuedToken, request: Any) -> None:
+        """A refresh token takes its whole family with it, access tokens included (§2.1
+        SHOULD); an access token is denied until it expires."""
+        now = db.utcnow()
+        if token.family is not None:
+            tokens.revoke_family(token.family.id, "revoked", now)
+            target_type, target_id = "token_family", token.family.id
+        else:
+            assert token.claims is not None
+            tokens.revoke_access_token(token.claims["jti"], now)
+            target_type, target_id = "access_token", token.claims["jti"]
+        audit.record(
+            "token.revoked",
+            actor_type="client",
+            actor_id=token.client_id,
+            ip=request.snapshot.client_ip,
+            target_type=target_type,
+            target_id=target_id,
+            token_type=token.kind,
+        )
+
+
+class Introspection(_TokenLookup, IntrospectionEndpoint):
+    """RFC 7662. Callers authenticate with a secret (§2.1, against token scanning) and see
+    only their own tokens; everything else is `{"active": false}` and nothing more (§2.2)."""
+
+    CLIENT_AUTH_METHODS = SECRET_AUTH_METHODS
+
+    def check_permission(self, token: IssuedToken, client: Any, request: Any) -> bool:
+        return token.check_client(client)
+
+    def create_introspection_payload(self, token: IssuedToken | None) -> dict[str, Any]:
+        now = db.utcnow()
+        if token is None or not self._is_active(token, now):
+            return {"active": False}
+        return self.introspect_token(token)
+
+    def introspect_token(self, token: IssuedToken) -> dict[str, Any]:
+        if token.claims is not None:
+            claims = token.claims
+            return {
+                "active": True,
+                "scope": claims.get("scope", ""),
+                "client_id": claims["client_id"],
+                "sub": claims["sub"],
+                "exp": claims["exp"],
+                "iat": claims["iat"],
+                "iss": claims["iss"],
+                "aud": claims["aud"],
+                "jti": claims["jti"],
+                "token_type": "Bearer",
+            }
+        assert token.family is not None and token.refresh is not None
+        return {
+            "active": True,
+            "scope": token.family.scope,
+            "client_id": token.family.client_id,
+            "sub": token.family.user_id,
+            "exp": int(token.refresh.expires_at.timestamp()),
+            "iat": int(token.refresh.created_at.timestamp()),
+            "iss": self.settings.issuer,
+            "aud": token.family.client_id,
+            "token_type": "refresh_token",
+        }
+
+    @staticmethod
+    def _is_active(token: IssuedToken, now: Any) -> bool:
+        if token.claims is not None:
+            return tokens.access_token_is_live(token.claims, now)
+        assert token.family is not None and token.refresh is not None
+        refresh = token.refresh
+        return (
+            refresh.rotated_at is None
+            and refresh.expires_at > now
+            and tokens.family_is_live(token.family, now)
+        )
+
+
+# -- userinfo ------------------------------------------------------------------------------
+
+
+class AccessTokenValidator(BearerTokenValidator):
+    """RFC 6750 bearer tokens for our own resources: one of our access tokens, issued for
+    a user (audience `api_audience`), still live by reference."""
+
+    def __init__(self, keystore: KeyStore, settings: Settings) -> None:
+        super().__init__(realm=settings.issuer)
+        self.keystore = keystore
+        self.settings = settings
+
+    def authenticate_token(self, token_string: str) -> dict[str, Any] | None:
+        now = db.utcnow()
+        claims = tokens.verify_access_token(self.keystore, self.settings, token_string, now)
+        if claims is None:
+            return None
+        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if self.settings.api_audience not in audiences:
+            return None
+        return claims if tokens.access_token_is_live(claims, now) else None
+
+    def validate_token(self, token: dict[str, Any] | None, scopes: Any, request: Any) -> None:
+        if token is None:
+            raise InvalidTokenError(realm=self.realm)
+        if self.scope_insufficient(token.get("scope", ""), scopes):
+            raise InsufficientScopeError()
+
+
+async def userinfo(request: Request) -> Response:
+    """OIDC Core §5.3 with RFC 6750 errors. The token must come in the Authorization
+    header: OAuth 2.1 §5.2 drops the query parameter, and we refuse the body form too."""
+    services: Services = request.app.state.services
+    try:
+        snapshot = await read_resource_request(request, services.settings.issuer)
+    except MalformedRequest as error:
+        return _bearer_error(services.settings, 400, "invalid_request", error.description)
+    if snapshot.first("access_token") is not None:
+        return _bearer_error(
+            services.settings,
+            400,
+            "invalid_request",
+            "Send the access token in the Authorization header.",
+        )
+    response: Response = await services.db.run_sync(_userinfo, services, snapshot)
+    return response
+
+
+def _userinfo(services: Services, snapshot: RequestSnapshot) -> Response:
+    protector = ResourceProtector()
+    protector.register_token_validator(AccessTokenValidator(services.keystore, services.settings))
+    try:
+        claims = protector.validate_request(["openid"], SnapshotRequest(snapshot))
+    except (MissingAuthorizationError, UnsupportedTokenTypeError):
+        return _bearer_error(services.settings, 401)
+    except InvalidTokenError:
+        return _bearer_error(
+            services.settings, 401, "invalid_token", "The access token is invalid or expired."
+        )
+    except InsufficientScopeError:
+        return _bearer_error(
+            services.settings, 403, "insufficient_scope", "The access token lacks openid."
+        )
+    user = users.get(claims["sub"])
+    if user is None:
+        return _bearer_error(services.settings, 401, "invalid_token", "The user is gone.")
+    return JSONResponse(userinfo_claims(user, claims.get("scope", "")), headers=NO_STORE)
+
+
+def _bearer_error(
+    settings: Settings, status: int, error: str | None = None, description: str = ""
+) -> Response:
+    """RFC 6750 §3: no credentials → a bare challenge; otherwise the error code in it."""
+    challenge = f'Bearer realm="{settings.issuer}"'
+    if error is None:
+        return Response(status_code=status, headers={**NO_STORE, "WWW-Authenticate": challenge})
+    challenge += f', error="{error}", error_description="{description}"'
+    if error == "insufficient_scope":
+        challenge += ', scope="openid"'
+    return oauth_error_response(error, description, status, headers={"WWW-Authenticate": challenge})
