@@ -14,11 +14,11 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, InvalidRequestError
-from sqlalchemy import JSON, Boolean, String
+from sqlalchemy import JSON, Boolean, String, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, current_session, utcnow
-from authserver.errors import Invalid
+from authserver.errors import Conflict, Invalid
 from authserver.security import Digester, new_token
 
 GRANT_TYPES = (
@@ -307,3 +307,92 @@ class ChallengedClientError(InvalidClientError):
     def get_headers(self) -> list[tuple[str, str]]:
         headers = [h for h in super().get_headers() if h[0].lower() != "www-authenticate"]
         return [*headers, ("WWW-Authenticate", f'Basic realm="{self.realm}"')]
+
+
+SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+def listing(*, after: tuple[datetime, str] | None, limit: int) -> list[Client]:
+    """Clients oldest first, from the keyset position `after` (created_at, id)."""
+    query = select(Client)
+    if after is not None:
+        created_at, last_id = after
+        query = query.where(
+            or_(
+                Client.created_at > created_at,
+                (Client.created_at == created_at) & (Client.id > last_id),
+            )
+        )
+    query = query.order_by(Client.created_at, Client.id).limit(limit)
+    return list(current_session().scalars(query))
+
+
+def update(
+    client: Client,
+    *,
+    name: str | None = None,
+    redirect_uris: list[str] | None = None,
+    post_logout_redirect_uris: list[str] | None = None,
+    grant_types: list[str] | None = None,
+    scope: str | None = None,
+    skip_consent: bool | None = None,
+    is_active: bool | None = None,
+) -> list[str]:
+    """Change a registration, validated as `create` validates it; None leaves a field as it
+    is. Returns the names of the fields that changed, for the audit trail.
+
+    Deactivating a client ends its tokens by reference (`tokens.family_is_live`) without
+    touching them."""
+    if name is not None:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise Invalid("The client name must be 1 to 200 characters.")
+    if grant_types is not None and not grant_types:
+        raise Invalid("A client needs at least one grant type.")
+    uris = list(dict.fromkeys(redirect_uris)) if redirect_uris is not None else None
+    grants = list(dict.fromkeys(grant_types)) if grant_types is not None else None
+    if uris is not None or grants is not None:
+        validate_registration(
+            redirect_uris=uris if uris is not None else client.redirect_uris,
+            grant_types=grants if grants is not None else client.grant_types,
+            auth_method=client.token_endpoint_auth_method,
+        )
+    logout_uris = None
+    if post_logout_redirect_uris is not None:
+        logout_uris = [validate_redirect_uri(u) for u in dict.fromkeys(post_logout_redirect_uris)]
+    response_types = None
+    if grants is not None:
+        response_types = ["code"] if "authorization_code" in grants else []
+    wanted: dict[str, Any] = {
+        "name": name,
+        "redirect_uris": uris,
+        "post_logout_redirect_uris": logout_uris,
+        "grant_types": grants,
+        "response_types": response_types,
+        "scope": None if scope is None else " ".join(dict.fromkeys(scope.split())),
+        "skip_consent": skip_consent,
+        "is_active": is_active,
+    }
+    changed = [f for f, v in wanted.items() if v is not None and getattr(client, f) != v]
+    for field in changed:
+        setattr(client, field, wanted[field])
+    current_session().flush()
+    return changed
+
+
+def rotate_secret(digester: Digester, client: Client) -> str:
+    """A new secret, returned once; the old one stops working as this commits, because
+    only the new secret's digest is kept."""
+    if client.token_endpoint_auth_method not in SECRET_AUTH_METHODS:
+        raise Conflict("This client authenticates without a secret; there is none to rotate.")
+    secret = new_token()
+    client.secret_digest = digester.digest(SECRET_PURPOSE, secret)
+    current_session().flush()
+    return secret
+
+
+def delete(client: Client) -> None:
+    """Remove a client. The database's ON DELETE CASCADE removes every code, consent and
+    token family (with its refresh and access tokens) issued to it, so none stays live."""
+    current_session().delete(client)
+    current_session().flush()

@@ -42,14 +42,23 @@ from authserver.users import models as users
 
 if TYPE_CHECKING:
     from authserver.app import Services
+    from authserver.oauth.server import AuthorizationServer
 
 SECRET_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
 
 async def token(request: Request) -> Response:
     """RFC 6749 §3.2: the token endpoint (authorization_code, refresh_token,
-    client_credentials)."""
-    return await _form_endpoint(request, lambda server, snapshot: server.create_token_response(snapshot))
+    client_credentials). A missing `grant_type` is `invalid_request` (§5.2), not an
+    unsupported one."""
+    return await _form_endpoint(request, _token_response)
+
+
+def _token_response(server: AuthorizationServer, snapshot: RequestSnapshot) -> Response:
+    if snapshot.first("grant_type") is None:
+        return oauth_error_response("invalid_request", "The grant_type parameter is required.")
+    response: Response = server.create_token_response(snapshot)
+    return response
 
 
 async def revoke(request: Request) -> Response:

@@ -100,7 +100,7 @@ def check_authorization_parameters(grant: Any, redirect_uri: str) -> None:
         raise InvalidRequestError("max_age must be a whole number of seconds.")
     if len(data.get("nonce", "")) > NONCE_MAX:
         raise InvalidRequestError(f"The nonce must be at most {NONCE_MAX} characters.")
-    if not data.get("scope"):
+    if not data.get("scope", "").split():
         raise InvalidScopeError("The scope parameter is required.")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ForeignKey, String, delete, or_, select, update
+from sqlalchemy import ColumnElement, ForeignKey, String, delete, or_, select, tuple_, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import web
@@ -141,3 +141,40 @@ def end_all_for_user(
         update(LoginSession).where(*conditions).values(ended_at=now or utcnow())
     )
     return int(result.rowcount or 0)
+
+
+def _live(now: datetime) -> ColumnElement[bool]:
+    """`LoginSession.is_active` as SQL."""
+    return (
+        LoginSession.ended_at.is_(None)
+        & (LoginSession.idle_expires_at > now)
+        & (LoginSession.expires_at > now)
+    )
+
+
+def page_for_user(
+    user_id: str, *, after: tuple[datetime, str] | None, limit: int, now: datetime | None = None
+) -> list[LoginSession]:
+    """A user's live sessions, oldest first, from just after the keyset (created_at, id)."""
+    query = (
+        select(LoginSession)
+        .where(LoginSession.user_id == user_id, _live(now or utcnow()))
+        .order_by(LoginSession.created_at, LoginSession.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(tuple_(LoginSession.created_at, LoginSession.id) > after)
+    return list(current_session().scalars(query))
+
+
+def end_for_user(user_id: str, session_id: str, *, now: datetime | None = None) -> bool:
+    """End one live session if it belongs to `user_id`; False for anyone else's, for an
+    unknown id and for one already over alike, so the answer is no existence oracle."""
+    now = now or utcnow()
+    result = current_session().execute(
+        update(LoginSession)
+        .where(LoginSession.id == session_id, LoginSession.user_id == user_id, _live(now))
+        .values(ended_at=now)
+        .execution_options(synchronize_session="fetch")
+    )
+    return bool(result.rowcount)

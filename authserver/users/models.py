@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
+from sqlalchemy import Boolean, ForeignKey, String, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, current_session, new_id, utcnow
-from authserver.errors import Conflict, Invalid
+from authserver.errors import Conflict, Forbidden, Invalid
 from authserver.security import Digester, Passwords, new_token
 
 
@@ -239,3 +239,63 @@ def set_password(user: User, password_hash: str) -> None:
 
 def mark_email_verified(user: User) -> None:
     user.email_verified = True
+
+
+NAME_MAX = 200
+
+
+def validate_name(name: str) -> str:
+    """A display name: trimmed, 1 to NAME_MAX printable characters."""
+    name = name.strip()
+    if not name or len(name) > NAME_MAX or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise Invalid(f"The name must be 1 to {NAME_MAX} printable characters.")
+    return name
+
+
+def page(
+    *,
+    after: tuple[datetime, str] | None,
+    limit: int,
+    email: str | None = None,
+    active: bool | None = None,
+) -> list[User]:
+    """Users oldest first, from just after the keyset position (created_at, id)."""
+    query = select(User).order_by(User.created_at, User.id).limit(limit)
+    if email is not None:
+        query = query.where(User.email == normalize_email(email))
+    if active is not None:
+        query = query.where(User.is_active.is_(active))
+    if after is not None:
+        query = query.where(tuple_(User.created_at, User.id) > after)
+    return list(current_session().scalars(query))
+
+
+def acting_admin(user_id: str | None) -> User:
+    """The administrator an `admin` token speaks for, read again on every request: the
+    scope was checked when the token was issued, and demoting or disabling an admin must
+    take effect on the next request, not when the token expires (SECURITY.md J78)."""
+    user = get(user_id) if user_id else None
+    if user is None or not user.is_active or not user.is_admin:
+        raise Forbidden("This operation is for administrators.")
+    return user
+
+
+def keeps_an_admin(user: User) -> None:
+    """Refuse to demote, disable or delete the last active administrator: nobody could
+    manage the accounts afterwards except from the command line."""
+    if not (user.is_admin and user.is_active):
+        return
+    others = current_session().scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.is_admin.is_(True), User.is_active.is_(True), User.id != user.id)
+    )
+    if not others:
+        raise Conflict("This is the last active administrator; appoint another one first.")
+
+
+def delete_user(user: User) -> None:
+    """Delete the account; its sessions, token families, consents and memberships go with it
+    (ON DELETE CASCADE). Audit events keep the id, never the person's details."""
+    current_session().delete(user)
+    current_session().flush()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from jinja2 import Environment
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -25,7 +27,6 @@ from authserver.oauth import tokens
 from authserver.outbound import Mail
 from authserver.sessions import models as sessions
 from authserver.sessions.pages import ACCOUNT_WINDOW, current_login, render
-from authserver.settings import Settings
 from authserver.users import models as users
 from authserver.web import CSRF_FIELD
 
@@ -38,6 +39,15 @@ HOUR = 3600
 NAME_MAX = 200
 LINK_INVALID = "It has expired or has already been used: each link works once, for a limited time."
 CURRENT_WRONG = "The current password is not correct."
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A message to write from `templates/mail/<template>.txt` (first line: the subject)."""
+
+    template: str
+    to: str
+    values: dict[str, str] = field(default_factory=dict)
 
 
 async def signup(request: Request) -> Response:
@@ -63,12 +73,12 @@ async def signup(request: Request) -> Response:
     password_hash = await run_in_threadpool(services.passwords.hash, password)
     ip = _ip(request)
     try:
-        mail = await services.db.run_sync(
+        letter = await services.db.run_sync(
             _register, services, name=name, email=email, password_hash=password_hash, ip=ip
         )
     except Conflict:
-        mail = await services.db.run_sync(_register_taken, services, email=email, ip=ip)
-    return _check_email(request, services, "signup", mail)
+        letter = await services.db.run_sync(_register_taken, services, email=email, ip=ip)
+    return _check_email(request, services, "signup", letter)
 
 
 async def verify_email(request: Request) -> Response:
@@ -109,8 +119,8 @@ async def resend_verification(request: Request) -> Response:
     except Invalid as exc:
         context = {"email": email, "error": exc.detail}
         return render(request, "resend_verification.html", context, status=400)
-    mail = await services.db.run_sync(_reissue_verification, services, email)
-    return _check_email(request, services, "resend", mail)
+    letter = await services.db.run_sync(_reissue_verification, services, email)
+    return _check_email(request, services, "resend", letter)
 
 
 async def reset_password(request: Request) -> Response:
@@ -129,8 +139,8 @@ async def reset_password(request: Request) -> Response:
         return render(
             request, "reset_request.html", {"email": email, "error": exc.detail}, status=400
         )
-    mail = await services.db.run_sync(_request_reset, services, email, ip=_ip(request))
-    return _check_email(request, services, "reset", mail)
+    letter = await services.db.run_sync(_request_reset, services, email, ip=_ip(request))
+    return _check_email(request, services, "reset", letter)
 
 
 async def reset_password_confirm(request: Request) -> Response:
@@ -152,10 +162,10 @@ async def reset_password_confirm(request: Request) -> Response:
     except Invalid as exc:
         return render(request, "reset_password.html", {**context, "error": exc.detail}, status=400)
     password_hash = await run_in_threadpool(services.passwords.hash, password)
-    mail = await services.db.run_sync(
+    letter = await services.db.run_sync(
         _reset, services, raw_token, password_hash=password_hash, ip=_ip(request)
     )
-    if mail is None:
+    if letter is None:
         return _link_invalid(request, "/reset-password", "Request a new link")
     response = _message(
         request,
@@ -163,8 +173,7 @@ async def reset_password_confirm(request: Request) -> Response:
         "Your new password is set, and every device that was signed in has been signed out.",
         action=("/login", "Sign in"),
     )
-    response.background = BackgroundTask(_send, services, mail)
-    return response
+    return _mail_later(request, response, letter)
 
 
 async def change_password(request: Request) -> Response:
@@ -204,7 +213,7 @@ async def change_password(request: Request) -> Response:
         return _change_form(request, user.email, error=CURRENT_WRONG, status=400)
     await run_in_threadpool(limiter.forgive, "login-account", user.email, ACCOUNT_WINDOW)
     password_hash = await run_in_threadpool(services.passwords.hash, new)
-    mail = await services.db.run_sync(
+    letter = await services.db.run_sync(
         _change, services, user.id, session_id=login.id, password_hash=password_hash, ip=ip
     )
     response = _message(
@@ -212,18 +221,17 @@ async def change_password(request: Request) -> Response:
         "Password changed",
         "Your new password is set. Every other device that was signed in has been signed out.",
     )
-    response.background = BackgroundTask(_send, services, mail)
-    return response
+    return _mail_later(request, response, letter)
 
 
-def _register(services: Services, *, name: str, email: str, password_hash: str, ip: str) -> Mail:
+def _register(services: Services, *, name: str, email: str, password_hash: str, ip: str) -> Letter:
     """Create the account and its verification link; Conflict when the address is taken."""
     user = users.create(email=email, password_hash=password_hash, name=name)
     _audit_own("user.signed_up", user.id, ip=ip)
     return _verification_mail(services, user)
 
 
-def _register_taken(services: Services, *, email: str, ip: str) -> Mail:
+def _register_taken(services: Services, *, email: str, ip: str) -> Letter:
     """The address has an account: tell its owner, who may simply have forgotten it."""
     existing = users.find_by_email(email)
     audit.record(
@@ -234,15 +242,7 @@ def _register_taken(services: Services, *, email: str, ip: str) -> Mail:
         target_id=existing.id if existing else None,
         reason="email_taken",
     )
-    issuer = services.settings.issuer
-    text = (
-        "Someone, perhaps you, tried to create an account with this email address, but it\n"
-        "already has one.\n\n"
-        f"To sign in: {issuer}/login\n"
-        f"Forgot your password? Choose a new one: {issuer}/reset-password\n\n"
-        "If this wasn't you, ignore this message: nothing about your account has changed.\n"
-    )
-    return Mail(email, "Someone tried to sign up with your email address", text)
+    return Letter("account_exists", email)
 
 
 def _verify(services: Services, raw_token: str, *, ip: str) -> bool:
@@ -254,14 +254,14 @@ def _verify(services: Services, raw_token: str, *, ip: str) -> bool:
     return True
 
 
-def _reissue_verification(services: Services, email: str) -> Mail | None:
+def _reissue_verification(services: Services, email: str) -> Letter | None:
     user = users.find_by_email(email)
     if user is None or not user.is_active or user.email_verified:
         return None
     return _verification_mail(services, user)
 
 
-def _request_reset(services: Services, email: str, *, ip: str) -> Mail | None:
+def _request_reset(services: Services, email: str, *, ip: str) -> Letter | None:
     user = users.find_by_email(email)
     if user is None or not user.is_active:
         audit.record(
@@ -279,17 +279,10 @@ def _request_reset(services: Services, email: str, *, ip: str) -> Mail | None:
     )
     audit.record("password.reset_requested", ip=ip, target_type="user", target_id=user.id)
     link = f"{services.settings.issuer}/reset-password/confirm?token={raw_token}"
-    text = (
-        "Someone asked to reset the password of the account that uses this email address.\n"
-        "To choose a new password, open this link:\n\n"
-        f"{link}\n\n"
-        f"The link works once, for {_duration(lifetime)}. If you\n"
-        "did not ask for this, ignore this message: your password stays as it is.\n"
-    )
-    return Mail(user.email, "Reset your password", text)
+    return Letter("reset_password", user.email, {"link": link, "lifetime": _duration(lifetime)})
 
 
-def _reset(services: Services, raw_token: str, *, password_hash: str, ip: str) -> Mail | None:
+def _reset(services: Services, raw_token: str, *, password_hash: str, ip: str) -> Letter | None:
     """Spend the link and set the password; then nothing signed in before survives: every
     session ends and every token family is revoked, whoever held them. Following the link
     proves the mailbox, so the address counts as verified too."""
@@ -304,12 +297,12 @@ def _reset(services: Services, raw_token: str, *, password_hash: str, ip: str) -
     _audit_own(
         "password.reset", user.id, ip=ip, sessions_ended=ended, token_families_revoked=revoked
     )
-    return _password_changed_mail(services.settings, user.email)
+    return Letter("password_changed", user.email)
 
 
 def _change(
     services: Services, user_id: str, *, session_id: str, password_hash: str, ip: str
-) -> Mail:
+) -> Letter:
     """Set the password and end everything but this browser's session and the tokens bound
     to it; offline grants end too. Outstanding reset links die with the old password."""
     user = users.get(user_id)
@@ -324,7 +317,7 @@ def _change(
     _audit_own(
         "password.changed", user.id, ip=ip, sessions_ended=ended, token_families_revoked=revoked
     )
-    return _password_changed_mail(services.settings, user.email)
+    return Letter("password_changed", user.email)
 
 
 def _audit_own(
@@ -343,7 +336,7 @@ def _audit_own(
     )
 
 
-def _verification_mail(services: Services, user: users.User) -> Mail:
+def _verification_mail(services: Services, user: users.User) -> Letter:
     """A fresh single-use link to confirm the address, in a message to it."""
     settings = services.settings
     raw_token = users.issue_link(
@@ -353,36 +346,30 @@ def _verification_mail(services: Services, user: users.User) -> Mail:
         lifetime=settings.email_verify_ttl,
     )
     link = f"{settings.issuer}/verify-email?token={raw_token}"
-    text = (
-        "To confirm that this email address belongs to your new account, open this link:\n\n"
-        f"{link}\n\n"
-        f"The link works once, for {_duration(settings.email_verify_ttl)}. If you did not\n"
-        "create an account, ignore this message.\n"
-    )
-    return Mail(user.email, "Confirm your email address", text)
+    lifetime = _duration(settings.email_verify_ttl)
+    return Letter("verify_email", user.email, {"link": link, "lifetime": lifetime})
 
 
-def _password_changed_mail(settings: Settings, email: str) -> Mail:
-    """People are told when their password changes, so a change they did not make shows."""
-    text = (
-        "The password of your account was just changed, and the devices that were signed in\n"
-        "have been signed out.\n\n"
-        "If you did not do this, choose a new password at once:\n"
-        f"{settings.issuer}/reset-password\n"
-    )
-    return Mail(email, "Your password was changed", text)
+def _mail_later(request: Request, response: Response, letter: Letter | None) -> Response:
+    """Send `letter` once `response` has gone out (so after the commit), in the threadpool."""
+    if letter is not None:
+        templates = request.app.state.templates.env
+        response.background = BackgroundTask(_send, _services(request), templates, letter)
+    return response
 
 
-def _send(services: Services, mail: Mail) -> None:
-    """The background task: at most `mail_rate_per_address` messages per address and hour,
-    so nobody can make the server flood someone's mailbox. Past it the page still reads
+def _send(services: Services, templates: Environment, letter: Letter) -> None:
+    """Write and send a letter, at most `mail_rate_per_address` per address and hour, so
+    nobody can make the server flood someone's mailbox. Past the limit the page still reads
     the same; the mail is just not sent."""
-    settings = services.settings
-    limit = settings.mail_rate_per_address
-    if services.limiter.check("mail-address", mail.to, limit, HOUR) is not None:
+    limit = services.settings.mail_rate_per_address
+    if services.limiter.check("mail-address", letter.to, limit, HOUR) is not None:
         log.warning("mail not sent: over %d messages to one address this hour", limit)
         return
-    outbound.deliver(services.mailer, mail)
+    template = templates.get_template(f"mail/{letter.template}.txt")
+    written = template.render(issuer=services.settings.issuer, **letter.values)
+    subject, _, text = written.partition("\n\n")
+    outbound.deliver(services.mailer, Mail(letter.to, subject, text + "\n"))
 
 
 async def _refuse_ip(
@@ -401,15 +388,15 @@ async def _refuse_ip(
     return render(request, template, {**context, "error": error}, status=429, headers=headers)
 
 
-def _check_email(request: Request, services: Services, kind: str, mail: Mail | None) -> Response:
+def _check_email(
+    request: Request, services: Services, kind: str, letter: Letter | None
+) -> Response:
     """The one answer to every request that may send mail (`kind`: signup, reset or resend).
     It has no form and does not repeat the address, so the answers for a registered and an
     unknown address are byte for byte the same."""
     lifetime = _duration(services.settings.password_reset_ttl)
     response = render(request, "check_email.html", {"kind": kind, "lifetime": lifetime})
-    if mail is not None:
-        response.background = BackgroundTask(_send, services, mail)
-    return response
+    return _mail_later(request, response, letter)
 
 
 def _signup_form(

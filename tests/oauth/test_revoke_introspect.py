@@ -1,0 +1,195 @@
+"""Revocation (RFC 7009) and introspection (RFC 7662): SECURITY.md E (44-48)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from authserver.app import Services
+from authserver.sessions import models as sessions
+from authserver.sessions.models import LoginSession
+from authserver.users import models as users
+from authserver.users.models import User
+from tests import factories
+from tests.oauth.conftest import CALLBACK, RP, Flow
+from tests.oauth.test_token import _events, assert_oauth_error
+
+ACTIVE_MEMBERS = {"active", "scope", "client_id", "sub", "exp", "iat", "iss", "token_type", "aud"}
+
+
+@pytest.fixture
+def issued(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> dict[str, Any]:
+    return flow.tokens(rp, user)
+
+
+@pytest.fixture
+def other(make: factories.Factory) -> RP:
+    client, secret = make.client(redirect_uris=[CALLBACK])
+    return RP(client, secret)
+
+
+def revoke(flow: Flow, rp: RP, token: str, **extra: str) -> httpx.Response:
+    return flow.client.post("/revoke", data={"token": token, **extra}, auth=rp.basic)
+
+
+def test_revoking_a_refresh_token_kills_its_family(
+    flow: Flow, rp: RP, issued: dict[str, Any], services: Services
+) -> None:
+    """SECURITY.md E44 (RFC 7009 §2.1 SHOULD: the grant's access tokens too)."""
+    response = revoke(flow, rp, issued["refresh_token"])
+    assert response.status_code == 200
+    assert response.json() == {}
+    assert response.headers["cache-control"] == "no-store"
+    assert_oauth_error(flow.refresh(rp, issued["refresh_token"]), "invalid_grant")
+    assert flow.introspect(rp, issued["access_token"]) == {"active": False}
+    assert flow.userinfo(issued["access_token"]).status_code == 401
+    events = services.db.call(_events, "token.revoked")
+    assert [event["token_type"] for event in events] == ["refresh_token"]
+    assert issued["refresh_token"] not in str(events)
+
+
+def test_revoking_an_access_token_kills_only_it(
+    flow: Flow, rp: RP, issued: dict[str, Any]
+) -> None:
+    """SECURITY.md E44."""
+    assert revoke(flow, rp, issued["access_token"]).status_code == 200
+    assert flow.userinfo(issued["access_token"]).status_code == 401
+    assert flow.introspect(rp, issued["access_token"]) == {"active": False}
+    assert flow.refresh(rp, issued["refresh_token"]).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["garbage", "", "a.b.c", "x" * 9000])
+def test_unknown_token_is_200_and_changes_nothing(
+    flow: Flow, rp: RP, issued: dict[str, Any], value: str
+) -> None:
+    """SECURITY.md E45 (RFC 7009 §2.2)."""
+    response = revoke(flow, rp, value)
+    if value == "":
+        assert_oauth_error(response, "invalid_request")
+    else:
+        assert response.status_code == 200
+    assert flow.introspect(rp, issued["access_token"])["active"] is True
+
+
+@pytest.mark.parametrize("hint", ["access_token", "refresh_token", "id_token", "bogus"])
+def test_any_hint_still_finds_the_token(
+    flow: Flow, rp: RP, issued: dict[str, Any], hint: str
+) -> None:
+    """SECURITY.md E45: the hint only says where to look first."""
+    assert revoke(flow, rp, issued["refresh_token"], token_type_hint=hint).status_code == 200
+    assert flow.introspect(rp, issued["refresh_token"]) == {"active": False}
+
+
+def test_another_clients_token_is_refused_and_stays_active(
+    flow: Flow, rp: RP, other: RP, issued: dict[str, Any]
+) -> None:
+    """SECURITY.md E46: node-oidc-provider's answer, 400 invalid_request."""
+    for token in (issued["refresh_token"], issued["access_token"]):
+        assert_oauth_error(revoke(flow, other, token), "invalid_request")
+        assert flow.introspect(rp, token)["active"] is True
+
+
+def test_revocation_needs_client_authentication(
+    flow: Flow, rp: RP, issued: dict[str, Any]
+) -> None:
+    """SECURITY.md E46 (ASVS 10.4.10)."""
+    response = flow.client.post("/revoke", data={"token": issued["refresh_token"]})
+    assert_oauth_error(response, "invalid_client", 401)
+    wrong = flow.client.post(
+        "/revoke", data={"token": issued["refresh_token"]}, auth=(rp.id, "wrong")
+    )
+    assert_oauth_error(wrong, "invalid_client", 401)
+    assert flow.refresh(rp, issued["refresh_token"]).status_code == 200
+    assert flow.client.get("/revoke").status_code == 405
+
+
+def test_public_client_revokes_with_its_client_id(
+    flow: Flow, public_rp: RP, user: User, signed_in: LoginSession
+) -> None:
+    """RFC 7009 §2.1: public clients identify themselves with client_id."""
+    body = flow.tokens(public_rp, user)
+    response = flow.client.post(
+        "/revoke", data={"token": body["refresh_token"], "client_id": public_rp.id}
+    )
+    assert response.status_code == 200
+    assert_oauth_error(flow.refresh(public_rp, body["refresh_token"]), "invalid_grant")
+
+
+def test_introspection_needs_an_authenticated_caller(
+    flow: Flow, rp: RP, public_rp: RP, issued: dict[str, Any]
+) -> None:
+    """SECURITY.md E47 (RFC 7662 §2.1, against token scanning)."""
+    bare = flow.client.post("/introspect", data={"token": issued["access_token"]})
+    assert_oauth_error(bare, "invalid_client", 401)
+    public = flow.client.post(
+        "/introspect", data={"token": issued["access_token"], "client_id": public_rp.id}
+    )
+    assert_oauth_error(public, "invalid_client", 401)
+
+
+def test_active_tokens_are_described(
+    flow: Flow, rp: RP, issued: dict[str, Any], user: User, services: Services
+) -> None:
+    """SECURITY.md E48: active, scope, client_id, sub, exp, iat, iss, token_type, aud."""
+    response = flow.client.post(
+        "/introspect", data={"token": issued["access_token"]}, auth=rp.basic
+    )
+    assert response.headers["cache-control"] == "no-store"
+    access = response.json()
+    assert ACTIVE_MEMBERS <= set(access)
+    assert access["active"] is True
+    assert access["sub"] == user.id
+    assert access["client_id"] == rp.id
+    assert access["token_type"] == "Bearer"
+    assert access["aud"] == services.settings.api_audience
+    refresh = flow.introspect(rp, issued["refresh_token"], token_type_hint="refresh_token")
+    assert ACTIVE_MEMBERS <= set(refresh)
+    assert refresh["scope"] == "openid profile email"
+    assert refresh["token_type"] == "refresh_token"
+
+
+def test_inactive_tokens_say_only_that(
+    flow: Flow,
+    rp: RP,
+    other: RP,
+    issued: dict[str, Any],
+    user: User,
+    signed_in: LoginSession,
+    services: Services,
+    frozen: Callable[[float], None],
+) -> None:
+    """SECURITY.md E48: garbage, another client's, rotated, session-ended, user-disabled and
+    expired tokens are `{"active": false}` and nothing more."""
+    inactive = {"active": False}
+    assert flow.introspect(rp, "garbage") == inactive
+    assert flow.introspect(other, issued["access_token"]) == inactive
+    assert flow.introspect(other, issued["refresh_token"]) == inactive
+
+    rotated = flow.refresh(rp, issued["refresh_token"]).json()
+    assert flow.introspect(rp, issued["refresh_token"]) == inactive
+
+    def set_active(active: bool) -> None:
+        found = users.get(user.id)
+        assert found is not None
+        found.is_active = active
+
+    services.db.call(set_active, False)
+    assert flow.introspect(rp, rotated["access_token"]) == inactive
+    services.db.call(set_active, True)
+    assert flow.introspect(rp, rotated["access_token"])["active"] is True
+
+    frozen(services.settings.access_token_ttl + 1)
+    assert flow.introspect(rp, rotated["access_token"]) == inactive
+    assert flow.introspect(rp, rotated["refresh_token"])["active"] is True
+    services.db.call(sessions.end, signed_in.id)
+    assert flow.introspect(rp, rotated["refresh_token"]) == inactive
+
+
+def test_introspecting_an_id_token_is_inactive(
+    flow: Flow, rp: RP, issued: dict[str, Any]
+) -> None:
+    """SECURITY.md F52: an ID token is not an access token."""
+    assert flow.introspect(rp, issued["id_token"]) == {"active": False}
