@@ -152,11 +152,17 @@ async def _sign_in(request: Request) -> Response:
             headers={"Retry-After": str(retry_after)},
         )
 
+    candidate = await services.db.run_sync(users.sign_in_candidate, email)
+    user_id = await run_in_threadpool(users.check_password, services.passwords, candidate, password)
+    new_hash = None
+    if user_id is not None and services.passwords.needs_rehash(candidate.password_hash or ""):
+        new_hash = await run_in_threadpool(services.passwords.hash, password)
     raw_sid = await services.db.run_sync(
         _open_session,
         services,
         email=email,
-        password=password,
+        candidate=candidate if user_id is not None else None,
+        new_hash=new_hash,
         previous_sid=request.cookies.get(sessions.cookie_name(settings)),
         ip=ip,
         user_agent=request.headers.get("user-agent", ""),
@@ -188,14 +194,18 @@ def _open_session(
     services: Services,
     *,
     email: str,
-    password: str,
+    candidate: users.Candidate | None,
+    new_hash: str | None,
     previous_sid: str | None,
     ip: str,
     user_agent: str,
 ) -> str | None:
-    """Check the password and start a session under a brand-new id (no fixation, H63); the
-    browser's previous session, if any, ends. Returns the raw cookie value, or None."""
-    user = users.authenticate(services.passwords, email, password)
+    """Start a session for a checked password under a brand-new id (no fixation, H63); the
+    browser's previous session, if any, ends. With no candidate, record the failure.
+    Returns the raw cookie value, or None."""
+    user = users.get(candidate.user_id) if candidate and candidate.user_id else None
+    if user is not None and (not user.is_active or user.password_hash != candidate.password_hash):
+        user = None
     if user is None:
         known = users.find_by_email(email)
         if known is None:
@@ -213,6 +223,8 @@ def _open_session(
             reason=reason,
         )
         return None
+    if new_hash is not None and user.password_hash is not None:
+        users.upgrade_hash(user.id, user.password_hash, new_hash)
     previous = sessions.find_active(services.digester, services.settings, previous_sid, touch=False)
     if previous is not None:
         sessions.end(previous.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Boolean, ForeignKey, String, delete, func, select, tuple_, update
@@ -117,24 +118,45 @@ def purge_email_tokens(now: datetime) -> int:
     return int(result.rowcount or 0)
 
 
-def authenticate(passwords: Passwords, email: str, password: str) -> User | None:
-    """The active user with this email and password, or None.
+@dataclass(frozen=True)
+class Candidate:
+    """What a sign-in needs from storage: the account's id and hash, or Nones."""
 
-    Every call runs exactly one argon2 verification, against a dummy hash when the account is
-    unknown, inactive or has no password, so neither the answer nor its timing tells which
-    (SECURITY.md I72). Passwords are compared whole, never truncated or case-folded (I70), and
-    a hash made with weaker parameters than today's is replaced on the way in (I69).
+    user_id: str | None = None
+    password_hash: str | None = None
+
+
+def sign_in_candidate(email: str) -> Candidate:
+    """The active account behind `email` and its password hash, for a check that runs outside
+    the transaction: argon2 takes tens of milliseconds and must not hold a database lock."""
+    if len(email) > EMAIL_MAX or "\x00" in email:
+        return Candidate()
+    user = find_by_email(email)
+    if user is None or not user.is_active or user.password_hash is None:
+        return Candidate()
+    return Candidate(user.id, user.password_hash)
+
+
+def check_password(passwords: Passwords, candidate: Candidate, password: str) -> str | None:
+    """The account id when the password is right, else None. No database work.
+
+    Exactly one argon2 verification runs whatever the account's state (a dummy hash stands in
+    for unknown, inactive and password-less accounts), so neither the answer nor its timing
+    tells them apart (SECURITY.md I72); passwords are compared whole (I70).
     """
-    lookupable = len(email) <= EMAIL_MAX and "\x00" not in email
-    user = find_by_email(email) if lookupable else None
-    if user is not None and not user.is_active:
-        user = None
-    stored = user.password_hash if user is not None and len(password) <= PASSWORD_MAX else None
-    if not passwords.verify(stored, password) or user is None or stored is None:
+    stored = candidate.password_hash if len(password) <= PASSWORD_MAX else None
+    if not passwords.verify(stored, password) or stored is None:
         return None
-    if passwords.needs_rehash(stored):
-        user.password_hash = passwords.hash(password)
-    return user
+    return candidate.user_id
+
+
+def upgrade_hash(user_id: str, seen_hash: str, new_hash: str) -> None:
+    """Store a hash made with today's parameters (I69), unless the password changed meanwhile."""
+    current_session().execute(
+        update(User)
+        .where(User.id == user_id, User.password_hash == seen_hash)
+        .values(password_hash=new_hash)
+    )
 
 
 VERIFY_EMAIL = "verify_email"
