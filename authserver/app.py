@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from authserver import kv, observability, outbound, web
+from authserver import api, kv, observability, outbound, web
 from authserver.db import Database
 from authserver.errors import exception_handlers
 from authserver.keystore import KeyStore
@@ -27,6 +27,7 @@ from authserver.rest import TokenVerifier
 from authserver.security import Digester, Passwords
 from authserver.sessions import pages
 from authserver.settings import Settings
+from authserver.users import account
 from authserver.users import pages as user_pages
 
 
@@ -103,6 +104,11 @@ def routes() -> list[BaseRoute]:
             "/reset-password/confirm", user_pages.reset_password_confirm, methods=["GET", "POST"]
         ),
         Route("/account/password", user_pages.change_password, methods=["GET", "POST"]),
+        Route("/account", account.account),
+        Route("/account/sessions/end-others", account.end_other_sessions, methods=["POST"]),
+        Route("/account/sessions/{session_id}/end", account.end_session, methods=["POST"]),
+        Route("/account/consents/{consent_id}/revoke", account.revoke_consent, methods=["POST"]),
+        *api.routes(),
         Mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static"),
     ]
 

@@ -1,6 +1,7 @@
 """The audit trail: security events and admin changes, with actor, time, IP and target.
 
 Never pass a secret, token or password in `details`: the table is read by admins and exported.
+Administrators read it at `GET /api/v1/audit`, newest first.
 """
 
 from __future__ import annotations
@@ -8,10 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, String
+from sqlalchemy import JSON, String, select, tuple_
 from sqlalchemy.orm import Mapped, mapped_column
+from starlette.requests import Request
+from starlette.responses import Response
 
+from authserver import rest
 from authserver.db import Base, current_session, new_id, utcnow
+from authserver.errors import Invalid
+from authserver.users import models as users
 
 
 class AuditEvent(Base):
@@ -53,3 +59,110 @@ def record(
     )
     current_session().add(entry)
     return entry
+
+
+FILTERS = ("event", "actor_id", "target_id")
+FILTER_MAX = 64
+LISTING = "audit"
+
+
+def page(
+    *, before: tuple[datetime, str] | None, limit: int, **filters: str | None
+) -> list[AuditEvent]:
+    """Events newest first, from just before the keyset position (at, id); each filter in
+    `FILTERS` given matches exactly."""
+    query = select(AuditEvent).order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit)
+    for name, value in filters.items():
+        if value is not None:
+            query = query.where(getattr(AuditEvent, name) == value)
+    if before is not None:
+        query = query.where(tuple_(AuditEvent.at, AuditEvent.id) < before)
+    return list(current_session().scalars(query))
+
+
+def as_dict(entry: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": entry.at.isoformat(),
+        "event": entry.event,
+        "outcome": entry.outcome,
+        "actor_type": entry.actor_type,
+        "actor_id": entry.actor_id,
+        "ip": entry.ip,
+        "target_type": entry.target_type,
+        "target_id": entry.target_id,
+        "details": entry.details,
+    }
+
+
+async def list_audit_events(request: Request) -> Response:
+    """Administrators only; the administrator is read again on every request (J78)."""
+    principal = await rest.authenticate(request, ("admin",))
+    admin_id = principal.require_user()
+    filters = {name: request.query_params.get(name) for name in FILTERS}
+    for name, value in filters.items():
+        if value is not None and (len(value) > FILTER_MAX or not value.isprintable()):
+            raise Invalid(f"`{name}` must be at most {FILTER_MAX} printable characters.")
+    size = rest.page_size(request)
+    cursors = rest.Cursors(request.app.state.services.digester.key("cursor"))
+    before = _position(cursors.decode(request.query_params.get("cursor")))
+
+    def read() -> list[AuditEvent]:
+        users.acting_admin(admin_id)
+        return page(before=before, limit=size + 1, **filters)
+
+    rows = await request.app.state.services.db.run_sync(read)
+    cursor = None
+    if len(rows) > size:
+        rows = rows[:size]
+        cursor = cursors.encode([LISTING, rows[-1].at.isoformat(), rows[-1].id])
+    return rest.page([as_dict(row) for row in rows], cursor)
+
+
+def _position(position: list[str] | None) -> tuple[datetime, str] | None:
+    if position is None:
+        return None
+    if len(position) != 3 or position[0] != LISTING:
+        raise Invalid("The cursor does not belong to this listing.")
+    try:
+        return datetime.fromisoformat(position[1]), position[2]
+    except ValueError:
+        raise Invalid("The cursor is not valid.") from None
+
+
+NULLABLE_TEXT = {"type": ["string", "null"]}
+EVENT = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "id", "at", "event", "outcome", "actor_type", "actor_id", "ip", "target_type",
+        "target_id", "details",
+    ],
+    "properties": {
+        "id": {"type": "string"},
+        "at": {"type": "string", "format": "date-time"},
+        "event": {"type": "string"},
+        "outcome": {"type": "string"},
+        "actor_type": {"type": "string"},
+        "actor_id": NULLABLE_TEXT,
+        "ip": {"type": "string"},
+        "target_type": NULLABLE_TEXT,
+        "target_id": NULLABLE_TEXT,
+        "details": {"type": "object"},
+    },
+}  # fmt: skip
+FILTER = {"type": "string", "maxLength": FILTER_MAX}
+
+OPERATIONS = [
+    rest.Operation(
+        "GET", "/audit", list_audit_events,
+        "List audit events, newest first (admin): sign-ins, tokens issued and revoked, refresh "
+        "reuse, account and admin changes; filter by exact event, actor_id or target_id",
+        ("admin",), response=rest.list_schema(EVENT), errors=(400, 401, 403),
+        query={
+            **dict.fromkeys(FILTERS, FILTER),
+            "page_size": {"type": "integer", "minimum": 1, "maximum": rest.MAX_PAGE_SIZE},
+            "cursor": {"type": "string"},
+        },
+    ),
+]  # fmt: skip

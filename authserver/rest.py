@@ -224,7 +224,8 @@ def routes(operations: Sequence[Operation]) -> list[Route]:
 
     def dispatch(handlers: dict[str, Handler]) -> Handler:
         async def endpoint(request: Request) -> Response:
-            return await handlers[request.method](request)
+            method = "GET" if request.method == "HEAD" else request.method
+            return await handlers[method](request)
 
         endpoint.__name__ = "api_" + "_".join(sorted(h.__name__ for h in handlers.values()))
         return endpoint

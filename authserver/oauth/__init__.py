@@ -46,4 +46,3 @@ def build_server(settings: Settings, keystore: KeyStore, digester: Digester) -> 
     server.register_endpoint(endpoints.Revocation(keystore, settings, digester))
     server.register_endpoint(endpoints.Introspection(keystore, settings, digester))
     return server
-

@@ -111,7 +111,9 @@ async def _handle(request: Request, *, step: str, with_body: bool) -> Response:
     return _respond(request, services, outcome)
 
 
-def decide(services: Services, snapshot: RequestSnapshot, raw_sid: str | None, step: str) -> Outcome:
+def decide(
+    services: Services, snapshot: RequestSnapshot, raw_sid: str | None, step: str
+) -> Outcome:
     """What to answer to an authorization request; `step` is where it came from:
     `authorize`, the consent page (`show`), or the user's answer there (`allow`/`deny`)."""
     now = db.utcnow()
@@ -187,7 +189,10 @@ def _needs_sign_in(services: Services, request: Any, login: LoginSession, now: d
     if hint is None:
         return False
     client_id = request.client.id
-    return oidc.id_token_hint_subject(services.keystore, services.settings, hint, client_id) != login.user_id
+    return (
+        oidc.id_token_hint_subject(services.keystore, services.settings, hint, client_id)
+        != login.user_id
+    )
 
 
 def _needs_consent(request: Any, end_user: EndUser, prompts: set[str]) -> bool:

@@ -67,7 +67,9 @@ class Client(Base, ClientMixin):
         return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return any(redirect_uri_matches(registered, redirect_uri) for registered in self.redirect_uris)
+        return any(
+            redirect_uri_matches(registered, redirect_uri) for registered in self.redirect_uris
+        )
 
     def get_allowed_scope(self, scope: str | None) -> str | None:
         """The requested scope when every value is allowed for this client, else None
@@ -120,6 +122,8 @@ def redirect_uri_matches(registered: str, sent: str) -> bool:
     if port is not None and not 0 < int(port) < 65536:
         return False
     return ours.group(1) == theirs.group(1) and ours.group(3) == theirs.group(3)
+
+
 DEFAULT_SCOPE = "openid profile email offline_access"
 SECRET_PURPOSE = "client_secret"
 

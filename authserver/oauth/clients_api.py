@@ -1,6 +1,8 @@
 """`/api/v1/clients`: the administrators' CRUD of OAuth clients and secret rotation.
 
-Every operation needs the `admin` scope. A client secret leaves the server exactly twice,
+Every operation needs the `admin` scope in a person's token, and that person is read again
+in each request's transaction, so a demoted administrator stops at once (SECURITY.md J78).
+A client secret leaves the server exactly twice,
 in the answer to its creation and to its rotation (with `Cache-Control: no-store`); only its
 keyed digest is stored, and no answer ever carries the digest. Registration data is
 validated by `clients`, the same code the CLI uses, and every change is audited.
@@ -8,21 +10,22 @@ validated by `clients`, the same code the CLI uses, and every change is audited.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from authserver import audit, rest
+from authserver import rest
 from authserver.errors import Invalid, NotFound
 from authserver.oauth import clients
 from authserver.oauth.clients import Client
+from authserver.users import models as users
+from authserver.users.api import ADMIN, PAGINATION, TIMESTAMP, Listing, admin, path_id
 
-ADMIN = ("admin",)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-LISTING = "clients"
+SCOPE_MAX = 1000
 
 
 @dataclass
@@ -49,81 +52,39 @@ class ClientPatch:
     is_active: bool | None = None
 
 
-@dataclass(frozen=True)
-class Admin:
-    """The administrator making a change, as the audit trail records it."""
-
-    principal: rest.Principal
-    ip: str
-
-    def record(self, event: str, client_id: str, **details: Any) -> None:
-        audit.record(
-            event,
-            actor_type="user" if self.principal.user_id else "client",
-            actor_id=self.principal.user_id or self.principal.client_id,
-            ip=self.ip,
-            target_type="client",
-            target_id=client_id,
-            via_client=self.principal.client_id,
-            **details,
-        )
-
-
-async def _admin(request: Request) -> Admin:
-    principal = await rest.authenticate(request, ADMIN)
-    return Admin(principal, request.client.host if request.client else "")
-
-
-def _services(request: Request) -> Any:
-    return request.app.state.services
-
-
-def _cursors(request: Request) -> rest.Cursors:
-    return rest.Cursors(_services(request).digester.key("cursor"))
+def _db(request: Request) -> Any:
+    return request.app.state.services.db
 
 
 def _existing(client_id: str) -> Client:
-    client = clients.get(client_id) if len(client_id) <= 64 else None
+    client = clients.get(client_id)
     if client is None:
         raise NotFound("No such client.")
     return client
 
 
-def _after(request: Request) -> tuple[datetime, str] | None:
-    """The position a cursor of this listing points at; a cursor of another listing is
-    refused, never reinterpreted."""
-    position = _cursors(request).decode(request.query_params.get("cursor"))
-    if position is None:
-        return None
-    if len(position) != 3 or position[0] != LISTING:
-        raise Invalid("The cursor does not belong to this listing.")
-    try:
-        return datetime.fromisoformat(position[1]), position[2]
-    except ValueError:
-        raise Invalid("The cursor is not valid.") from None
-
-
 async def list_clients(request: Request) -> Response:
-    await _admin(request)
-    size = rest.page_size(request)
-    after = _after(request)
-    found = await _services(request).db.run_sync(clients.listing, after=after, limit=size + 1)
-    cursor = None
-    if len(found) > size:
-        found = found[:size]
-        last = found[-1]
-        cursor = _cursors(request).encode([LISTING, last.created_at.isoformat(), last.id])
-    return rest.page([clients.as_dict(client) for client in found], cursor)
+    me = await admin(request)
+    listing = Listing(request, "clients")
+
+    def read() -> list[Client]:
+        users.acting_admin(me.user_id)
+        return clients.listing(after=listing.after, limit=listing.size + 1)
+
+    rows = await _db(request).run_sync(read)
+    return listing.page(rows, lambda client: (client.created_at, client.id), clients.as_dict)
 
 
 async def create_client(request: Request) -> Response:
-    admin = await _admin(request)
+    me = await admin(request)
     body: NewClient = await rest.read_json(request, NewClient)
-    services = _services(request)
+    _check_text(body.client_name, body.scope)
+    digester = request.app.state.services.digester
 
     def create() -> dict[str, Any]:
+        users.acting_admin(me.user_id)
         client, secret = clients.create(
-            services.digester,
+            digester,
             name=body.client_name,
             redirect_uris=body.redirect_uris,
             grant_types=body.grant_types,
@@ -132,33 +93,36 @@ async def create_client(request: Request) -> Response:
             post_logout_redirect_uris=body.post_logout_redirect_uris,
             skip_consent=body.skip_consent,
         )
-        admin.record("client.created", client.id)
+        me.record("client.created", "client", client.id)
         created = clients.as_dict(client)
         if secret is not None:
             created["client_secret"] = secret
         return created
 
-    created = await services.db.run_sync(create)
+    created = await _db(request).run_sync(create)
     location = f"{rest.API_PREFIX}/clients/{created['client_id']}"
     return JSONResponse(created, 201, headers={**NO_STORE, "Location": location})
 
 
 async def get_client(request: Request) -> Response:
-    await _admin(request)
-    client_id = request.path_params["client_id"]
+    me = await admin(request)
+    client_id = path_id(request, "client_id")
 
     def read() -> dict[str, Any]:
+        users.acting_admin(me.user_id)
         return clients.as_dict(_existing(client_id))
 
-    return JSONResponse(await _services(request).db.run_sync(read))
+    return JSONResponse(await _db(request).run_sync(read))
 
 
 async def update_client(request: Request) -> Response:
-    admin = await _admin(request)
-    client_id = request.path_params["client_id"]
+    me = await admin(request)
+    client_id = path_id(request, "client_id")
     body: ClientPatch = await rest.read_json(request, ClientPatch)
+    _check_text(body.client_name, body.scope)
 
     def update() -> dict[str, Any]:
+        users.acting_admin(me.user_id)
         client = _existing(client_id)
         changed = clients.update(
             client,
@@ -171,42 +135,82 @@ async def update_client(request: Request) -> Response:
             is_active=body.is_active,
         )
         if changed:
-            admin.record("client.updated", client_id, fields=changed)
+            me.record("client.updated", "client", client_id, fields=changed)
         return clients.as_dict(client)
 
-    return JSONResponse(await _services(request).db.run_sync(update))
+    return JSONResponse(await _db(request).run_sync(update))
 
 
 async def delete_client(request: Request) -> Response:
-    admin = await _admin(request)
-    client_id = request.path_params["client_id"]
+    me = await admin(request)
+    client_id = path_id(request, "client_id")
 
     def delete() -> None:
+        users.acting_admin(me.user_id)
         clients.delete(_existing(client_id))
-        admin.record("client.deleted", client_id)
+        me.record("client.deleted", "client", client_id)
 
-    await _services(request).db.run_sync(delete)
+    await _db(request).run_sync(delete)
     return Response(status_code=204)
 
 
 async def rotate_client_secret(request: Request) -> Response:
-    admin = await _admin(request)
-    client_id = request.path_params["client_id"]
-    services = _services(request)
+    me = await admin(request)
+    client_id = path_id(request, "client_id")
+    digester = request.app.state.services.digester
 
     def rotate() -> dict[str, Any]:
-        secret = clients.rotate_secret(services.digester, _existing(client_id))
-        admin.record("client.secret_rotated", client_id)
+        users.acting_admin(me.user_id)
+        secret = clients.rotate_secret(digester, _existing(client_id))
+        me.record("client.secret_rotated", "client", client_id)
         return {"client_id": client_id, "client_secret": secret}
 
-    return JSONResponse(await services.db.run_sync(rotate), headers=NO_STORE)
+    return JSONResponse(await _db(request).run_sync(rotate), headers=NO_STORE)
+
+
+def _check_text(client_name: str | None, scope: str | None) -> None:
+    """Names and scopes are shown to people and compared as text: no control characters
+    or lone surrogates, and a scope that fits its column (PostgreSQL would answer either
+    with an error rather than a 400)."""
+    for name, value in (("client_name", client_name), ("scope", scope)):
+        if value is not None and any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+            raise Invalid(f"`{name}` must not contain control characters.")
+    if scope is not None and len(scope) > SCOPE_MAX:
+        raise Invalid(f"`scope` must be at most {SCOPE_MAX} characters.")
 
 
 # -- OpenAPI --------------------------------------------------------------------------------
 
-URIS = {"type": "array", "items": {"type": "string"}}
+#: Any character but a control character (C0, DEL, C1) ...
+PRINTABLE = r"[^\u0000-\u001f\u007f-\u009f]"
+#: ... and at least one that is not white space, which is stripped.
+NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "pattern": rf"^{PRINTABLE}*[^\s\u0000-\u001f\u007f-\u009f]{PRINTABLE}*$",
+}
+SCOPE = {"type": "string", "maxLength": SCOPE_MAX, "pattern": rf"^{PRINTABLE}*$"}
+_REST = r"(/[A-Za-z0-9._~!$&'()+,;=:@%/-]*)?(\?[A-Za-z0-9._~!$&'()+,;=:@%/?-]*)?"
+_PORT = "(:[0-9]{1,5})"
+REDIRECT_URI = {
+    "type": "string",
+    "maxLength": 2000,
+    "description": "Compared exactly. https; http only on loopback (any port, RFC 8252 §7.3); "
+    "or a private-use scheme named as a reversed domain (RFC 8252 §7.1). No fragment, "
+    "wildcard or user info.",
+    "pattern": "^("
+    + "|".join(
+        (
+            rf"https://[A-Za-z0-9.-]+{_PORT}?{_REST}",
+            rf"http://(127\.0\.0\.1{_PORT}?|\[::1\]{_PORT}){_REST}",
+            r"[a-z][a-z0-9+-]*(\.[a-z0-9+-]+)+:[A-Za-z0-9._~!$&'()+,;=:@%/?-]*",
+        )
+    )
+    + ")$",
+}
+URIS = {"type": "array", "items": REDIRECT_URI}
 GRANT_TYPES = {"type": "array", "items": {"type": "string", "enum": list(clients.GRANT_TYPES)}}
-NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}
 CLIENT = {
     "type": "object",
     "additionalProperties": False,
@@ -226,15 +230,15 @@ CLIENT = {
     "properties": {
         "client_id": {"type": "string"},
         "client_name": {"type": "string"},
-        "redirect_uris": URIS,
-        "post_logout_redirect_uris": URIS,
+        "redirect_uris": {"type": "array", "items": {"type": "string"}},
+        "post_logout_redirect_uris": {"type": "array", "items": {"type": "string"}},
         "grant_types": {"type": "array", "items": {"type": "string"}},
         "response_types": {"type": "array", "items": {"type": "string"}},
         "scope": {"type": "string"},
         "token_endpoint_auth_method": {"type": "string"},
         "skip_consent": {"type": "boolean"},
         "is_active": {"type": "boolean"},
-        "created_at": {"type": "string", "format": "date-time"},
+        "created_at": TIMESTAMP,
     },
 }
 CREATED_CLIENT = {
@@ -259,10 +263,38 @@ NEW_CLIENT = {
             **GRANT_TYPES,
             "description": "Empty or left out: authorization_code and refresh_token.",
         },
-        "scope": {"type": "string"},
+        "scope": SCOPE,
         "token_endpoint_auth_method": {"type": "string", "enum": list(clients.AUTH_METHODS)},
         "skip_consent": {"type": "boolean"},
     },
+    "allOf": [
+        {
+            "description": "authorization_code (also the default) needs a redirect URI.",
+            "if": {
+                "anyOf": [
+                    {"not": {"required": ["grant_types"]}},
+                    {"properties": {"grant_types": {"maxItems": 0}}},
+                    {"properties": {"grant_types": {"contains": {"const": "authorization_code"}}}},
+                ]
+            },
+            "then": {
+                "required": ["redirect_uris"],
+                "properties": {"redirect_uris": {"minItems": 1}},
+            },
+        },
+        {
+            "description": "A public client (auth method none) cannot use client_credentials.",
+            "if": {
+                "required": ["token_endpoint_auth_method"],
+                "properties": {"token_endpoint_auth_method": {"const": "none"}},
+            },
+            "then": {
+                "properties": {
+                    "grant_types": {"not": {"contains": {"const": "client_credentials"}}}
+                }
+            },
+        },
+    ],
 }
 CLIENT_PATCH = {
     "type": "object",
@@ -273,7 +305,7 @@ CLIENT_PATCH = {
         "redirect_uris": {**URIS, "type": ["array", "null"]},
         "post_logout_redirect_uris": {**URIS, "type": ["array", "null"]},
         "grant_types": {**GRANT_TYPES, "type": ["array", "null"], "minItems": 1},
-        "scope": {"type": ["string", "null"]},
+        "scope": {**SCOPE, "type": ["string", "null"]},
         "skip_consent": {"type": ["boolean", "null"]},
         "is_active": {"type": ["boolean", "null"]},
     },
@@ -294,10 +326,7 @@ OPERATIONS = [
         "List clients (admin)",
         ADMIN,
         response=rest.list_schema(CLIENT),
-        query={
-            "page_size": {"type": "integer", "minimum": 1, "maximum": rest.MAX_PAGE_SIZE},
-            "cursor": {"type": "string"},
-        },
+        query=PAGINATION,
         errors=(400, 401, 403),
     ),
     rest.Operation(

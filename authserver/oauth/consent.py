@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint, select
+from sqlalchemy import ForeignKey, String, UniqueConstraint, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, current_session, new_id, utcnow
+from authserver.oauth.clients import Client
+from authserver.oauth.tokens import TokenFamily
 
 
 class Consent(Base):
@@ -85,3 +87,43 @@ def describe(scope: str, app: str) -> list[str]:
         SCOPE_WORDS[name].format(app=app) if name in SCOPE_WORDS else f"Use the “{name}” permission"
         for name in scope.split()
     ]
+
+
+def page_for_user(
+    user_id: str, *, after: tuple[datetime, str] | None, limit: int
+) -> list[tuple[Consent, str]]:
+    """The user's consents with the name of the client each was given to, oldest first."""
+    query = (
+        select(Consent, Client.name)
+        .join(Client, Client.id == Consent.client_id)
+        .where(Consent.user_id == user_id)
+        .order_by(Consent.created_at, Consent.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(tuple_(Consent.created_at, Consent.id) > after)
+    return [(row, name) for row, name in current_session().execute(query)]
+
+
+def find_for_user(user_id: str, consent_id: str) -> Consent | None:
+    """The consent if it is `user_id`'s: another user's is as absent as an unknown id."""
+    found = current_session().get(Consent, consent_id)
+    return found if found is not None and found.user_id == user_id else None
+
+
+def revoke(consent: Consent, now: datetime) -> int:
+    """Forget a consent and revoke every token family the user's grant gave the client:
+    its refresh tokens fail and its access tokens turn inactive by reference (ASVS 10.4.9,
+    10.7.3). Returns how many families were revoked."""
+    current_session().delete(consent)
+    result = current_session().execute(
+        update(TokenFamily)
+        .where(
+            TokenFamily.user_id == consent.user_id,
+            TokenFamily.client_id == consent.client_id,
+            TokenFamily.revoked_at.is_(None),
+        )
+        .values(revoked_at=now, revoked_reason="consent_revoked")
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)

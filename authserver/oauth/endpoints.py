@@ -8,7 +8,8 @@ revocation sticks). Anything else that goes wrong rolls the whole request back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from authlib.oauth2.rfc6749 import (
     InvalidRequestError,
@@ -35,7 +36,7 @@ from authserver.oauth.requests import (
     read_form_request,
     read_resource_request,
 )
-from authserver.oauth.tokens import RefreshToken, TokenFamily
+from authserver.oauth.tokens import PresentedRefreshToken
 from authserver.security import Digester
 from authserver.settings import Settings
 from authserver.users import models as users
@@ -89,17 +90,79 @@ async def _form_endpoint(request: Request, handle: Any) -> Response:
 
 
 @dataclass
-class IssuedToken:
-    """A token presented at /revoke or /introspect, found by its digest or its signature."""
+class FoundAccessToken:
+    """An access token presented at /revoke or /introspect, found by its signature."""
 
-    kind: str
-    client_id: str
-    family: TokenFamily | None = None
-    refresh: RefreshToken | None = None
-    claims: dict[str, Any] | None = None
+    claims: dict[str, Any]
+    kind: ClassVar[str] = "access_token"
+
+    @property
+    def client_id(self) -> str:
+        return str(self.claims["client_id"])
 
     def check_client(self, client: Any) -> bool:
         return self.client_id == client.get_client_id()
+
+    def is_active(self, now: datetime) -> bool:
+        return tokens.access_token_is_live(self.claims, now)
+
+    def revoke(self, now: datetime) -> tuple[str, str]:
+        """Denied until it expires; the rest of its grant lives on (RFC 7009 §2.1)."""
+        tokens.revoke_access_token(self.claims["jti"], now)
+        return "access_token", str(self.claims["jti"])
+
+    def introspection(self, issuer: str) -> dict[str, Any]:
+        names = ("scope", "client_id", "sub", "exp", "iat", "iss", "aud", "jti")
+        return {
+            "active": True,
+            **{n: self.claims.get(n, "") for n in names},
+            "token_type": "Bearer",
+        }
+
+
+@dataclass
+class FoundRefreshToken:
+    """A refresh token presented at /revoke or /introspect, found by its digest."""
+
+    presented: PresentedRefreshToken
+    kind: ClassVar[str] = "refresh_token"
+
+    @property
+    def client_id(self) -> str:
+        return self.presented.family.client_id
+
+    def check_client(self, client: Any) -> bool:
+        return self.presented.check_client(client)
+
+    def is_active(self, now: datetime) -> bool:
+        row = self.presented.row
+        return (
+            row.rotated_at is None
+            and row.expires_at > now
+            and tokens.family_is_live(self.presented.family, now)
+        )
+
+    def revoke(self, now: datetime) -> tuple[str, str]:
+        """The whole family goes, its access tokens with it (RFC 7009 §2.1 SHOULD)."""
+        tokens.revoke_family(self.presented.family.id, "revoked", now)
+        return "token_family", self.presented.family.id
+
+    def introspection(self, issuer: str) -> dict[str, Any]:
+        family, row = self.presented.family, self.presented.row
+        return {
+            "active": True,
+            "scope": family.scope,
+            "client_id": family.client_id,
+            "sub": family.user_id,
+            "exp": int(row.expires_at.timestamp()),
+            "iat": int(row.created_at.timestamp()),
+            "iss": issuer,
+            "aud": family.client_id,
+            "token_type": "refresh_token",
+        }
+
+
+FoundToken = FoundAccessToken | FoundRefreshToken
 
 
 class _TokenLookup:
@@ -118,24 +181,19 @@ class _TokenLookup:
         if "token" not in request.form:
             raise InvalidRequestError("The token parameter is required.")
 
-    def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
+    def query_token(self, token_string: str, token_type_hint: str | None) -> FoundToken | None:
         order = [self._refresh_token, self._access_token]
         if token_type_hint != "refresh_token":
             order.reverse()
         return next((found for find in order if (found := find(token_string))), None)
 
-    def _refresh_token(self, raw: str) -> IssuedToken | None:
+    def _refresh_token(self, raw: str) -> FoundToken | None:
         presented = tokens.find_refresh_token(self.digester, raw)
-        if presented is None:
-            return None
-        family = presented.family
-        return IssuedToken("refresh_token", family.client_id, family, refresh=presented.row)
+        return FoundRefreshToken(presented) if presented is not None else None
 
-    def _access_token(self, raw: str) -> IssuedToken | None:
+    def _access_token(self, raw: str) -> FoundToken | None:
         claims = tokens.verify_access_token(self.keystore, self.settings, raw, db.utcnow())
-        if claims is None:
-            return None
-        return IssuedToken("access_token", claims["client_id"], claims=claims)
+        return FoundAccessToken(claims) if claims is not None else None
 
 
 class Revocation(_TokenLookup, RevocationEndpoint):
@@ -143,7 +201,7 @@ class Revocation(_TokenLookup, RevocationEndpoint):
 
     CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
-    def authenticate_token(self, request: Any, client: Any) -> IssuedToken | None:
+    def authenticate_token(self, request: Any, client: Any) -> FoundToken | None:
         """§2.1: "the authorization server ... verifies whether the token was issued to the
         client making the revocation request. If this validation fails, the request is
         refused" — node-oidc-provider's `invalid_request`; the token stays active."""
@@ -153,17 +211,8 @@ class Revocation(_TokenLookup, RevocationEndpoint):
             raise InvalidRequestError("The token was not issued to this client.")
         return found
 
-    def revoke_token(self, token: IssuedToken, request: Any) -> None:
-        """A refresh token takes its whole family with it, access tokens included (§2.1
-        SHOULD); an access token is denied until it expires."""
-        now = db.utcnow()
-        if token.family is not None:
-            tokens.revoke_family(token.family.id, "revoked", now)
-            target_type, target_id = "token_family", token.family.id
-        else:
-            assert token.claims is not None
-            tokens.revoke_access_token(token.claims["jti"], now)
-            target_type, target_id = "access_token", token.claims["jti"]
+    def revoke_token(self, token: FoundToken, request: Any) -> None:
+        target_type, target_id = token.revoke(db.utcnow())
         audit.record(
             "token.revoked",
             actor_type="client",
@@ -181,54 +230,13 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):
 
     CLIENT_AUTH_METHODS = SECRET_AUTH_METHODS
 
-    def check_permission(self, token: IssuedToken, client: Any, request: Any) -> bool:
+    def check_permission(self, token: FoundToken, client: Any, request: Any) -> bool:
         return token.check_client(client)
 
-    def create_introspection_payload(self, token: IssuedToken | None) -> dict[str, Any]:
-        now = db.utcnow()
-        if token is None or not self._is_active(token, now):
+    def create_introspection_payload(self, token: FoundToken | None) -> dict[str, Any]:
+        if token is None or not token.is_active(db.utcnow()):
             return {"active": False}
-        return self.introspect_token(token)
-
-    def introspect_token(self, token: IssuedToken) -> dict[str, Any]:
-        if token.claims is not None:
-            claims = token.claims
-            return {
-                "active": True,
-                "scope": claims.get("scope", ""),
-                "client_id": claims["client_id"],
-                "sub": claims["sub"],
-                "exp": claims["exp"],
-                "iat": claims["iat"],
-                "iss": claims["iss"],
-                "aud": claims["aud"],
-                "jti": claims["jti"],
-                "token_type": "Bearer",
-            }
-        assert token.family is not None and token.refresh is not None
-        return {
-            "active": True,
-            "scope": token.family.scope,
-            "client_id": token.family.client_id,
-            "sub": token.family.user_id,
-            "exp": int(token.refresh.expires_at.timestamp()),
-            "iat": int(token.refresh.created_at.timestamp()),
-            "iss": self.settings.issuer,
-            "aud": token.family.client_id,
-            "token_type": "refresh_token",
-        }
-
-    @staticmethod
-    def _is_active(token: IssuedToken, now: Any) -> bool:
-        if token.claims is not None:
-            return tokens.access_token_is_live(token.claims, now)
-        assert token.family is not None and token.refresh is not None
-        refresh = token.refresh
-        return (
-            refresh.rotated_at is None
-            and refresh.expires_at > now
-            and tokens.family_is_live(token.family, now)
-        )
+        return token.introspection(self.settings.issuer)
 
 
 # -- userinfo ------------------------------------------------------------------------------
@@ -248,7 +256,8 @@ class AccessTokenValidator(BearerTokenValidator):
         claims = tokens.verify_access_token(self.keystore, self.settings, token_string, now)
         if claims is None:
             return None
-        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
         if self.settings.api_audience not in audiences:
             return None
         return claims if tokens.access_token_is_live(claims, now) else None

@@ -74,6 +74,8 @@ class PKCE(CodeChallenge):
 
 
 def check_admin_scope(scope: str, end_user: EndUser) -> None:
+    """`admin` is granted for a user only while they are an admin, at /authorize and again
+    at every refresh, so a demoted admin's grant stops carrying it."""
     if ADMIN_SCOPE in scope.split() and not end_user.user.is_admin:
         raise InvalidScopeError("The admin scope is only for administrators.")
 

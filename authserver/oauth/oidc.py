@@ -128,9 +128,7 @@ class OpenIDCode(IDTokens, _OpenIDCode):
         return False
 
 
-def id_token_hint_subject(
-    keystore: KeyStore, settings: Settings, hint: str, client_id: str
-) -> str:
+def id_token_hint_subject(keystore: KeyStore, settings: Settings, hint: str, client_id: str) -> str:
     """The `sub` of an `id_token_hint` we issued to this client (OIDC Core §3.1.2.1).
 
     An expired hint is fine (it only names the user); anything we did not sign, or that

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from authserver.errors import NO_STORE
 from authserver.oauth.requests import RequestSnapshot, SnapshotJsonRequest, SnapshotRequest
 
+
 class AuthorizationServer(_AuthorizationServer):
     """Authlib's server with Starlette requests and responses."""
 

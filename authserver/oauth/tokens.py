@@ -175,7 +175,7 @@ def decode_own_jwt(keystore: KeyStore, raw: str | None, *, typ: str) -> dict[str
         return None
     try:
         header = json.loads(_b64decode(raw.split(".", 1)[0]))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(header, dict) or not set(header) <= HEADER_MEMBERS:
         return None
@@ -373,9 +373,7 @@ def reload(presented: PresentedRefreshToken) -> PresentedRefreshToken:
 
 def slide(presented: PresentedRefreshToken, now: datetime, idle_ttl: int) -> None:
     """A non-rotating refresh token stays valid while it is used (idle expiry slides)."""
-    presented.row.expires_at = min(
-        presented.family.expires_at, now + timedelta(seconds=idle_ttl)
-    )
+    presented.row.expires_at = min(presented.family.expires_at, now + timedelta(seconds=idle_ttl))
 
 
 # -- access tokens -------------------------------------------------------------------------

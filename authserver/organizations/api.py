@@ -3,24 +3,32 @@
 Handlers parse, call `models` in one transaction (the access check, the change and its audit
 record commit together) and shape the answer. The rules live in `models`: a non-member gets
 404 for anything of an organization (SECURITY.md J75-76), roles decide the rest, and the
-last owner stays. Tokens need `organizations:read` or `organizations:write`; a token with
-`admin` may act on every organization.
+last owner stays. Tokens need `organizations:read` or `organizations:write` and must speak
+for a person; an administrator's token with `admin` may act on every organization while
+that person is still an administrator (J78).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from authserver import audit, rest
-from authserver.errors import AppError, Invalid
+from authserver import rest
+from authserver.errors import Forbidden
 from authserver.organizations import models as orgs
+from authserver.users import models as users
+from authserver.users.api import (
+    PAGINATION,
+    TIMESTAMP,
+    Caller,
+    Listing,
+    TooManyRequests,
+    caller,
+)
 from authserver.users.models import User
 
 READ = ("organizations:read", "organizations:write")
@@ -28,11 +36,6 @@ WRITE = ("organizations:write",)
 #: Adding by email tells whether an account exists; this bounds how fast anyone can ask.
 MEMBER_ADDS_PER_HOUR = 60
 HOUR = 3600
-
-
-class TooManyRequests(AppError):
-    status_code = 429
-    title = "Too Many Requests"
 
 
 @dataclass
@@ -56,83 +59,20 @@ class MemberPatch:
     role: str
 
 
-@dataclass(frozen=True)
-class Actor:
-    """Who made a change, as the audit trail records it."""
-
-    principal: rest.Principal
-    ip: str
-
-    def record(self, event: str, target_type: str, target_id: str, **details: Any) -> None:
-        audit.record(
-            event,
-            actor_type="user" if self.principal.user_id else "client",
-            actor_id=self.principal.user_id or self.principal.client_id,
-            ip=self.ip,
-            target_type=target_type,
-            target_id=target_id,
-            client_id=self.principal.client_id,
-            **details,
-        )
-
-
-async def _caller(request: Request, scopes: tuple[str, ...]) -> Actor:
-    principal = await rest.authenticate(request, scopes)
-    if not principal.is_admin:
-        principal.require_user()
-    return Actor(principal, request.client.host if request.client else "")
-
-
-def _access(actor: Actor, organization_id: str) -> orgs.Access:
-    principal = actor.principal
-    return orgs.access(organization_id, principal.user_id, admin=principal.is_admin)
+def _access(me: Caller, organization_id: str) -> orgs.Access:
+    """The caller's standing, in the unit of work that acts on it. The `admin` scope counts
+    only while its person is still an active administrator, read again now (J78)."""
+    admin = me.principal is not None and me.principal.is_admin
+    if admin:
+        try:
+            users.acting_admin(me.user_id)
+        except Forbidden:
+            admin = False
+    return orgs.access(organization_id, me.user_id, admin=admin)
 
 
 def _shape(organization: orgs.Organization, role: str | None) -> dict[str, Any]:
     return {**orgs.as_dict(organization), "role": role}
-
-
-def _cursors(request: Request) -> rest.Cursors:
-    return rest.Cursors(request.app.state.services.digester.key("cursor"))
-
-
-def _after(request: Request, listing: str) -> orgs.Position | None:
-    """The position a cursor points at, if it was made for this very listing: a cursor
-    from someone else's listing is refused, never reinterpreted (SECURITY.md J75)."""
-    position = _cursors(request).decode(request.query_params.get("cursor"))
-    if position is None:
-        return None
-    if len(position) != 3 or position[0] != listing:
-        raise Invalid("The cursor does not belong to this listing.")
-    try:
-        return datetime.fromisoformat(position[1]), position[2]
-    except ValueError:
-        raise Invalid("The cursor is not valid.") from None
-
-
-def _page(
-    request: Request,
-    listing: str,
-    rows: list[Any],
-    size: int,
-    position: Callable[[Any], orgs.Position],
-    shape: Callable[..., dict[str, Any]],
-) -> Response:
-    """One page of `size` rows; `rows` was fetched with one extra to tell whether more follow."""
-    cursor = None
-    if len(rows) > size:
-        rows = rows[:size]
-        created_at, row_id = position(rows[-1])
-        cursor = _cursors(request).encode([listing, created_at.isoformat(), row_id])
-    return rest.page([shape(*row) for row in rows], cursor)
-
-
-def _organization_position(row: tuple[orgs.Organization, str]) -> orgs.Position:
-    return row[0].created_at, row[0].id
-
-
-def _member_position(row: tuple[orgs.Membership, User]) -> orgs.Position:
-    return row[0].created_at, row[0].user_id
 
 
 def _db(request: Request) -> Any:
@@ -143,23 +83,21 @@ def _db(request: Request) -> Any:
 
 
 async def list_organizations(request: Request) -> Response:
-    actor = await _caller(request, READ)
-    user_id = actor.principal.require_user()
-    size = rest.page_size(request)
-    listing = f"organizations:{user_id}"
-    after = _after(request, listing)
-    rows = await _db(request).run_sync(orgs.list_for_user, user_id, after=after, limit=size + 1)
-    return _page(request, listing, rows, size, _organization_position, _shape)
+    me = await caller(request, READ)
+    listing = Listing(request, f"organizations:{me.user_id}")
+    rows = await _db(request).run_sync(
+        orgs.list_for_user, me.user_id, after=listing.after, limit=listing.size + 1
+    )
+    return listing.page(rows, lambda row: (row[0].created_at, row[0].id), lambda row: _shape(*row))
 
 
 async def create_organization(request: Request) -> Response:
-    actor = await _caller(request, WRITE)
-    user_id = actor.principal.require_user()
+    me = await caller(request, WRITE)
     body: NewOrganization = await rest.read_json(request, NewOrganization)
 
     def create() -> dict[str, Any]:
-        organization = orgs.create(name=body.name, owner_id=user_id)
-        actor.record("organization.created", "organization", organization.id)
+        organization = orgs.create(name=body.name, owner_id=me.user_id)
+        me.record("organization.created", "organization", organization.id)
         return _shape(organization, "owner")
 
     created = await _db(request).run_sync(create)
@@ -168,39 +106,39 @@ async def create_organization(request: Request) -> Response:
 
 
 async def get_organization(request: Request) -> Response:
-    actor = await _caller(request, READ)
+    me = await caller(request, READ)
     organization_id = request.path_params["organization_id"]
 
     def read() -> dict[str, Any]:
-        access = _access(actor, organization_id)
+        access = _access(me, organization_id)
         return _shape(access.organization, access.role)
 
     return JSONResponse(await _db(request).run_sync(read))
 
 
 async def update_organization(request: Request) -> Response:
-    actor = await _caller(request, WRITE)
+    me = await caller(request, WRITE)
     organization_id = request.path_params["organization_id"]
     body: OrganizationPatch = await rest.read_json(request, OrganizationPatch)
 
     def update() -> dict[str, Any]:
-        access = _access(actor, organization_id)
+        access = _access(me, organization_id)
         previous = access.organization.name
         organization = orgs.rename(access, body.name)
         if organization.name != previous:
-            actor.record("organization.updated", "organization", organization_id, fields=["name"])
+            me.record("organization.updated", "organization", organization_id, fields=["name"])
         return _shape(organization, access.role)
 
     return JSONResponse(await _db(request).run_sync(update))
 
 
 async def delete_organization(request: Request) -> Response:
-    actor = await _caller(request, WRITE)
+    me = await caller(request, WRITE)
     organization_id = request.path_params["organization_id"]
 
     def delete() -> None:
-        orgs.delete(_access(actor, organization_id))
-        actor.record("organization.deleted", "organization", organization_id)
+        orgs.delete(_access(me, organization_id))
+        me.record("organization.deleted", "organization", organization_id)
 
     await _db(request).run_sync(delete)
     return Response(status_code=204)
@@ -210,28 +148,27 @@ async def delete_organization(request: Request) -> Response:
 
 
 async def list_organization_members(request: Request) -> Response:
-    actor = await _caller(request, READ)
+    me = await caller(request, READ)
     organization_id = request.path_params["organization_id"]
-    size = rest.page_size(request)
-    listing = f"members:{organization_id}"
-    after = _after(request, listing)
+    listing = Listing(request, f"members:{organization_id}")
 
     def read() -> list[tuple[orgs.Membership, User]]:
-        _access(actor, organization_id)
-        return orgs.list_members(organization_id, after=after, limit=size + 1)
+        _access(me, organization_id)
+        return orgs.list_members(organization_id, after=listing.after, limit=listing.size + 1)
 
     rows = await _db(request).run_sync(read)
-    return _page(request, listing, rows, size, _member_position, orgs.member_as_dict)
+    return listing.page(
+        rows, lambda row: (row[0].created_at, row[0].user_id), lambda row: orgs.member_as_dict(*row)
+    )
 
 
 async def add_organization_member(request: Request) -> Response:
-    actor = await _caller(request, WRITE)
+    me = await caller(request, WRITE)
     organization_id = request.path_params["organization_id"]
     body: NewMember = await rest.read_json(request, NewMember)
-    services = request.app.state.services
-    caller = actor.principal.user_id or actor.principal.client_id
+    limiter = request.app.state.services.limiter
     retry_after = await run_in_threadpool(
-        services.limiter.check, "org-member-add", caller, MEMBER_ADDS_PER_HOUR, HOUR
+        limiter.check, "org-member-add", me.user_id, MEMBER_ADDS_PER_HOUR, HOUR
     )
     if retry_after is not None:
         raise TooManyRequests(
@@ -240,10 +177,9 @@ async def add_organization_member(request: Request) -> Response:
         )
 
     def add() -> dict[str, Any]:
-        membership, user = orgs.add_member(
-            _access(actor, organization_id), email=body.email, role=body.role
-        )
-        actor.record(
+        access = _access(me, organization_id)
+        membership, user = orgs.add_member(access, email=body.email, role=body.role)
+        me.record(
             "organization.member_added",
             "organization",
             organization_id,
@@ -258,17 +194,16 @@ async def add_organization_member(request: Request) -> Response:
 
 
 async def change_organization_member_role(request: Request) -> Response:
-    actor = await _caller(request, WRITE)
+    me = await caller(request, WRITE)
     organization_id = request.path_params["organization_id"]
     user_id = request.path_params["user_id"]
     body: MemberPatch = await rest.read_json(request, MemberPatch)
 
     def change() -> dict[str, Any]:
-        membership, user, previous = orgs.change_role(
-            _access(actor, organization_id), user_id, body.role
-        )
+        access = _access(me, organization_id)
+        membership, user, previous = orgs.change_role(access, user_id, body.role)
         if membership.role != previous:
-            actor.record(
+            me.record(
                 "organization.member_role_changed",
                 "organization",
                 organization_id,
@@ -282,20 +217,16 @@ async def change_organization_member_role(request: Request) -> Response:
 
 
 async def remove_organization_member(request: Request) -> Response:
-    actor = await _caller(request, WRITE)
+    me = await caller(request, WRITE)
     organization_id = request.path_params["organization_id"]
     user_id = request.path_params["user_id"]
 
     def remove() -> None:
-        removed = orgs.remove_member(
-            _access(actor, organization_id), user_id, actor_id=actor.principal.user_id
-        )
-        event = (
-            "organization.member_left"
-            if user_id == actor.principal.user_id
-            else "organization.member_removed"
-        )
-        actor.record(event, "organization", organization_id, user_id=user_id, role=removed.role)
+        access = _access(me, organization_id)
+        removed = orgs.remove_member(access, user_id, actor_id=me.user_id)
+        leaving = user_id == me.user_id
+        event = "organization.member_left" if leaving else "organization.member_removed"
+        me.record(event, "organization", organization_id, user_id=user_id, role=removed.role)
 
     await _db(request).run_sync(remove)
     return Response(status_code=204)
@@ -303,9 +234,16 @@ async def remove_organization_member(request: Request) -> Response:
 
 # -- OpenAPI --------------------------------------------------------------------------------
 
-TIMESTAMP = {"type": "string", "format": "date-time"}
 ROLE = {"type": "string", "enum": list(orgs.ROLES)}
-NAME = {"type": "string", "minLength": 1, "maxLength": orgs.NAME_MAX, "pattern": r"\S"}
+#: Any character but a control character (C0, DEL, C1) ...
+PRINTABLE = r"[^\u0000-\u001f\u007f-\u009f]"
+#: ... and at least one that is not white space, which is stripped.
+NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": orgs.NAME_MAX,
+    "pattern": rf"^{PRINTABLE}*[^\s\u0000-\u001f\u007f-\u009f]{PRINTABLE}*$",
+}
 ORGANIZATION = {
     "type": "object",
     "additionalProperties": False,
@@ -333,10 +271,6 @@ MEMBER = {
         "role": ROLE,
         "created_at": TIMESTAMP,
     },
-}
-PAGINATION = {
-    "page_size": {"type": "integer", "minimum": 1, "maximum": rest.MAX_PAGE_SIZE},
-    "cursor": {"type": "string"},
 }
 
 

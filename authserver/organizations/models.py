@@ -9,6 +9,7 @@ transaction that makes the change, so two concurrent demotions cannot both pass 
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,6 +26,7 @@ ROLES = ("owner", "admin", "member")
 MANAGERS = ("owner", "admin")
 NAME_MAX = 200
 NOT_FOUND = "No such organization."
+ID_MAX = 64
 
 
 class Organization(Base):
@@ -70,8 +72,14 @@ Position = tuple[datetime, str]
 
 
 def validate_name(name: str) -> str:
+    """Surrounding spaces go; control characters and lone surrogates are refused, anything
+    else a person might call their organization (accents, emoji sequences) is kept."""
     name = name.strip()
-    if not name or len(name) > NAME_MAX or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if (
+        not name
+        or len(name) > NAME_MAX
+        or any(unicodedata.category(c) in ("Cc", "Cs") for c in name)
+    ):
         raise Invalid(f"The organization name must be 1 to {NAME_MAX} printable characters.")
     return name
 
@@ -100,6 +108,8 @@ def membership_of(organization_id: str, user_id: str) -> Membership | None:
 def access(organization_id: str, user_id: str | None, *, admin: bool = False) -> Access:
     """The caller's access to an organization, or NotFound: one answer for "no such
     organization" and "not yours", so a non-member learns nothing (SECURITY.md J75)."""
+    if not _plausible(organization_id, ID_MAX):
+        raise NotFound(NOT_FOUND)
     organization = current_session().get(Organization, organization_id)
     membership = membership_of(organization_id, user_id) if user_id else None
     if organization is None or (membership is None and not admin):
@@ -175,7 +185,7 @@ def add_member(access: Access, *, email: str, role: str) -> tuple[Membership, Us
     require(access, MANAGERS, "add members")
     if role == "owner" and access.acts_as != "owner":
         raise Forbidden("Only an owner may add an owner.")
-    user = users.find_by_email(email) if len(email) <= users.EMAIL_MAX else None
+    user = users.find_by_email(email) if _plausible(email, users.EMAIL_MAX) else None
     if user is None or not user.is_active:
         raise NotFound("There is no account with that email address.")
     organization_id = access.organization.id
@@ -211,10 +221,10 @@ def change_role(access: Access, user_id: str, role: str) -> tuple[Membership, Us
     return membership, user, previous
 
 
-def remove_member(access: Access, user_id: str, *, actor_id: str | None) -> Membership:
+def remove_member(access: Access, user_id: str, *, actor_id: str) -> Membership:
     """Remove a member; anyone may remove themselves (leave). Admins cannot remove owners,
     and the last owner cannot leave or be removed."""
-    leaving = actor_id is not None and actor_id == user_id
+    leaving = actor_id == user_id
     if not leaving:
         require(access, MANAGERS, "remove members")
     owners = _lock_owners(access.organization.id)
@@ -226,6 +236,25 @@ def remove_member(access: Access, user_id: str, *, actor_id: str | None) -> Memb
     current_session().delete(membership)
     current_session().flush()
     return membership
+
+
+def solely_owned(user_id: str) -> list[str]:
+    """The ids of the organizations `user_id` is the only owner of, their owner rows locked
+    like `_lock_owners` does. Deleting that account would leave them without an owner, so
+    account deletion should refuse (409) while this is not empty."""
+    mine = select(Membership.organization_id).where(
+        Membership.user_id == user_id, Membership.role == "owner"
+    )
+    query = (
+        select(Membership.organization_id, Membership.user_id)
+        .where(Membership.organization_id.in_(mine), Membership.role == "owner")
+        .order_by(Membership.organization_id, Membership.user_id)
+        .with_for_update()
+    )
+    owners: dict[str, list[str]] = {}
+    for organization_id, owner_id in current_session().execute(query):
+        owners.setdefault(organization_id, []).append(owner_id)
+    return [org for org, ids in owners.items() if ids == [user_id]]
 
 
 def _lock_owners(organization_id: str) -> list[str]:
@@ -243,6 +272,8 @@ def _lock_owners(organization_id: str) -> list[str]:
 
 def _locked_member(organization_id: str, user_id: str) -> tuple[Membership, User]:
     """The member's row, locked and read afresh, so the role checks see the committed role."""
+    if not _plausible(user_id, ID_MAX):
+        raise NotFound("No such member.")
     query = (
         select(Membership, User)
         .join(User, User.id == Membership.user_id)
@@ -254,6 +285,12 @@ def _locked_member(organization_id: str, user_id: str) -> tuple[Membership, User
     if row is None:
         raise NotFound("No such member.")
     return row[0], row[1]
+
+
+def _plausible(value: str, limit: int) -> bool:
+    """Whether a row could hold `value`; anything else (too long, control characters, which
+    PostgreSQL refuses with an error) is simply not found and never reaches the database."""
+    return 0 < len(value) <= limit and value.isprintable()
 
 
 def as_dict(organization: Organization) -> dict[str, object]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,7 +24,6 @@ from authserver.sessions.models import LoginSession
 from authserver.users import models as users
 from authserver.users.models import User
 from tests import factories
-from tests.conftest import ISSUER
 
 CALLBACK = "https://app.example.com/cb"
 VERIFIER = "a-code-verifier-that-is-long-enough-for-rfc-7636-section-4-1"
@@ -207,17 +206,12 @@ def signed_in(user: User, sign_in: Callable[..., LoginSession]) -> LoginSession:
 
 
 @pytest.fixture
-def frozen(monkeypatch: pytest.MonkeyPatch, now: datetime) -> Iterator[Callable[[float], None]]:
+def frozen(monkeypatch: pytest.MonkeyPatch, now: datetime) -> Callable[[float], None]:
     """Freeze the protocol clock (`db.utcnow`) at `now`; call it to move by seconds."""
-    from datetime import timedelta
-
     current = [now]
     monkeypatch.setattr(db, "utcnow", lambda: current[0])
 
     def advance(seconds: float) -> None:
         current[0] = current[0] + timedelta(seconds=seconds)
 
-    yield advance
-
-
-__all__ = ["CALLBACK", "CHALLENGE", "ISSUER", "RP", "SCOPE", "VERIFIER", "Flow"]
+    return advance

@@ -4,7 +4,7 @@ prompt and max_age, response modes, iss) over HTTP."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -18,7 +18,14 @@ from authserver.sessions.pages import safe_next
 from authserver.users.models import User
 from tests import factories
 from tests.conftest import ISSUER, count_rows
-from tests.oauth.conftest import CALLBACK, RP, Flow, authorization_params, location_params
+from tests.oauth.conftest import (
+    CALLBACK,
+    RP,
+    VERIFIER,
+    Flow,
+    authorization_params,
+    location_params,
+)
 
 
 def assert_error_page(response: httpx.Response) -> None:
@@ -151,7 +158,7 @@ def test_loopback_code_redeems_with_the_port_it_was_sent_to(
             "code": code,
             "redirect_uri": sent,
             "client_id": public_rp.id,
-            "code_verifier": "a-code-verifier-that-is-long-enough-for-rfc-7636-section-4-1",
+            "code_verifier": VERIFIER,
         },
     )
     assert response.status_code == 200, response.text
@@ -171,13 +178,10 @@ def test_omitted_redirect_uri_needs_exactly_one_registered(
     code = flow.code(rp, redirect_uri=None)
     response = flow.client.post(
         "/token",
-        data={"grant_type": "authorization_code", "code": code, "code_verifier": VERIFIER_},
+        data={"grant_type": "authorization_code", "code": code, "code_verifier": VERIFIER},
         auth=rp.basic,
     )
     assert response.status_code == 200, response.text
-
-
-VERIFIER_ = "a-code-verifier-that-is-long-enough-for-rfc-7636-section-4-1"
 
 
 def test_disabled_client_is_an_error_page(
@@ -233,7 +237,9 @@ def test_repeated_redirect_uri_or_client_id_is_an_error_page(
 
 def test_missing_response_type_is_unsupported(client: TestClient, ready: RP) -> None:
     """SECURITY.md A7 (oidcc-response-type-missing)."""
-    assert_client_error(get_authorize(client, ready, response_type=None), "unsupported_response_type")
+    assert_client_error(
+        get_authorize(client, ready, response_type=None), "unsupported_response_type"
+    )
 
 
 @pytest.mark.parametrize("response_type", ["token", "id_token", "code id_token", "code token"])
@@ -274,7 +280,9 @@ def test_public_clients_need_pkce_too(
 ) -> None:
     """SECURITY.md A8 (OAuth 2.1 §4.1.2.1)."""
     flow.allow(user, public_rp)
-    response = get_authorize(flow.client, public_rp, code_challenge=None, code_challenge_method=None)
+    response = get_authorize(
+        flow.client, public_rp, code_challenge=None, code_challenge_method=None
+    )
     assert response.status_code == 303
     assert location_params(response)["error"] == "invalid_request"
 
@@ -449,16 +457,18 @@ def test_max_age_older_than_the_sign_in_asks_again(
     rp: RP,
     user: User,
     sign_in: Callable[..., LoginSession],
-    now: object,
+    now: datetime,
 ) -> None:
     """SECURITY.md A15 (oidcc-max-age-1, oidcc-max-age-10000)."""
     flow.allow(user, rp)
-    sign_in(user, auth_time=now - timedelta(seconds=30))  # type: ignore[operator]
+    sign_in(user, auth_time=now - timedelta(seconds=30))
     stale = get_authorize(flow.client, rp, max_age="1")
     assert urlsplit(stale.headers["location"]).path == "/login"
     next_url = parse_qs(urlsplit(stale.headers["location"]).query)["next"][0]
     assert "max_age" not in parse_qs(urlsplit(next_url).query)
-    assert_client_error(get_authorize(flow.client, rp, max_age="1", prompt="none"), "login_required")
+    assert_client_error(
+        get_authorize(flow.client, rp, max_age="1", prompt="none"), "login_required"
+    )
     tokens = flow.tokens(rp, user, max_age="10000")
     claims = jwt.decode(tokens["id_token"], options={"verify_signature": False})
     assert "auth_time" in claims

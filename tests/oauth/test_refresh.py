@@ -32,9 +32,7 @@ def issued(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> dict[str,
     return flow.tokens(rp, user)
 
 
-def test_refresh_rotates_and_keeps_the_identity(
-    flow: Flow, rp: RP, issued: dict[str, Any]
-) -> None:
+def test_refresh_rotates_and_keeps_the_identity(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
     """SECURITY.md C35 (OIDC Core §12.2): new tokens, same sub/iss/aud, original auth_time."""
     response = flow.refresh(rp, issued["refresh_token"])
     assert response.status_code == 200, response.text

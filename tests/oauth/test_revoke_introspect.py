@@ -51,9 +51,7 @@ def test_revoking_a_refresh_token_kills_its_family(
     assert issued["refresh_token"] not in str(events)
 
 
-def test_revoking_an_access_token_kills_only_it(
-    flow: Flow, rp: RP, issued: dict[str, Any]
-) -> None:
+def test_revoking_an_access_token_kills_only_it(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
     """SECURITY.md E44."""
     assert revoke(flow, rp, issued["access_token"]).status_code == 200
     assert flow.userinfo(issued["access_token"]).status_code == 401
@@ -92,9 +90,7 @@ def test_another_clients_token_is_refused_and_stays_active(
         assert flow.introspect(rp, token)["active"] is True
 
 
-def test_revocation_needs_client_authentication(
-    flow: Flow, rp: RP, issued: dict[str, Any]
-) -> None:
+def test_revocation_needs_client_authentication(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
     """SECURITY.md E46 (ASVS 10.4.10)."""
     response = flow.client.post("/revoke", data={"token": issued["refresh_token"]})
     assert_oauth_error(response, "invalid_client", 401)
@@ -139,14 +135,14 @@ def test_active_tokens_are_described(
     )
     assert response.headers["cache-control"] == "no-store"
     access = response.json()
-    assert ACTIVE_MEMBERS <= set(access)
+    assert set(access) >= ACTIVE_MEMBERS
     assert access["active"] is True
     assert access["sub"] == user.id
     assert access["client_id"] == rp.id
     assert access["token_type"] == "Bearer"
     assert access["aud"] == services.settings.api_audience
     refresh = flow.introspect(rp, issued["refresh_token"], token_type_hint="refresh_token")
-    assert ACTIVE_MEMBERS <= set(refresh)
+    assert set(refresh) >= ACTIVE_MEMBERS
     assert refresh["scope"] == "openid profile email"
     assert refresh["token_type"] == "refresh_token"
 
@@ -188,8 +184,6 @@ def test_inactive_tokens_say_only_that(
     assert flow.introspect(rp, rotated["refresh_token"]) == inactive
 
 
-def test_introspecting_an_id_token_is_inactive(
-    flow: Flow, rp: RP, issued: dict[str, Any]
-) -> None:
+def test_introspecting_an_id_token_is_inactive(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
     """SECURITY.md F52: an ID token is not an access token."""
     assert flow.introspect(rp, issued["id_token"]) == {"active": False}

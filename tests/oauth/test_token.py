@@ -34,7 +34,7 @@ from tests.oauth.conftest import (
 )
 
 #: RFC 6749 §5.2: error_description is %x20-21 / %x23-5B / %x5D-7E.
-DESCRIPTION = re.compile(r'^[\x20\x21\x23-\x5b\x5d-\x7e]*$')
+DESCRIPTION = re.compile(r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$")
 
 
 def assert_oauth_error(response: httpx.Response, error: str, status: int = 400) -> None:
@@ -46,7 +46,9 @@ def assert_oauth_error(response: httpx.Response, error: str, status: int = 400) 
     assert response.headers["pragma"] == "no-cache"
 
 
-def verify_with_jwks(client: TestClient, token: str, *, audience: str, alg: str = "RS256") -> dict[str, Any]:
+def verify_with_jwks(
+    client: TestClient, token: str, *, audience: str, alg: str = "RS256"
+) -> dict[str, Any]:
     """What a relying party or resource server does: PyJWT, our JWKS, an explicit alg."""
     jwks = jwt.PyJWKSet.from_dict(client.get("/jwks.json").json())
     kid = jwt.get_unverified_header(token)["kid"]
@@ -136,7 +138,7 @@ def test_authlib_client_completes_the_flow(
             code_challenge_method="S256",
             transport=transport,
         ) as rp_client:
-            url, state = rp_client.create_authorization_url(
+            url, _ = rp_client.create_authorization_url(
                 f"{ISSUER}/authorize", code_verifier=VERIFIER, nonce="n-0S6_WzA2Mj"
             )
             response = flow.client.get(url)
@@ -429,9 +431,7 @@ def test_grant_not_registered_for_the_client_is_unauthorized_client(
     rp = RP(client, secret)
     body = flow.tokens(rp, user)
     assert "refresh_token" not in body
-    response = flow.client.post(
-        "/token", data={"grant_type": "client_credentials"}, auth=rp.basic
-    )
+    response = flow.client.post("/token", data={"grant_type": "client_credentials"}, auth=rp.basic)
     assert_oauth_error(response, "unauthorized_client")
 
 

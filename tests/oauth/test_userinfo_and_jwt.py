@@ -163,9 +163,14 @@ def _attacker_signed(token: str, **header_extra: Any) -> str:
 @pytest.mark.parametrize(
     "forge",
     [
-        pytest.param(lambda s, t: f"{b64({'alg': 'none', 'typ': 'at+jwt'})}.{t.split('.')[1]}.", id="alg-none"),
+        pytest.param(
+            lambda s, t: f"{b64({'alg': 'none', 'typ': 'at+jwt'})}.{t.split('.')[1]}.",
+            id="alg-none",
+        ),
         pytest.param(lambda s, t: t.rsplit(".", 1)[0] + ".", id="stripped-signature"),
-        pytest.param(lambda s, t: t[:-4] + ("AAAA" if not t.endswith("AAAA") else "BBBB"), id="bad-signature"),
+        pytest.param(
+            lambda s, t: t[:-4] + ("AAAA" if not t.endswith("AAAA") else "BBBB"), id="bad-signature"
+        ),
         pytest.param(_hs256_with_public_key, id="hs256-with-public-key"),
         pytest.param(lambda s, t: _attacker_signed(t, jwk="JWK"), id="embedded-jwk"),
         pytest.param(lambda s, t: _attacker_signed(t, jku="https://evil.example/jwks"), id="jku"),
@@ -174,8 +179,14 @@ def _attacker_signed(token: str, **header_extra: Any) -> str:
         pytest.param(lambda s, t: _attacker_signed(t, kid="' OR 1=1 --"), id="sql-kid"),
         pytest.param(lambda s, t: s.keystore.sign(parts(t)[1], typ="at+jwt") + "x", id="trailing"),
         pytest.param(lambda s, t: "a" * 300_000, id="huge"),
-        pytest.param(lambda s, t: f"{b64({'alg': 'RS256', 'typ': 'at+jwt', 'kid': 'x', 'pad': 'p' * 300_000})}.e30.", id="huge-header"),
+        pytest.param(
+            lambda s, t: (
+                f"{b64({'alg': 'RS256', 'typ': 'at+jwt', 'kid': 'x', 'pad': 'p' * 300_000})}.e30."
+            ),
+            id="huge-header",
+        ),
         pytest.param(lambda s, t: "e30.e30.e30.e30.e30", id="jwe-shape"),
+        pytest.param(lambda s, t: f"{b64(b'[' * 6000)}.e30.", id="deeply-nested-header"),
     ],
 )
 def test_forged_bearer_tokens_are_invalid_token(
@@ -247,7 +258,9 @@ def test_client_credentials_issue_an_access_token_only(
     assert claims["sub"] == claims["aud"] == claims["client_id"] == service_rp.id
     assert flow.introspect(service_rp, body["access_token"])["active"] is True
     assert_invalid_token(flow.userinfo(body["access_token"]))
-    bare = flow.client.post("/token", data={"grant_type": "client_credentials"}, auth=service_rp.basic)
+    bare = flow.client.post(
+        "/token", data={"grant_type": "client_credentials"}, auth=service_rp.basic
+    )
     assert "scope" not in bare.json()
 
 

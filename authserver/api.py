@@ -1,0 +1,37 @@
+"""The identity API under `/api/v1`: every feature's operations in one table.
+
+Routes and the OpenAPI document are both made from `OPERATIONS`, so the document cannot
+drift from what the server answers. A feature adds its list here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from authserver import audit, rest
+from authserver.oauth import clients_api, consents_api
+from authserver.organizations import api as organizations_api
+from authserver.sessions import api as sessions_api
+from authserver.users import api as users_api
+
+OPERATIONS: list[rest.Operation] = [
+    *users_api.OPERATIONS,
+    *sessions_api.OPERATIONS,
+    *consents_api.OPERATIONS,
+    *organizations_api.OPERATIONS,
+    *clients_api.OPERATIONS,
+    *audit.OPERATIONS,
+]
+DOCUMENT_PATH = rest.API_PREFIX + "/openapi.json"
+
+
+async def openapi_document(request: Request) -> JSONResponse:
+    """The OpenAPI 3.1 description of `OPERATIONS`; public, like the discovery document."""
+    issuer = request.app.state.services.settings.issuer
+    return JSONResponse(rest.openapi(OPERATIONS, issuer))
+
+
+def routes() -> list[BaseRoute]:
+    return [Route(DOCUMENT_PATH, openapi_document), *rest.routes(OPERATIONS)]

@@ -1,0 +1,95 @@
+"""`/api/v1/consents`: the applications a person allowed to use their account.
+
+Consents belong to the account, so they use the account's scopes: `users:read` to list,
+`users:write` to revoke. Revoking forgets the consent (the next authorization asks again)
+and revokes every token family the person granted that client, so its refresh tokens fail
+and its access tokens turn inactive (ASVS 10.4.9, 10.7.3). Another person's consent id
+answers 404 like an unknown one (SECURITY.md J75).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from authserver import rest
+from authserver.db import utcnow
+from authserver.errors import NotFound
+from authserver.oauth import consent
+from authserver.oauth.consent import Consent
+from authserver.users.api import PAGINATION, TIMESTAMP, Caller, Listing, caller, path_id
+
+READ = ("users:read", "users:write")
+WRITE = ("users:write",)
+
+
+def as_dict(row: Consent, client_name: str) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "client_id": row.client_id,
+        "client_name": client_name,
+        "scopes": row.scope.split(),
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+def revoke_own(actor: Caller, consent_id: str) -> None:
+    """Revoke one of the caller's consents, or NotFound (the same for anyone else's)."""
+    found = consent.find_for_user(actor.user_id, consent_id)
+    if found is None:
+        raise NotFound("No such consent.")
+    revoked = consent.revoke(found, utcnow())
+    actor.record(
+        "consent.revoked",
+        "consent",
+        consent_id,
+        oauth_client_id=found.client_id,
+        token_families_revoked=revoked,
+    )
+
+
+async def list_my_consents(request: Request) -> Response:
+    me = await caller(request, READ)
+    listing = Listing(request, f"consents:{me.user_id}")
+    rows = await request.app.state.services.db.run_sync(
+        consent.page_for_user, me.user_id, after=listing.after, limit=listing.size + 1
+    )
+    return listing.page(rows, lambda row: (row[0].created_at, row[0].id), lambda row: as_dict(*row))
+
+
+async def revoke_my_consent(request: Request) -> Response:
+    me = await caller(request, WRITE)
+    consent_id = path_id(request, "consent_id")
+    await request.app.state.services.db.run_sync(revoke_own, me, consent_id)
+    return Response(status_code=204)
+
+
+CONSENT = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id", "client_id", "client_name", "scopes", "created_at", "updated_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "client_id": {"type": "string"},
+        "client_name": {"type": "string"},
+        "scopes": {"type": "array", "items": {"type": "string"}},
+        "created_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+    },
+}
+
+OPERATIONS = [
+    rest.Operation(
+        "GET", "/consents", list_my_consents,
+        "List the applications I allowed, with the scopes I gave them (users:read)", READ,
+        response=rest.list_schema(CONSENT), query=PAGINATION, errors=(400, 401, 403),
+    ),
+    rest.Operation(
+        "DELETE", "/consents/{consent_id}", revoke_my_consent,
+        "Revoke a consent and every token the application holds from it (users:write)",
+        WRITE, status=204,
+    ),
+]  # fmt: skip

@@ -1,0 +1,157 @@
+"""/account: where a signed-in person sees what their account is signed in to and undoes it.
+
+It shows the browser sessions (with `End session`), the applications they allowed (with
+`Revoke`), their organizations and a way to change the password (SPEC §6; ASVS 10.7.3).
+Every button is a CSRF-checked POST (SECURITY.md H64) that redirects back here (303), so the
+page works without JavaScript and a reload never repeats an action. The changes go through
+the same functions as the API, so a revoked consent or an ended session ends the same tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from authserver.db import utcnow
+from authserver.oauth import consent, consents_api
+from authserver.organizations import models as orgs
+from authserver.sessions import api as sessions_api
+from authserver.sessions import models as sessions
+from authserver.sessions.models import LoginSession
+from authserver.sessions.pages import clear_session_cookie, current_login, read_form, render
+from authserver.users import models as users
+from authserver.users.api import Caller, client_ip, path_id
+from authserver.web import CSRF_FIELD
+
+if TYPE_CHECKING:
+    from authserver.app import Services
+
+#: More rows than anyone has; the API pages through the rest.
+SHOWN = 100
+NOTICES = {
+    "session_ended": "The session has ended: that device is signed out.",
+    "sessions_ended": "Your other sessions have ended.",
+    "consent_revoked": "Access revoked: the app can no longer use your account.",
+}
+BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
+            ("Safari/", "Safari"))  # fmt: skip
+SYSTEMS = (("iPhone", "iPhone"), ("iPad", "iPad"), ("Android", "Android"), ("Windows", "Windows"),
+           ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"))  # fmt: skip
+
+
+async def account(request: Request) -> Response:
+    login = await current_login(request)
+    if login is None:
+        return RedirectResponse("/login", status_code=303)
+    services: Services = request.app.state.services
+    view = await services.db.run_sync(_view, login)
+    view["notice"] = NOTICES.get(request.query_params.get("done", ""))
+    return render(request, "account.html", view)
+
+
+async def end_session(request: Request) -> Response:
+    """End one of my sessions; ending this browser's own signs it out here and now."""
+    signed_in = await _signed_in_post(request)
+    if signed_in is None:
+        return RedirectResponse("/login", status_code=303)
+    login, actor = signed_in
+    session_id = path_id(request, "session_id")
+    services: Services = request.app.state.services
+    await services.db.run_sync(sessions_api.end_own, actor, login.user_id, session_id)
+    if session_id != login.id:
+        return RedirectResponse("/account?done=session_ended", status_code=303)
+    response = RedirectResponse("/login", status_code=303)
+    clear_session_cookie(response, services.settings)
+    return response
+
+
+async def end_other_sessions(request: Request) -> Response:
+    signed_in = await _signed_in_post(request)
+    if signed_in is None:
+        return RedirectResponse("/login", status_code=303)
+    login, actor = signed_in
+    await request.app.state.services.db.run_sync(sessions_api.end_others, actor, login.id)
+    return RedirectResponse("/account?done=sessions_ended", status_code=303)
+
+
+async def revoke_consent(request: Request) -> Response:
+    signed_in = await _signed_in_post(request)
+    if signed_in is None:
+        return RedirectResponse("/login", status_code=303)
+    _, actor = signed_in
+    consent_id = path_id(request, "consent_id")
+    await request.app.state.services.db.run_sync(consents_api.revoke_own, actor, consent_id)
+    return RedirectResponse("/account?done=consent_revoked", status_code=303)
+
+
+async def _signed_in_post(request: Request) -> tuple[LoginSession, Caller] | None:
+    """The CSRF check comes first, so a forged POST changes nothing whoever is signed in."""
+    form = await read_form(request)
+    request.app.state.services.csrf.verify(request, form.get(CSRF_FIELD))
+    login = await current_login(request)
+    if login is None:
+        return None
+    return login, Caller(login.user_id, client_ip(request))
+
+
+def _view(login: LoginSession) -> dict[str, Any]:
+    now = utcnow()
+    user = users.get(login.user_id)
+    assert user is not None, "a live session has a user"
+    logins = sessions.page_for_user(user.id, after=None, limit=SHOWN, now=now)
+    logins.sort(key=lambda row: (row.id != login.id, -row.last_seen_at.timestamp()))
+    return {
+        "title": "Your account",
+        "user": user,
+        "sessions": [
+            {
+                "id": row.id,
+                "device": describe_device(row.user_agent),
+                "user_agent": row.user_agent,
+                "ip": row.ip or "unknown",
+                "last_seen": ago(row.last_seen_at, now),
+                "last_seen_at": row.last_seen_at.isoformat(),
+                "current": row.id == login.id,
+            }
+            for row in logins
+        ],
+        "consents": [
+            {
+                "id": row.id,
+                "client_name": name,
+                "scopes": consent.describe(row.scope, name),
+                "since": f"{row.created_at.day} {row.created_at:%B %Y}",
+                "since_at": row.created_at.isoformat(),
+            }
+            for row, name in consent.page_for_user(user.id, after=None, limit=SHOWN)
+        ],
+        "organizations": [
+            {"name": organization.name, "role": role}
+            for organization, role in orgs.list_for_user(user.id, after=None, limit=SHOWN)
+        ],
+    }
+
+
+def describe_device(user_agent: str) -> str:
+    """ "Firefox on Linux" from a User-Agent, or the start of it when it is no browser's."""
+    browser = next((name for mark, name in BROWSERS if mark in user_agent), None)
+    system = next((name for mark, name in SYSTEMS if mark in user_agent), None)
+    if browser and system:
+        return f"{browser} on {system}"
+    if browser or system:
+        return str(browser or system)
+    words = re.sub(r"\s+", " ", user_agent).strip()
+    return words[:40] or "Unknown device"
+
+
+def ago(moment: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - moment).total_seconds()))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now"

@@ -1,0 +1,556 @@
+"""`/api/v1/users`: a person's own account (`/users/me`), and every account for administrators.
+
+`/users/me` needs `users:read` or `users:write`; the other routes need `admin`, and the
+administrator behind the token is read again on every request, so a demoted or disabled
+admin loses the power at once (SECURITY.md J78). Each change commits with its audit record
+in one transaction. Ending what a person was signed in with happens in the same place for
+every path: sessions end and token families are revoked, so refresh tokens fail and access
+tokens turn inactive by reference.
+
+The first section holds what the other identity APIs (sessions, consents) share with this
+one: who is calling, from which browser session, and keyset listings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from authserver import audit, rest
+from authserver.db import current_session
+from authserver.errors import AppError, Invalid, NotFound
+from authserver.oauth import tokens
+from authserver.sessions import models as sessions
+from authserver.sessions.pages import ACCOUNT_WINDOW
+from authserver.users import models as users
+from authserver.users.models import User
+
+READ = ("users:read", "users:write")
+WRITE = ("users:write",)
+ADMIN = ("admin",)
+ID_MAX = 64
+NO_SUCH_USER = "No such user."
+
+# -- shared by the identity API -------------------------------------------------------------
+
+
+class TooManyRequests(AppError):
+    status_code = 429
+    title = "Too Many Requests"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A person acting on their account, through a client's token (`principal`) or in the
+    browser (/account), as the audit trail records them."""
+
+    user_id: str
+    ip: str
+    principal: rest.Principal | None = None
+
+    def record(
+        self,
+        event: str,
+        target_type: str,
+        target_id: str,
+        *,
+        outcome: str = "success",
+        **details: Any,
+    ) -> None:
+        audit.record(
+            event,
+            outcome=outcome,
+            actor_type="user",
+            actor_id=self.user_id,
+            ip=self.ip,
+            target_type=target_type,
+            target_id=target_id,
+            client_id=self.principal.client_id if self.principal else None,
+            via="api" if self.principal else "account_page",
+            **details,
+        )
+
+    def session_id(self) -> str | None:
+        """The browser session the caller's token was issued in (its token family's), so
+        "end my other sessions" spares the one the request comes from. Runs in a unit of
+        work."""
+        if self.principal is None:
+            return None
+        token = current_session().get(tokens.AccessToken, self.principal.claims["jti"])
+        family_id = token.family_id if token is not None else None
+        family = current_session().get(tokens.TokenFamily, family_id) if family_id else None
+        return family.session_id if family is not None else None
+
+
+async def caller(request: Request, scopes: tuple[str, ...]) -> Caller:
+    """The person behind the request's token. Every identity operation acts for a person,
+    so a client's own token is refused even with `admin` (SECURITY.md J74)."""
+    principal = await rest.authenticate(request, scopes)
+    user_id = principal.require_user()
+    return Caller(user_id, client_ip(request), principal)
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def path_id(request: Request, name: str) -> str:
+    """An id from the path; one that no row could have is simply not found (and never
+    reaches the database, which may refuse control characters with an error)."""
+    value = str(request.path_params[name])
+    if not value or len(value) > ID_MAX or not value.isprintable():
+        raise NotFound("Not found.")
+    return value
+
+
+def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str | None:
+    value = request.query_params.get(name)
+    if value is not None and (len(value) > limit or not value.isprintable()):
+        raise Invalid(f"`{name}` must be at most {limit} printable characters.")
+    return value
+
+
+Position = tuple[datetime, str]
+
+
+class Listing:
+    """Keyset pagination for one listing (`?page_size=&cursor=`).
+
+    A cursor names the listing it was made for, e.g. `sessions:<user id>`, and is refused
+    anywhere else, so one user's cursor never pages through another's rows (SECURITY.md J75).
+    """
+
+    def __init__(self, request: Request, name: str) -> None:
+        self.name = name
+        self.size = rest.page_size(request)
+        self._cursors = rest.Cursors(request.app.state.services.digester.key("cursor"))
+        self.after = self._decode(request.query_params.get("cursor"))
+
+    def _decode(self, cursor: str | None) -> Position | None:
+        position = self._cursors.decode(cursor)
+        if position is None:
+            return None
+        if len(position) != 3 or position[0] != self.name:
+            raise Invalid("The cursor does not belong to this listing.")
+        try:
+            return datetime.fromisoformat(position[1]), position[2]
+        except ValueError:
+            raise Invalid("The cursor is not valid.") from None
+
+    def page(
+        self,
+        rows: list[Any],
+        position: Callable[[Any], Position],
+        shape: Callable[[Any], dict[str, Any]],
+    ) -> JSONResponse:
+        """The first `size` of `rows`, fetched with one extra to tell whether more follow."""
+        cursor = None
+        if len(rows) > self.size:
+            rows = rows[: self.size]
+            at, row_id = position(rows[-1])
+            cursor = self._cursors.encode([self.name, at.isoformat(), row_id])
+        return rest.page([shape(row) for row in rows], cursor)
+
+
+def end_everything(
+    user_id: str, *, reason: str, keep_session_id: str | None = None
+) -> dict[str, int]:
+    """End a user's sessions and revoke their token families (all but `keep_session_id`'s),
+    so that nothing signed in before survives a reactivation or a password change."""
+    ended = sessions.end_all_for_user(user_id, except_session_id=keep_session_id)
+    revoked = tokens.revoke_user_families(user_id, reason=reason, keep_session_id=keep_session_id)
+    return {"sessions_ended": ended, "token_families_revoked": revoked}
+
+
+def _db(request: Request) -> Any:
+    return request.app.state.services.db
+
+
+# -- my account ------------------------------------------------------------------------------
+
+
+@dataclass
+class MyPatch:
+    name: str
+
+
+@dataclass
+class PasswordChange:
+    current_password: str
+    new_password: str
+
+
+def _me(user_id: str) -> User:
+    user = users.get(user_id)
+    if user is None:
+        raise NotFound(NO_SUCH_USER)
+    return user
+
+
+async def get_me(request: Request) -> Response:
+    me = await caller(request, READ)
+    return JSONResponse(await _db(request).run_sync(lambda: users.as_dict(_me(me.user_id))))
+
+
+async def update_me(request: Request) -> Response:
+    """Only the name: the email address is where reset links go, so changing it needs a
+    verified new address first, which this API does not do (ASVS 7.5.1)."""
+    me = await caller(request, WRITE)
+    body: MyPatch = await rest.read_json(request, MyPatch)
+    name = users.validate_name(body.name)
+
+    def update() -> dict[str, object]:
+        user = _me(me.user_id)
+        if user.name != name:
+            user.name = name
+            me.record("user.updated", "user", user.id, fields=["name"])
+        return users.as_dict(user)
+
+    return JSONResponse(await _db(request).run_sync(update))
+
+
+async def delete_me(request: Request) -> Response:
+    me = await caller(request, WRITE)
+
+    def delete() -> None:
+        user = _me(me.user_id)
+        users.keeps_an_admin(user)
+        ended = end_everything(user.id, reason="account_deleted")
+        me.record("user.deleted", "user", user.id, **ended)
+        users.delete_user(user)
+
+    await _db(request).run_sync(delete)
+    return Response(status_code=204)
+
+
+async def change_my_password(request: Request) -> Response:
+    """The current password proves the person is present, and a wrong one counts against
+    the same per-account limit as signing in (SECURITY.md I71). Afterwards only the calling
+    session and the tokens bound to it survive; offline grants end too."""
+    me = await caller(request, WRITE)
+    body: PasswordChange = await rest.read_json(request, PasswordChange)
+    users.validate_password(body.new_password)
+    services = request.app.state.services
+    user = await services.db.run_sync(_me, me.user_id)
+    settings, limiter = services.settings, services.limiter
+    retry_after = await run_in_threadpool(
+        limiter.check, "login-account", user.email, settings.login_rate_per_account, ACCOUNT_WINDOW
+    )
+    if retry_after is not None:
+        raise TooManyRequests(
+            "Too many attempts; try again later.", headers={"Retry-After": str(retry_after)}
+        )
+    candidate = users.Candidate(user.id, user.password_hash)
+    if not await run_in_threadpool(
+        users.check_password, services.passwords, candidate, body.current_password
+    ):
+        await services.db.run_sync(
+            me.record,
+            "password.changed",
+            "user",
+            user.id,
+            outcome="failure",
+            reason="wrong_current_password",
+        )
+        raise Invalid("The current password is not correct.")
+    await run_in_threadpool(limiter.forgive, "login-account", user.email, ACCOUNT_WINDOW)
+    password_hash = await run_in_threadpool(services.passwords.hash, body.new_password)
+
+    def change() -> None:
+        user = _me(me.user_id)
+        users.set_password(user, password_hash)
+        users.revoke_links(user.id, users.RESET_PASSWORD)
+        kept = me.session_id()
+        ended = end_everything(user.id, reason="password_changed", keep_session_id=kept)
+        me.record("password.changed", "user", user.id, **ended)
+
+    await services.db.run_sync(change)
+    return Response(status_code=204)
+
+
+# -- administration --------------------------------------------------------------------------
+
+
+@dataclass
+class NewUser:
+    email: str
+    name: str = ""
+    password: str | None = None
+    is_admin: bool = False
+    email_verified: bool = False
+
+
+@dataclass
+class UserPatch:
+    """Absent or null members stay as they are."""
+
+    name: str | None = None
+    is_admin: bool | None = None
+    email_verified: bool | None = None
+    is_active: bool | None = None
+
+
+async def admin(request: Request) -> Caller:
+    return await caller(request, ADMIN)
+
+
+def _user(user_id: str) -> User:
+    user = users.get(user_id)
+    if user is None:
+        raise NotFound(NO_SUCH_USER)
+    return user
+
+
+def _deactivate(actor: Caller, user: User) -> None:
+    """Disabled at once and for good: the sessions and token families end now, rather than
+    only while the flag is off, so reactivating the account brings none of them back."""
+    users.keeps_an_admin(user)
+    user.is_active = False
+    ended = end_everything(user.id, reason="user_deactivated")
+    actor.record("user.deactivated", "user", user.id, **ended)
+
+
+async def create_user(request: Request) -> Response:
+    actor = await admin(request)
+    body: NewUser = await rest.read_json(request, NewUser)
+    email = users.validate_email(body.email)
+    name = users.validate_name(body.name) if body.name else ""
+    password_hash = None
+    if body.password is not None:
+        users.validate_password(body.password)
+        passwords = request.app.state.services.passwords
+        password_hash = await run_in_threadpool(passwords.hash, body.password)
+
+    def create() -> dict[str, object]:
+        users.acting_admin(actor.user_id)
+        user = users.create(
+            email=email, password_hash=password_hash, name=name, is_admin=body.is_admin
+        )
+        user.email_verified = body.email_verified
+        actor.record(
+            "user.created",
+            "user",
+            user.id,
+            is_admin=user.is_admin,
+            email_verified=user.email_verified,
+            has_password=password_hash is not None,
+        )
+        return users.as_dict(user)
+
+    created = await _db(request).run_sync(create)
+    location = f"{rest.API_PREFIX}/users/{created['id']}"
+    return JSONResponse(created, 201, headers={"Location": location})
+
+
+async def list_users(request: Request) -> Response:
+    actor = await admin(request)
+    email = query_text(request, "email")
+    active = {None: None, "true": True, "false": False}.get(request.query_params.get("active"), "")
+    if active == "":
+        raise Invalid("`active` must be true or false.")
+    listing = Listing(request, "users")
+
+    def read() -> list[User]:
+        users.acting_admin(actor.user_id)
+        return users.page(after=listing.after, limit=listing.size + 1, email=email, active=active)
+
+    rows = await _db(request).run_sync(read)
+    return listing.page(rows, lambda user: (user.created_at, user.id), users.as_dict)
+
+
+async def get_user(request: Request) -> Response:
+    actor = await admin(request)
+    user_id = path_id(request, "user_id")
+
+    def read() -> dict[str, object]:
+        users.acting_admin(actor.user_id)
+        return users.as_dict(_user(user_id))
+
+    return JSONResponse(await _db(request).run_sync(read))
+
+
+async def update_user(request: Request) -> Response:
+    actor = await admin(request)
+    user_id = path_id(request, "user_id")
+    body: UserPatch = await rest.read_json(request, UserPatch)
+    name = users.validate_name(body.name) if body.name is not None else None
+
+    def update() -> dict[str, object]:
+        users.acting_admin(actor.user_id)
+        user = _user(user_id)
+        if body.is_admin is False or body.is_active is False:
+            users.keeps_an_admin(user)
+        wanted = {
+            "name": name,
+            "is_admin": body.is_admin,
+            "email_verified": body.email_verified,
+            "is_active": body.is_active if body.is_active is not False else None,
+        }
+        changes = {
+            field: value
+            for field, value in wanted.items()
+            if value is not None and getattr(user, field) != value
+        }
+        for field, value in changes.items():
+            setattr(user, field, value)
+        if changes:
+            fields = {f: v for f, v in changes.items() if f != "name"}
+            actor.record("user.updated", "user", user.id, fields=sorted(changes), **fields)
+        if body.is_active is False and user.is_active:
+            _deactivate(actor, user)
+        return users.as_dict(user)
+
+    return JSONResponse(await _db(request).run_sync(update))
+
+
+async def deactivate_user(request: Request) -> Response:
+    actor = await admin(request)
+    user_id = path_id(request, "user_id")
+
+    def deactivate() -> dict[str, object]:
+        users.acting_admin(actor.user_id)
+        user = _user(user_id)
+        _deactivate(actor, user)
+        return users.as_dict(user)
+
+    return JSONResponse(await _db(request).run_sync(deactivate))
+
+
+async def delete_user(request: Request) -> Response:
+    actor = await admin(request)
+    user_id = path_id(request, "user_id")
+
+    def delete() -> None:
+        users.acting_admin(actor.user_id)
+        user = _user(user_id)
+        users.keeps_an_admin(user)
+        ended = end_everything(user.id, reason="account_deleted")
+        actor.record("user.deleted", "user", user.id, **ended)
+        users.delete_user(user)
+
+    await _db(request).run_sync(delete)
+    return Response(status_code=204)
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------
+
+TIMESTAMP = {"type": "string", "format": "date-time"}
+NAME = {"type": "string", "minLength": 1, "maxLength": users.NAME_MAX, "pattern": r"\S"}
+PASSWORD = {"type": "string", "minLength": users.PASSWORD_MIN, "maxLength": users.PASSWORD_MAX}
+USER = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id", "email", "name", "email_verified", "is_admin", "is_active", "created_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "email": {"type": "string"},
+        "name": {"type": "string"},
+        "email_verified": {"type": "boolean"},
+        "is_admin": {"type": "boolean"},
+        "is_active": {"type": "boolean"},
+        "created_at": TIMESTAMP,
+    },
+}
+PAGINATION = {
+    "page_size": {"type": "integer", "minimum": 1, "maximum": rest.MAX_PAGE_SIZE},
+    "cursor": {"type": "string"},
+}
+
+
+def body_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": required,
+        "properties": properties,
+    }
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+ME = "/users/me"
+USER_PATH = "/users/{user_id}"
+LAST_ADMIN = (400, 401, 403, 404, 409)
+
+OPERATIONS = [
+    rest.Operation(
+        "GET", ME, get_me, "Read my account (users:read)", READ, response=USER,
+    ),
+    rest.Operation(
+        "PATCH", ME, update_me, "Change my name (users:write); the email address is not editable",
+        WRITE, response=USER, request=body_schema({"name": NAME}, ["name"]),
+    ),
+    rest.Operation(
+        "DELETE", ME, delete_me,
+        "Delete my account, ending its sessions and revoking its tokens (users:write)",
+        WRITE, status=204, errors=LAST_ADMIN,
+    ),
+    rest.Operation(
+        "POST", ME + "/password", change_my_password,
+        "Change my password; my other sessions end and only this session's tokens survive "
+        "(users:write)",
+        WRITE, status=204, errors=(400, 401, 403, 404, 429),
+        request=body_schema(
+            {"current_password": {"type": "string"}, "new_password": PASSWORD},
+            ["current_password", "new_password"],
+        ),
+    ),
+    rest.Operation(
+        "POST", "/users", create_user, "Create an account (admin)", ADMIN,
+        response=USER, status=201, errors=(400, 401, 403, 409),
+        request=body_schema(
+            {
+                "email": {"type": "string", "format": "email", "maxLength": users.EMAIL_MAX},
+                "name": {"type": "string", "maxLength": users.NAME_MAX},
+                "password": nullable(PASSWORD),
+                "is_admin": {"type": "boolean"},
+                "email_verified": {"type": "boolean"},
+            },
+            ["email"],
+        ),
+    ),
+    rest.Operation(
+        "GET", "/users", list_users,
+        "List accounts, oldest first (admin); filter by exact email or by active", ADMIN,
+        response=rest.list_schema(USER), errors=(400, 401, 403),
+        query={
+            "email": {"type": "string", "maxLength": users.EMAIL_MAX},
+            "active": {"type": "boolean"},
+            **PAGINATION,
+        },
+    ),
+    rest.Operation("GET", USER_PATH, get_user, "Read an account (admin)", ADMIN, response=USER),
+    rest.Operation(
+        "PATCH", USER_PATH, update_user,
+        "Change an account's name, admin flag, verified flag or active flag (admin); "
+        "turning is_active off deactivates it",
+        ADMIN, response=USER, errors=LAST_ADMIN,
+        request=body_schema(
+            {
+                "name": nullable(NAME),
+                "is_admin": nullable({"type": "boolean"}),
+                "email_verified": nullable({"type": "boolean"}),
+                "is_active": nullable({"type": "boolean"}),
+            },
+            [],
+        ),
+    ),
+    rest.Operation(
+        "POST", USER_PATH + "/deactivate", deactivate_user,
+        "Deactivate an account: its sessions end and its tokens are revoked at once (admin)",
+        ADMIN, response=USER, errors=LAST_ADMIN,
+    ),
+    rest.Operation(
+        "DELETE", USER_PATH, delete_user,
+        "Delete an account, ending its sessions and revoking its tokens (admin)",
+        ADMIN, status=204, errors=LAST_ADMIN,
+    ),
+]  # fmt: skip

@@ -1,0 +1,149 @@
+"""A real uvicorn server and a real browser (Debian's Chromium driven by Playwright).
+
+The server runs in its own process on the test database, the way an operator runs it; the
+test process sets up users and clients through the same database and then acts as the
+browser, the relying party and the resource server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from authserver.app import Services, build_services
+from authserver.db import Database
+from authserver.settings import Settings
+from tests import factories
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    settings: Settings
+    services: Services
+    make: factories.Factory
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    keys_template: Path,
+    database_url: str,
+    schema: Database,
+) -> Iterator[LiveServer]:
+    folder = tmp_path_factory.mktemp("live")
+    shutil.copytree(keys_template, folder / "keys")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")}
+    env.update(
+        AUTHSERVER_ISSUER=url,
+        AUTHSERVER_DATABASE_URL=database_url,
+        AUTHSERVER_KEYS_DIR=str(folder / "keys"),
+        AUTHSERVER_PASSWORD_TIME_COST="1",
+        AUTHSERVER_PASSWORD_MEMORY_COST="8",
+        AUTHSERVER_LOG_FORMAT="json",
+    )
+    log = (folder / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "authserver.app:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError((folder / "server.log").read_text())
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the live server did not start")
+            time.sleep(0.1)
+        settings = Settings.from_mapping(env)
+        services = build_services(settings)
+        yield LiveServer(url, settings, services, factories.Factory(services))
+        services.db.dispose()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Per module: Playwright's sync API keeps an event loop running on this thread while it
+    is open, which would break tests elsewhere that start their own loop."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+class _RelyingPartyPage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"relying party"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def relying_party() -> Iterator[str]:
+    """A real page for the client's redirect URIs, so the browser's last hop lands somewhere."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RelyingPartyPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,162 @@
+"""Concurrency: SECURITY.md K (81-83), on SQLite and on PostgreSQL.
+
+Twenty requests go through the ASGI app at once (httpx's ASGI transport on one event loop,
+Authlib and the database in the threadpool), so single use is decided by the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from authserver.app import Services, create_app
+from authserver.sessions.models import LoginSession
+from authserver.settings import Settings
+from authserver.users.models import User
+from tests.conftest import ISSUER, count_rows
+from tests.oauth.conftest import CALLBACK, RP, VERIFIER, Flow
+
+PARALLEL = 20
+
+
+def post_all(app: Starlette, requests: list[dict[str, Any]]) -> list[httpx.Response]:
+    """Send every request at once and wait for all answers."""
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:
+            return list(await asyncio.gather(*(client.post(**r) for r in requests)))
+
+    return asyncio.run(run())
+
+
+def outcomes(responses: list[httpx.Response]) -> Counter[str]:
+    return Counter(
+        "ok" if r.status_code == 200 else f"{r.status_code} {r.json().get('error')}"
+        for r in responses
+    )
+
+
+@pytest.fixture
+def ready(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> RP:
+    flow.allow(user, rp)
+    return rp
+
+
+def token_request(rp: RP, **data: str) -> dict[str, Any]:
+    return {"url": "/token", "data": data, "auth": rp.basic}
+
+
+def test_one_code_redeemed_twenty_times_at_once(
+    app: Starlette, flow: Flow, ready: RP, services: Services
+) -> None:
+    """SECURITY.md K81: exactly one 200, the rest invalid_grant, no 5xx, at most one
+    family (and the losers' replays revoke it, as a replay must)."""
+    code = flow.code(ready)
+    request = token_request(
+        ready, grant_type="authorization_code", code=code, redirect_uri=CALLBACK,
+        code_verifier=VERIFIER,
+    )  # fmt: skip
+    results = outcomes(post_all(app, [request] * PARALLEL))
+    assert results == Counter({"ok": 1, "400 invalid_grant": PARALLEL - 1})
+    assert count_rows(services.db, "token_families") == 1
+    assert count_rows(services.db, "access_tokens") == 1
+
+
+def test_one_refresh_token_used_twenty_times_at_once(
+    app: Starlette, flow: Flow, ready: RP, user: User, services: Services
+) -> None:
+    """SECURITY.md K82: inside the retry window every winner gets the same successor;
+    the family holds one live refresh token; no 5xx."""
+    issued = flow.tokens(ready, user)
+    request = token_request(
+        ready, grant_type="refresh_token", refresh_token=issued["refresh_token"]
+    )
+    responses = post_all(app, [request] * PARALLEL)
+    assert all(r.status_code < 500 for r in responses)
+    successors = {r.json()["refresh_token"] for r in responses if r.status_code == 200}
+    assert len(successors) == 1
+    assert count_rows(services.db, "refresh_tokens") == 2
+    assert flow.refresh(ready, successors.pop()).status_code == 200
+
+
+@pytest.fixture
+def strict_app(settings: Settings) -> Iterator[Starlette]:
+    application = create_app(settings.replace(refresh_grace_seconds=0))
+    yield application
+    application.state.db.dispose()
+
+
+def test_without_a_window_parallel_refreshes_are_reuse(
+    strict_app: Starlette, flow: Flow, ready: RP, user: User
+) -> None:
+    """SECURITY.md K82 with the window off: one winner, the others are reuse, and reuse
+    detection then revokes the family deterministically."""
+    issued = flow.tokens(ready, user)
+    request = token_request(
+        ready, grant_type="refresh_token", refresh_token=issued["refresh_token"]
+    )
+    responses = post_all(strict_app, [request] * PARALLEL)
+    results = outcomes(responses)
+    assert results == Counter({"ok": 1, "400 invalid_grant": PARALLEL - 1})
+    winner = next(r.json() for r in responses if r.status_code == 200)
+    assert flow.introspect(ready, winner["refresh_token"]) == {"active": False}
+
+
+def test_refresh_racing_revocation_ends_revoked(
+    app: Starlette, flow: Flow, ready: RP, user: User
+) -> None:
+    """SECURITY.md K83: whatever the order, nothing issued stays active after the revoke."""
+    issued = flow.tokens(ready, user)
+    refresh = token_request(
+        ready, grant_type="refresh_token", refresh_token=issued["refresh_token"]
+    )
+    revoke = {"url": "/revoke", "data": {"token": issued["refresh_token"]}, "auth": ready.basic}
+    responses = post_all(app, [refresh, revoke] * (PARALLEL // 2))
+    assert all(r.status_code < 500 for r in responses)
+    for response in responses:
+        if response.status_code == 200 and "access_token" in response.json():
+            body = response.json()
+            assert flow.introspect(ready, body["access_token"]) == {"active": False}
+            assert flow.introspect(ready, body["refresh_token"]) == {"active": False}
+    assert flow.introspect(ready, issued["refresh_token"]) == {"active": False}
+
+
+def test_parallel_consent_submits_do_not_fail(
+    app: Starlette, client: TestClient, rp: RP, user: User, signed_in: LoginSession
+) -> None:
+    """SECURITY.md K84: concurrent Allow clicks race for one consent row without a 500;
+    each is re-validated and answered with its own code (documented in authorize.py)."""
+    import re
+    from urllib.parse import urlsplit
+
+    from tests.oauth.conftest import authorization_params
+
+    response = client.get("/authorize", params=authorization_params(rp))
+    page = client.get(response.headers["location"])
+    action = re.search(r'action="([^"]+)"', page.text)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert action is not None
+    assert token is not None
+    url = action.group(1).replace("&amp;", "&")
+    cookies = dict(client.cookies.items())
+    submit = {"url": url, "data": {"csrf_token": token.group(1), "decision": "allow"},
+              "cookies": cookies}  # fmt: skip
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as async_client:
+            async_client.cookies.update(cookies)
+            submit.pop("cookies", None)
+            return list(await asyncio.gather(*(async_client.post(**submit) for _ in range(5))))
+
+    results = asyncio.run(run())
+    assert all(r.status_code == 303 for r in results)
+    assert all(urlsplit(r.headers["location"]).path == "/cb" for r in results)
