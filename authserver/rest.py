@@ -23,6 +23,16 @@ from starlette.routing import Route
 
 from authserver.errors import AppError, Forbidden, Invalid
 
+#: The scopes of this issuer's own API; a token carrying any of them is for `<issuer>/api/v1`.
+API_SCOPES = {
+    "users:read": "See your account",
+    "users:write": "Change or delete your account",
+    "sessions:read": "See where you are signed in",
+    "sessions:write": "Sign you out of your other devices",
+    "organizations:read": "See your organizations and their members",
+    "organizations:write": "Manage your organizations and their members",
+    "admin": "Administer every account, client and organization on this server",
+}
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 API_PREFIX = "/api/v1"
@@ -127,6 +137,10 @@ async def read_json(request: Request, model: type[Any]) -> Any:
         raise Invalid("The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise Invalid("The body must be a JSON object.")
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise Invalid("The body contains text that is not valid Unicode.") from None
     hints = get_type_hints(model)
     known = {f.name for f in dataclasses.fields(model)}
     unknown = sorted(set(body) - known)

@@ -145,3 +145,17 @@ def test_openapi_lists_each_operation() -> None:
     assert document["openapi"] == "3.1.0"
     assert set(document["paths"]) == {"/api/v1/whoami", "/api/v1/echo"}
     assert "401" in document["paths"]["/api/v1/whoami"]["get"]["responses"]
+
+
+def test_lone_surrogates_in_json_are_a_400(api) -> None:
+    response = api.patch(
+        "/api/v1/echo", content='{"name": "\\ud800"}', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+
+
+def test_head_is_answered_like_get(api, make, tokens) -> None:
+    """SECURITY.md J80: HEAD goes through the same authorization as GET, never a 500."""
+    assert api.head("/api/v1/whoami").status_code == 401
+    issued = tokens.access_token(make.user(), "users:read")
+    assert api.head("/api/v1/whoami", headers=bearer(issued.token)).status_code == 200

@@ -104,7 +104,6 @@ def query(client_id: str | None) -> Client | None:
     return client if client is not None and client.is_active else None
 
 
-LOOPBACK_REDIRECT_HOSTS = {"127.0.0.1", "[::1]"}
 _LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?(/.*)?", re.DOTALL)
 
 
@@ -142,7 +141,7 @@ def validate_redirect_uri(uri: str) -> str:
     if scheme in {"http", "https"}:
         if not parts.hostname or parts.username is not None or "@" in parts.netloc:
             raise Invalid(f"Invalid redirect URI {uri!r}: needs a host and no user info.")
-        if scheme == "http" and parts.netloc.rsplit(":", 1)[0] not in LOOPBACK_REDIRECT_HOSTS:
+        if scheme == "http" and _LOOPBACK.fullmatch(uri) is None:
             raise Invalid(
                 f"Invalid redirect URI {uri!r}: plain http is only for loopback "
                 "(http://127.0.0.1 or http://[::1])."

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.oauth.clients import Client
 from authserver.oauth.tokens import TokenFamily
+from authserver.rest import API_SCOPES
 
 
 class Consent(Base):
@@ -78,6 +79,7 @@ SCOPE_WORDS = {
     "email": "See your email address",
     "offline_access": "Stay signed in to {app} when you are away",
     "organization": "See the organization you choose and your role in it",
+    **API_SCOPES,
 }
 
 

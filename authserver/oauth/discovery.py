@@ -7,9 +7,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from authserver.rest import API_SCOPES
 from authserver.settings import Settings
 
-SCOPES = ("openid", "profile", "email", "offline_access", "organization")
+SCOPES = ("openid", "profile", "email", "offline_access", "organization", *API_SCOPES)
 CLAIMS = (
     "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "at_hash",
     "name", "email", "email_verified", "org_id", "org_role",

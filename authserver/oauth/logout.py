@@ -15,14 +15,11 @@ from dataclasses import astuple, dataclass, fields
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from joserfc import jwt
-from joserfc.errors import JoseError
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from authserver import audit
-from authserver.keystore import JWS_REGISTRY, KeyStore
-from authserver.oauth import clients
+from authserver.oauth import clients, oidc
 from authserver.oauth.clients import Client
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
@@ -33,8 +30,6 @@ from authserver.web import CSRF_FIELD
 if TYPE_CHECKING:
     from authserver.app import Services
 
-ID_TOKEN_ALGS = ("RS256", "ES256", "EdDSA")
-HINT_MAX = 8192
 CLIENT_ID_MAX = 64
 NOT_VERIFIED = "This sign-out request could not be verified, so nothing happened yet."
 NOT_REGISTERED = (
@@ -77,35 +72,6 @@ class Outcome:
     error: str | None = None
 
 
-def verify_id_token_hint(
-    keystore: KeyStore, issuer: str, hint: str, client_id: str = ""
-) -> dict[str, Any] | None:
-    """The claims of an ID token this server issued, or None.
-
-    The signature must come from one of our published keys with an algorithm we sign with
-    (never `none`, never a key the token brings along), `typ` must not mark another kind of
-    JWT (an RFC 9068 access token is signed by the same keys), `iss` must be ours, and `aud`
-    must name `client_id` when one is given. An expired hint is fine: RP-Initiated Logout §2
-    expects RPs to send ID tokens whose `exp` has passed.
-    """
-    if not hint or len(hint) > HINT_MAX:
-        return None
-    try:
-        token = jwt.decode(
-            hint, keystore.verification_keys(), algorithms=ID_TOKEN_ALGS, registry=JWS_REGISTRY
-        )
-    except (JoseError, ValueError, TypeError):
-        return None
-    claims = token.claims
-    typ = token.header.get("typ")
-    audiences = _audiences(claims)
-    if (typ is not None and str(typ).upper() != "JWT") or claims.get("iss") != issuer:
-        return None
-    if not audiences or (client_id and client_id not in audiences):
-        return None
-    return claims
-
-
 async def logout(request: Request) -> Response:
     services: Services = request.app.state.services
     form = await read_form(request) if request.method == "POST" else None
@@ -116,7 +82,7 @@ async def logout(request: Request) -> Response:
         services.csrf.verify(request, form.get(CSRF_FIELD))
         outcome = await services.db.run_sync(_confirmed, services, raw_sid, params, ip)
     else:
-        claims = verify_id_token_hint(
+        claims = oidc.verify_id_token_hint(
             services.keystore, services.settings.issuer, params.id_token_hint, params.client_id
         )
         outcome = await services.db.run_sync(_requested, services, raw_sid, params, claims, ip)

@@ -128,20 +128,29 @@ class OpenIDCode(IDTokens, _OpenIDCode):
         return False
 
 
-def id_token_hint_subject(keystore: KeyStore, settings: Settings, hint: str, client_id: str) -> str:
-    """The `sub` of an `id_token_hint` we issued to this client (OIDC Core §3.1.2.1).
+def verify_id_token_hint(
+    keystore: KeyStore, issuer: str, hint: str | None, client_id: str = ""
+) -> dict[str, Any] | None:
+    """The claims of an ID token this server issued (to `client_id`, when given), or None.
 
-    An expired hint is fine (it only names the user); anything we did not sign, or that
-    was issued to another client, is `invalid_request`.
+    One strict JWT check for every hint (`decode_own_jwt`: our keys, our algorithms, no
+    foreign header members). An expired hint is fine: it only names the user, and
+    RP-Initiated Logout §2 expects RPs to send ID tokens whose `exp` has passed.
     """
     claims = decode_own_jwt(keystore, hint, typ="JWT")
-    audience = claims.get("aud") if claims else None
+    if claims is None or claims.get("iss") != issuer or not isinstance(claims.get("sub"), str):
+        return None
+    audience = claims.get("aud")
     audiences = audience if isinstance(audience, list) else [audience]
-    if (
-        claims is None
-        or claims.get("iss") != settings.issuer
-        or client_id not in audiences
-        or not isinstance(claims.get("sub"), str)
-    ):
+    if not all(isinstance(a, str) for a in audiences) or (client_id and client_id not in audiences):
+        return None
+    return claims
+
+
+def id_token_hint_subject(keystore: KeyStore, settings: Settings, hint: str, client_id: str) -> str:
+    """The `sub` of an `id_token_hint` we issued to this client (OIDC Core §3.1.2.1);
+    anything else is `invalid_request`."""
+    claims = verify_id_token_hint(keystore, settings.issuer, hint, client_id)
+    if claims is None:
         raise InvalidRequestError("The id_token_hint is not an ID token this server issued.")
     return str(claims["sub"])

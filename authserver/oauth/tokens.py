@@ -30,6 +30,7 @@ from authserver import audit, db
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.keystore import ALGORITHMS, JWS_REGISTRY, KeyStore
 from authserver.oauth import clients
+from authserver.rest import API_SCOPES
 from authserver.security import Digester, new_token
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
@@ -139,7 +140,11 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         self.settings = settings
 
     def get_audiences(self, client: Any, user: EndUser | None, scope: str) -> str:
-        return self.settings.api_audience if user is not None else client.get_client_id()
+        """A client acting alone speaks for the API only when an operator gave it API scopes
+        (e.g. `admin` for automation); otherwise its token is for nobody but itself."""
+        if user is not None or set(scope.split()) & set(API_SCOPES):
+            return self.settings.api_audience
+        return client.get_client_id()
 
     def access_token_generator(
         self, client: Any, grant_type: str, user: EndUser | None, scope: str
@@ -288,8 +293,9 @@ def revoke_user_families(
     `keep_session_id` (the browser that made the change); offline grants always end."""
     condition = [TokenFamily.user_id == user_id, TokenFamily.revoked_at.is_(None)]
     if keep_session_id is not None:
-        kept = (TokenFamily.session_id == keep_session_id) & TokenFamily.offline.is_(False)
-        condition.append(~kept)
+        condition.append(
+            TokenFamily.session_id.is_distinct_from(keep_session_id) | TokenFamily.offline
+        )
     result = current_session().execute(
         update(TokenFamily)
         .where(*condition)

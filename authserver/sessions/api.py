@@ -27,6 +27,7 @@ from authserver.users.api import (
     TIMESTAMP,
     Caller,
     Listing,
+    Position,
     caller,
     path_id,
 )
@@ -61,7 +62,7 @@ def end_others(actor: Caller, keep_session_id: str | None) -> int:
     return ended
 
 
-def _position(login: LoginSession) -> tuple[Any, str]:
+def _position(login: LoginSession) -> Position:
     return login.created_at, login.id
 
 

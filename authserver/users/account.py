@@ -137,7 +137,8 @@ def _view(login: LoginSession) -> dict[str, Any]:
 
 
 def describe_device(user_agent: str) -> str:
-    """ "Firefox on Linux" from a User-Agent, or the start of it when it is no browser's."""
+    """A device named for people ("Firefox on Linux") from its User-Agent, or the start of
+    the User-Agent when it names no browser or system we know."""
     browser = next((name for mark, name in BROWSERS if mark in user_agent), None)
     system = next((name for mark, name in SYSTEMS if mark in user_agent), None)
     if browser and system:

@@ -24,8 +24,9 @@ from starlette.responses import JSONResponse, Response
 
 from authserver import audit, rest
 from authserver.db import current_session
-from authserver.errors import AppError, Invalid, NotFound
+from authserver.errors import AppError, Conflict, Invalid, NotFound
 from authserver.oauth import tokens
+from authserver.organizations import models as orgs
 from authserver.sessions import models as sessions
 from authserver.sessions.pages import ACCOUNT_WINDOW
 from authserver.users import models as users
@@ -168,6 +169,22 @@ def end_everything(
     return {"sessions_ended": ended, "token_families_revoked": revoked}
 
 
+def _delete(actor: Caller, user: User) -> None:
+    """Delete an account, unless that would leave the server without an administrator or an
+    organization without an owner (the last-owner rule, SPEC §7); its sessions end and its
+    token families are revoked first, so no cascade order matters."""
+    users.keeps_an_admin(user)
+    owned = orgs.solely_owned(user.id)
+    if owned:
+        raise Conflict(
+            f"The account is the only owner of {len(owned)} organization(s); "
+            "make someone else an owner first."
+        )
+    ended = end_everything(user.id, reason="account_deleted")
+    actor.record("user.deleted", "user", user.id, **ended)
+    users.delete_user(user)
+
+
 def _db(request: Request) -> Any:
     return request.app.state.services.db
 
@@ -219,11 +236,7 @@ async def delete_me(request: Request) -> Response:
     me = await caller(request, WRITE)
 
     def delete() -> None:
-        user = _me(me.user_id)
-        users.keeps_an_admin(user)
-        ended = end_everything(user.id, reason="account_deleted")
-        me.record("user.deleted", "user", user.id, **ended)
-        users.delete_user(user)
+        _delete(me, _me(me.user_id))
 
     await _db(request).run_sync(delete)
     return Response(status_code=204)
@@ -351,9 +364,10 @@ async def create_user(request: Request) -> Response:
 async def list_users(request: Request) -> Response:
     actor = await admin(request)
     email = query_text(request, "email")
-    active = {None: None, "true": True, "false": False}.get(request.query_params.get("active"), "")
-    if active == "":
+    flag = request.query_params.get("active")
+    if flag not in (None, "true", "false"):
         raise Invalid("`active` must be true or false.")
+    active = None if flag is None else flag == "true"
     listing = Listing(request, "users")
 
     def read() -> list[User]:
@@ -386,22 +400,19 @@ async def update_user(request: Request) -> Response:
         user = _user(user_id)
         if body.is_admin is False or body.is_active is False:
             users.keeps_an_admin(user)
-        wanted = {
-            "name": name,
-            "is_admin": body.is_admin,
-            "email_verified": body.email_verified,
-            "is_active": body.is_active if body.is_active is not False else None,
-        }
+        requested = {"name": name, "is_admin": body.is_admin, "email_verified": body.email_verified}
+        if body.is_active:
+            requested["is_active"] = True
         changes = {
             field: value
-            for field, value in wanted.items()
+            for field, value in requested.items()
             if value is not None and getattr(user, field) != value
         }
         for field, value in changes.items():
             setattr(user, field, value)
         if changes:
-            fields = {f: v for f, v in changes.items() if f != "name"}
-            actor.record("user.updated", "user", user.id, fields=sorted(changes), **fields)
+            flags = {field: value for field, value in changes.items() if field != "name"}
+            actor.record("user.updated", "user", user.id, fields=sorted(changes), **flags)
         if body.is_active is False and user.is_active:
             _deactivate(actor, user)
         return users.as_dict(user)
@@ -428,11 +439,7 @@ async def delete_user(request: Request) -> Response:
 
     def delete() -> None:
         users.acting_admin(actor.user_id)
-        user = _user(user_id)
-        users.keeps_an_admin(user)
-        ended = end_everything(user.id, reason="account_deleted")
-        actor.record("user.deleted", "user", user.id, **ended)
-        users.delete_user(user)
+        _delete(actor, _user(user_id))
 
     await _db(request).run_sync(delete)
     return Response(status_code=204)
@@ -490,7 +497,8 @@ OPERATIONS = [
     ),
     rest.Operation(
         "DELETE", ME, delete_me,
-        "Delete my account, ending its sessions and revoking its tokens (users:write)",
+        "Delete my account, ending its sessions and revoking its tokens (users:write); "
+        "refused while I am the last administrator or an organization's only owner",
         WRITE, status=204, errors=LAST_ADMIN,
     ),
     rest.Operation(
@@ -550,7 +558,8 @@ OPERATIONS = [
     ),
     rest.Operation(
         "DELETE", USER_PATH, delete_user,
-        "Delete an account, ending its sessions and revoking its tokens (admin)",
+        "Delete an account, ending its sessions and revoking its tokens (admin); refused "
+        "for the last administrator or an organization's only owner",
         ADMIN, status=204, errors=LAST_ADMIN,
     ),
 ]  # fmt: skip

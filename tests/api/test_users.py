@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from authserver.app import Services, create_app
 from authserver.audit import AuditEvent
 from authserver.db import current_session
+from authserver.organizations.models import Membership
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users
@@ -438,3 +439,28 @@ def test_admin_routes_take_a_persons_token(api: Api, admin: Person) -> None:
     """`bearer()` with the admin's token works on `/users/me` too: admin covers every scope."""
     response = api.client.get(API + "/users/me", headers=bearer(admin.token))
     assert response.json()["is_admin"] is True
+
+
+def test_an_organizations_only_owner_cannot_be_deleted(
+    api: Api,
+    admin: Person,
+    alice: Person,
+    bob: Person,
+    make: factories.Factory,
+    services: Services,
+) -> None:
+    """SPEC §7, the last-owner rule: deleting the account would leave Acme without an
+    owner, by the person's hand or an admin's; once Bob co-owns it, it goes."""
+    acme = make.organization(alice.user, name="Acme")
+    before = rows(services)
+    assert is_problem(api.call("DELETE", "/users/me", alice.token), 409)
+    assert is_problem(api.call("DELETE", f"/users/{alice.user.id}", admin.token), 409)
+    assert rows(services) == before
+
+    def co_own() -> None:
+        current_session().add(
+            Membership(organization_id=acme.id, user_id=bob.user.id, role="owner")
+        )
+
+    services.db.call(co_own)
+    assert api.call("DELETE", "/users/me", alice.token).status_code == 204

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -126,6 +127,15 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 class _RelyingPartyPage(BaseHTTPRequestHandler):
+    """Answers every page with a short text; keeps the bodies of form posts it receives."""
+
+    received: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        self.received.append(self.rfile.read(length))
+        self.do_GET()
+
     def do_GET(self) -> None:
         body = b"relying party"
         self.send_response(200)
@@ -138,12 +148,18 @@ class _RelyingPartyPage(BaseHTTPRequestHandler):
         pass
 
 
+@dataclass(frozen=True)
+class RelyingParty:
+    url: str
+    received: list[bytes]
+
+
 @pytest.fixture(scope="session")
-def relying_party() -> Iterator[str]:
+def relying_party() -> Iterator[RelyingParty]:
     """A real page for the client's redirect URIs, so the browser's last hop lands somewhere."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RelyingPartyPage)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield RelyingParty(f"http://127.0.0.1:{server.server_address[1]}", _RelyingPartyPage.received)
     server.shutdown()
     server.server_close()

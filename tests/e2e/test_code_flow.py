@@ -18,18 +18,21 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
 from playwright.sync_api import Page
 
-from tests.e2e.conftest import LiveServer
+from tests.e2e.conftest import LiveServer, RelyingParty
 from tests.factories import PASSWORD
 
 pytestmark = pytest.mark.e2e
 
 
 def test_sign_in_consent_tokens_refresh_introspect_revoke_sign_out(
-    live_server: LiveServer, relying_party: str, page: Page, request: pytest.FixtureRequest
+    live_server: LiveServer,
+    relying_party: RelyingParty,
+    page: Page,
+    request: pytest.FixtureRequest,
 ) -> None:
     server = live_server.url
-    callback = f"{relying_party}/callback"
-    logged_out = f"{relying_party}/logged-out"
+    callback = f"{relying_party.url}/callback"
+    logged_out = f"{relying_party.url}/logged-out"
     user = live_server.make.user(email="e2e@example.com", name="Erin Example")
     client, secret = live_server.make.client(
         name="Photo Printer",
@@ -137,3 +140,30 @@ def test_sign_in_consent_tokens_refresh_introspect_revoke_sign_out(
     page.goto(silent)
     page.wait_for_url(f"{callback}?**")
     assert parse_qs(urlsplit(page.url).query)["error"] == ["login_required"]
+
+
+def test_form_post_response_mode_submits_itself(
+    live_server: LiveServer, relying_party: RelyingParty, page: Page
+) -> None:
+    """OAuth 2.0 Form Post Response Mode: the code reaches the RP in a POST body, not the URL."""
+    server = live_server.url
+    callback = f"{relying_party.url}/form-callback"
+    user = live_server.make.user(email="form-post@example.com")
+    client, _ = live_server.make.client(name="Form Poster", redirect_uris=[callback])
+    verifier = generate_token(64)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    relying_party.received.clear()
+    page.goto(
+        f"{server}/authorize?response_type=code&client_id={client.id}&redirect_uri={callback}"
+        f"&scope=openid&state=s-123&response_mode=form_post"
+        f"&code_challenge={challenge.decode()}&code_challenge_method=S256"
+    )
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(callback)
+    posted = parse_qs(relying_party.received[-1].decode())
+    assert posted["state"] == ["s-123"]
+    assert posted["iss"] == [server]
+    assert len(posted["code"][0]) >= 43

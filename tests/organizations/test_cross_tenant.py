@@ -206,11 +206,6 @@ def test_head_does_not_bypass_authorization(
     assert rows(services) == before
 
 
-@pytest.mark.xfail(
-    reason="rest.routes dispatches HEAD (which Starlette adds to every GET route) to a handler "
-    "it does not have: 500 instead of GET's status. Fix belongs in authserver/rest.py.",
-    strict=False,
-)
 def test_head_answers_like_get(app: Starlette, tenants: tuple[Tenant, Tenant, Person]) -> None:
     alice, bob, _ = tenants
     api = Api(TestClient(app, base_url=ISSUER, raise_server_exceptions=False))

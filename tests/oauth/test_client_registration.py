@@ -1,0 +1,49 @@
+"""Redirect URIs a client may register (SECURITY.md §1, G56; RFC 8252 §7.3 loopback)."""
+
+from __future__ import annotations
+
+import pytest
+
+from authserver.errors import Invalid
+from authserver.oauth.clients import validate_redirect_uri
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://app.example.com/cb",
+        "https://app.example.com/cb?a=1",
+        "http://127.0.0.1/cb",
+        "http://127.0.0.1:8080/cb",
+        "http://[::1]/cb",
+        "http://[::1]:8080/cb",
+        "com.example.app:/callback",
+    ],
+)
+def test_acceptable_redirect_uris(uri: str) -> None:
+    assert validate_redirect_uri(uri) == uri
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://app.example.com/cb",
+        "http://localhost/cb",
+        "http://127.0.0.1.evil.com/cb",
+        "http://[::2]/cb",
+        "https://app.example.com/cb#frag",
+        "https://user@app.example.com/cb",
+        "https://*.example.com/cb",
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(1)",
+        "data:text/html,hi",
+        "/relative/cb",
+        "myapp:/cb",
+        "https://app.example.com/c b",
+        "",
+    ],
+)
+def test_refused_redirect_uris(uri: str) -> None:
+    """SECURITY.md G56: fragments, script schemes, wildcards, non-loopback http, relative."""
+    with pytest.raises(Invalid):
+        validate_redirect_uri(uri)
