@@ -85,6 +85,7 @@ def create(
     acr: str | None,
     now: datetime,
     ttl: int,
+    organization_id: str | None = None,
 ) -> AuthorizationCode:
     """Store a new code; only its digest is kept."""
     row = AuthorizationCode(
@@ -95,6 +96,7 @@ def create(
         redirect_uri=redirect_uri,
         scope=scope,
         nonce=nonce,
+        organization_id=organization_id,
         code_challenge=code_challenge,
         code_challenge_method=code_challenge_method,
         auth_time=auth_time,

@@ -36,7 +36,8 @@ from authserver.oauth.requests import (
     read_form_request,
     read_resource_request,
 )
-from authserver.oauth.tokens import PresentedRefreshToken
+from authserver.oauth.tokens import ORGANIZATION, PresentedRefreshToken
+from authserver.organizations import models as orgs
 from authserver.security import Digester
 from authserver.settings import Settings
 from authserver.users import models as users
@@ -306,7 +307,20 @@ def _userinfo(services: Services, snapshot: RequestSnapshot) -> Response:
     user = users.get(claims["sub"])
     if user is None:
         return _bearer_error(services.settings, 401, "invalid_token", "The user is gone.")
-    return JSONResponse(userinfo_claims(user, claims.get("scope", "")), headers=NO_STORE)
+    scope = claims.get("scope", "")
+    return JSONResponse(
+        userinfo_claims(user, scope, _organization(claims, user.id, scope)), headers=NO_STORE
+    )
+
+
+def _organization(claims: dict[str, Any], user_id: str, scope: str) -> dict[str, str] | None:
+    """The token's organization with the user's role as it is now: a live token's family
+    still has the membership, and the role may have changed since the token was issued."""
+    org_id = claims.get("org_id")
+    if ORGANIZATION not in scope.split() or not isinstance(org_id, str):
+        return None
+    role = orgs.role_of(org_id, user_id)
+    return {"org_id": org_id, "org_role": role} if role is not None else None
 
 
 def _bearer_error(

@@ -9,6 +9,7 @@ a short retry window. Grants are bound to one app's settings by `bind`.
 from __future__ import annotations
 
 import hmac
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from authlib.oauth2.rfc6749 import (
@@ -23,7 +24,8 @@ from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupp
 
 from authserver import audit, db
 from authserver.oauth import codes, tokens
-from authserver.oauth.tokens import EndUser, PresentedRefreshToken
+from authserver.oauth.tokens import ORGANIZATION, EndUser, PresentedRefreshToken
+from authserver.organizations import models as orgs
 from authserver.security import Digester, new_token
 from authserver.settings import Settings
 from authserver.users import models as users
@@ -32,7 +34,7 @@ CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 RESPONSE_MODES = ("query", "form_post")
 PROMPTS = {"none", "login", "consent", "select_account"}
 #: Scopes that speak for a signed-in person, meaningless in a client_credentials token.
-USER_SCOPES = {"openid", "profile", "email", "offline_access", "organization"}
+USER_SCOPES = {"openid", "profile", "email", "offline_access", ORGANIZATION}
 #: Acts on every account through /api/v1: granted for a user only while they are an admin.
 ADMIN_SCOPE = "admin"
 NONCE_MAX = 512
@@ -78,6 +80,18 @@ def check_admin_scope(scope: str, end_user: EndUser) -> None:
     at every refresh, so a demoted admin's grant stops carrying it."""
     if ADMIN_SCOPE in scope.split() and not end_user.user.is_admin:
         raise InvalidScopeError("The admin scope is only for administrators.")
+
+
+def in_organization(end_user: EndUser, organization_id: str | None, scope: str) -> EndUser | None:
+    """The end user acting in the organization their grant chose, with their role as it is
+    now, so that a role change shows in the next token; None once they have left it (or it
+    was deleted, which empties the column), which the grants answer with `invalid_grant`."""
+    if ORGANIZATION not in scope.split():
+        return end_user
+    role = orgs.role_of(organization_id, end_user.user.id) if organization_id else None
+    if role is None:
+        return None
+    return replace(end_user, organization_id=organization_id, org_role=role)
 
 
 def check_authorization_parameters(grant: Any, redirect_uri: str) -> None:
@@ -165,6 +179,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             redirect_uri=request.payload.redirect_uri or "",
             scope=request.scope,
             nonce=data.get("nonce"),
+            organization_id=end_user.organization_id,
             code_challenge=data["code_challenge"],
             code_challenge_method=data["code_challenge_method"],
             auth_time=end_user.auth_time,
@@ -193,17 +208,19 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         kept so that a replay can be recognised."""
 
     def authenticate_user(self, authorization_code: codes.AuthorizationCode) -> EndUser | None:
-        """The code's user, unless deleted or disabled since (SECURITY.md B33)."""
+        """The code's user, unless deleted or disabled since (SECURITY.md B33), or no longer
+        in the organization they chose."""
         user = users.get(authorization_code.user_id)
         if user is None or not user.is_active:
             return None
-        return EndUser(
+        end_user = EndUser(
             user,
             authorization_code.session_id,
             authorization_code.auth_time,
             authorization_code.amr,
             authorization_code.acr,
         )
+        return in_organization(end_user, authorization_code.organization_id, authorization_code.scope)
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         """Consume the code first, in this transaction: if anything later fails the
@@ -277,7 +294,12 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return tokens.find_refresh_token(self.digester, refresh_token)
 
     def authenticate_user(self, refresh_token: PresentedRefreshToken) -> EndUser | None:
-        return tokens.end_user_of(refresh_token.family)
+        """The family's user in the family's organization, with their current role."""
+        family = refresh_token.family
+        end_user = tokens.end_user_of(family)
+        if end_user is None:
+            return None
+        return in_organization(end_user, family.organization_id, family.scope)
 
     def validate_token_request(self) -> None:
         """Authlib checks client, grant type, token ownership and scope (a broader scope

@@ -22,9 +22,11 @@ from authserver.settings import Settings
 from authserver.users.models import User
 
 
-def userinfo(user: User, scope: str) -> UserInfo:
-    """OIDC Core §5.4: `sub` always; `profile` → name; `email` → email, email_verified.
-    Claims without a value are left out rather than sent empty."""
+def userinfo(user: User, scope: str, organization: dict[str, str] | None = None) -> UserInfo:
+    """OIDC Core §5.4: `sub` always; `profile` → name; `email` → email, email_verified;
+    `organization` → the grant's `org_id` and `org_role` (`EndUser.org_claims`), which
+    Authlib's scope filter does not know. Claims without a value are left out rather than
+    sent empty."""
     claims: dict[str, Any] = {
         "sub": user.id,
         "email": user.email,
@@ -32,7 +34,7 @@ def userinfo(user: User, scope: str) -> UserInfo:
     }
     if user.name:
         claims["name"] = user.name
-    return UserInfo(claims).filter(scope)
+    return UserInfo({**UserInfo(claims).filter(scope), **(organization or {})})
 
 
 def id_token(
@@ -49,14 +51,15 @@ def id_token(
     `id_token_signed_response_alg` (RS256 by default).
 
     `auth_time` is when the user signed in, also in tokens from a refresh (§12.2); `sid`
-    names the browser session for logout; `at_hash` binds the access token issued with it.
+    names the browser session for logout; `at_hash` binds the access token issued with it;
+    `org_id` and `org_role` name the organization the user chose (role as of this issue).
     The scope's profile and email claims are included too, as Authlib does, because
     relying parties built on its client read them from the ID token.
     """
     alg = client.id_token_signed_response_alg or "RS256"
     now = int(db.utcnow().timestamp())
     claims: dict[str, Any] = {
-        **userinfo(end_user.user, scope),
+        **userinfo(end_user.user, scope, end_user.org_claims(scope)),
         "iss": settings.issuer,
         "sub": end_user.user.id,
         "aud": client.get_client_id(),
@@ -101,7 +104,7 @@ class IDTokens(OpenIDToken):
         )
 
     def generate_user_info(self, user: EndUser, scope: str) -> UserInfo:
-        return userinfo(user.user, scope)
+        return userinfo(user.user, scope, user.org_claims(scope))
 
 
 class OpenIDCode(IDTokens, _OpenIDCode):

@@ -30,6 +30,7 @@ from authserver import audit, db
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.keystore import ALGORITHMS, JWS_REGISTRY, KeyStore
 from authserver.oauth import clients
+from authserver.organizations import models as orgs
 from authserver.rest import API_SCOPES
 from authserver.security import Digester, new_token
 from authserver.sessions.models import LoginSession
@@ -103,21 +104,32 @@ CLOCK_SKEW = 60
 #: A JWT we issued has exactly these header members; anything else (`jwk`, `jku`, `x5u`,
 #: `crit`, ...) means someone else made it (SECURITY.md F51).
 HEADER_MEMBERS = {"alg", "typ", "kid"}
+#: The scope under which the user picks one organization for the grant (SPEC §5).
+ORGANIZATION = "organization"
 
 
 @dataclass(frozen=True)
 class EndUser:
     """The resource owner as a grant sees them: the account, plus when and how they signed
-    in (OIDC Core §2 `auth_time`, `amr`, `acr`) and in which browser session (`sid`)."""
+    in (OIDC Core §2 `auth_time`, `amr`, `acr`), in which browser session (`sid`), and
+    the organization the grant chose with the role read at this issue."""
 
     user: User
     session_id: str | None
     auth_time: datetime
     amr: str = "pwd"
     acr: str | None = None
+    organization_id: str | None = None
+    org_role: str | None = None
 
     def get_user_id(self) -> str:
         return self.user.id
+
+    def org_claims(self, scope: str) -> dict[str, str]:
+        """A refresh may narrow the scope: a token without `organization` names none."""
+        if self.organization_id is None or self.org_role is None or ORGANIZATION not in scope.split():
+            return {}
+        return {"org_id": self.organization_id, "org_role": self.org_role}
 
 
 class AccessTokenGenerator(JWTBearerTokenGenerator):
@@ -149,7 +161,8 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
     def access_token_generator(
         self, client: Any, grant_type: str, user: EndUser | None, scope: str
     ) -> str:
-        """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time);
+        """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time, and
+        `org_id`/`org_role` as extra claims, §2.2.3);
         the header says `typ: at+jwt` (§2.1) so an access token is never taken for an ID
         token, or the other way round."""
         now = int(db.utcnow().timestamp())
@@ -165,7 +178,7 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         if scope:
             claims["scope"] = scope
         if user is not None:
-            claims["auth_time"] = int(user.auth_time.timestamp())
+            claims.update(auth_time=int(user.auth_time.timestamp()), **user.org_claims(scope))
         return self.keystore.sign(claims, alg=self.alg, typ="at+jwt")
 
 
@@ -230,6 +243,7 @@ def open_family(
         user_id=end_user.user.id,
         session_id=end_user.session_id,
         code_id=code_id,
+        organization_id=end_user.organization_id,
         scope=scope,
         offline="offline_access" in scope.split(),
         auth_time=end_user.auth_time,
@@ -245,8 +259,8 @@ def open_family(
 
 def family_is_live(family: TokenFamily, now: datetime) -> bool:
     """Validity by reference: a family lives while it is unrevoked and unexpired, its user
-    and client are active, and its browser session is alive unless the user granted
-    `offline_access` (OIDC Core §11)."""
+    and client are active, its user still belongs to the organization it was granted for,
+    and its browser session is alive unless the user granted `offline_access` (OIDC Core §11)."""
     if family.revoked_at is not None or family.expires_at <= now:
         return False
     if clients.query(family.client_id) is None:
@@ -254,6 +268,9 @@ def family_is_live(family: TokenFamily, now: datetime) -> bool:
     if family.user_id is not None:
         user = users.get(family.user_id)
         if user is None or not user.is_active:
+            return False
+        organization = family.organization_id or ""
+        if ORGANIZATION in family.scope.split() and not orgs.role_of(organization, user.id):
             return False
     if family.offline:
         return True

@@ -105,6 +105,16 @@ def membership_of(organization_id: str, user_id: str) -> Membership | None:
     return current_session().get(Membership, (organization_id, user_id))
 
 
+def role_of(organization_id: str, user_id: str) -> str | None:
+    """The user's role in the organization, or None if they are not a member. For ids that
+    come from outside (a consent form, a token claim): an implausible one is simply not a
+    membership and never reaches the database."""
+    if not _plausible(organization_id, ID_MAX):
+        return None
+    membership = membership_of(organization_id, user_id)
+    return membership.role if membership is not None else None
+
+
 def access(organization_id: str, user_id: str | None, *, admin: bool = False) -> Access:
     """The caller's access to an organization, or NotFound: one answer for "no such
     organization" and "not yours", so a non-member learns nothing (SECURITY.md J75)."""
