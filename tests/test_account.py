@@ -101,7 +101,7 @@ def own_session(browser: Browser) -> str:
 def test_signed_out_visitors_are_sent_to_sign_in(client: TestClient) -> None:
     response = client.get("/account")
     assert response.status_code == 303
-    assert response.headers["location"] == "/login"
+    assert response.headers["location"] == "/login?next=/account"
 
 
 def test_the_page_shows_sessions_apps_organizations_and_password(

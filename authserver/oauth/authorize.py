@@ -5,6 +5,11 @@ The authorization request travels in the URL: the login page gets it back as `ne
 consent page as its own query string, and every step validates it again with Authlib, so a
 page never trusts a hidden field (SECURITY.md H65). Nothing is stored until the code.
 
+The `organization` scope makes the user pick one of their organizations on the consent
+page, also when consent itself is remembered or skipped (unless they have exactly one):
+the choice belongs to this authorization, not to the client, and the posted id is taken
+only after checking the membership.
+
 Errors before the client and its redirect URI are trusted are an error page; after that
 they go back to the client with `error`, `state` and `iss` (RFC 6749 §4.1.2.1, RFC 9207),
 always with 303, never 307 (RFC 9700 §4.12).
@@ -12,23 +17,33 @@ always with 303, never 307 (RFC 9700 §4.12).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import AccessDeniedError
-from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+from authlib.oidc.core.errors import (
+    ConsentRequiredError,
+    InteractionRequiredError,
+    LoginRequiredError,
+)
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from authserver import audit, db
 from authserver.errors import NO_STORE, Invalid, html_error_response
 from authserver.oauth import consent, oidc
-from authserver.oauth.grants import RESPONSE_MODES, AuthorizationCodeGrant, check_admin_scope
+from authserver.oauth.grants import (
+    RESPONSE_MODES,
+    AuthorizationCodeGrant,
+    check_admin_scope,
+    in_organization,
+)
 from authserver.oauth.requests import MalformedRequest, RequestSnapshot, read_authorization_request
-from authserver.oauth.tokens import EndUser
+from authserver.oauth.tokens import ORGANIZATION, EndUser
+from authserver.organizations import models as orgs
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users
@@ -41,6 +56,9 @@ if TYPE_CHECKING:
 #: request coming back after a fresh sign-in does not ask for one again.
 REAUTHENTICATION = ("max_age",)
 REAUTHENTICATION_PROMPTS = {"login", "select_account"}
+#: The chooser lists this many of the user's organizations (the oldest memberships).
+CHOOSER_LIMIT = 200
+NOT_YOUR_ORGANIZATION = "Choose one of your organizations to continue."
 
 
 @dataclass(frozen=True)
@@ -63,12 +81,24 @@ class SeeOther:
 
 
 @dataclass(frozen=True)
+class OrganizationChoice:
+    id: str
+    name: str
+    role: str
+
+
+@dataclass(frozen=True)
 class AskConsent:
+    """The consent page; with `choose_only` the consent is granted already and the page
+    only asks which organization (None: the `organization` scope was not requested)."""
+
     client_name: str
     scopes: list[str]
     query: str
     email: str
     unverified_host: str | None = field(default=None)
+    organizations: list[OrganizationChoice] | None = None
+    choose_only: bool = False
 
 
 Outcome = ErrorPage | ToClient | SeeOther | AskConsent
@@ -96,10 +126,14 @@ async def consent_page(request: Request) -> Response:
     decision = form.get("decision")
     if decision not in ("allow", "deny"):
         raise Invalid("Choose Allow or Deny.")
-    return await _handle(request, step=str(decision), with_body=False)
+    chosen = form.get("organization")
+    organization = chosen if isinstance(chosen, str) else None
+    return await _handle(request, step=str(decision), with_body=False, organization=organization)
 
 
-async def _handle(request: Request, *, step: str, with_body: bool) -> Response:
+async def _handle(
+    request: Request, *, step: str, with_body: bool, organization: str | None = None
+) -> Response:
     services: Services = request.app.state.services
     settings = services.settings
     try:
@@ -107,15 +141,20 @@ async def _handle(request: Request, *, step: str, with_body: bool) -> Response:
     except MalformedRequest as error:
         return html_error_response(request, 400, error.description)
     raw_sid = request.cookies.get(sessions.cookie_name(settings))
-    outcome = await services.db.run_sync(decide, services, snapshot, raw_sid, step)
+    outcome = await services.db.run_sync(decide, services, snapshot, raw_sid, step, organization)
     return _respond(request, services, outcome)
 
 
 def decide(
-    services: Services, snapshot: RequestSnapshot, raw_sid: str | None, step: str
+    services: Services,
+    snapshot: RequestSnapshot,
+    raw_sid: str | None,
+    step: str,
+    organization: str | None = None,
 ) -> Outcome:
     """What to answer to an authorization request; `step` is where it came from:
-    `authorize`, the consent page (`show`), or the user's answer there (`allow`/`deny`)."""
+    `authorize`, the consent page (`show`), or the user's answer there (`allow`/`deny`,
+    with the `organization` id picked, as posted and not yet checked)."""
     now = db.utcnow()
     login = sessions.find_active(services.digester, services.settings, raw_sid, now=now)
     end_user = _end_user(login)
@@ -124,7 +163,7 @@ def decide(
     except OAuth2Error as error:
         return _refusal(snapshot, error)
     try:
-        return _interact(services, snapshot, grant, login, end_user, step, now)
+        return _interact(services, snapshot, grant, login, end_user, step, now, organization)
     except OAuth2Error as error:
         error.redirect_uri = grant.redirect_uri
         error.state = grant.request.payload.state
@@ -139,6 +178,7 @@ def _interact(
     end_user: EndUser | None,
     step: str,
     now: datetime,
+    organization: str | None,
 ) -> Outcome:
     request = grant.request
     client, data = request.client, request.payload.data
@@ -152,16 +192,25 @@ def _interact(
         _record_consent("consent.denied", snapshot, client.id, end_user)
         raise AccessDeniedError()
     if step == "allow":
+        acting = in_organization(end_user, organization, request.scope)
+        if acting is None:
+            return ErrorPage(NOT_YOUR_ORGANIZATION)
         consent.remember(end_user.user.id, client.id, request.scope, now)
         _record_consent("consent.granted", snapshot, client.id, end_user, scope=request.scope)
-    elif _needs_consent(request, end_user, prompts):
-        if "none" in prompts:
-            raise ConsentRequiredError()
+        end_user = acting
+    else:
+        choices = _choices(end_user) if ORGANIZATION in request.scope.split() else None
+        asking = _needs_consent(request, end_user, prompts)
+        if asking or (choices is not None and len(choices) != 1):
+            if "none" in prompts:
+                raise ConsentRequiredError() if asking else InteractionRequiredError()
+            if step == "show":
+                return _ask(snapshot, request, end_user, choices, choose_only=not asking)
+            return SeeOther("/consent?" + urlencode(snapshot.params))
         if step == "show":
-            return _ask(snapshot, request, end_user)
-        return SeeOther("/consent?" + urlencode(snapshot.params))
-    elif step == "show":
-        return SeeOther("/authorize?" + urlencode(snapshot.params))
+            return SeeOther("/authorize?" + urlencode(snapshot.params))
+        if choices:
+            end_user = replace(end_user, organization_id=choices[0].id, org_role=choices[0].role)
     code = grant.issue_code(end_user)
     params = [("code", code)]
     if request.payload.state:
@@ -226,7 +275,21 @@ def _login_url(snapshot: RequestSnapshot) -> str:
     return "/login?" + urlencode(query)
 
 
-def _ask(snapshot: RequestSnapshot, request: Any, end_user: EndUser) -> AskConsent:
+def _choices(end_user: EndUser) -> list[OrganizationChoice]:
+    """The user's organizations and roles, by name, for the chooser."""
+    found = orgs.list_for_user(end_user.user.id, after=None, limit=CHOOSER_LIMIT)
+    choices = [OrganizationChoice(org.id, org.name, role) for org, role in found]
+    return sorted(choices, key=lambda choice: (choice.name.casefold(), choice.id))
+
+
+def _ask(
+    snapshot: RequestSnapshot,
+    request: Any,
+    end_user: EndUser,
+    choices: list[OrganizationChoice] | None,
+    *,
+    choose_only: bool,
+) -> AskConsent:
     client = request.client
     redirect_uri = request.payload.redirect_uri or client.get_default_redirect_uri()
     return AskConsent(
@@ -235,6 +298,8 @@ def _ask(snapshot: RequestSnapshot, request: Any, end_user: EndUser) -> AskConse
         query=urlencode(snapshot.params),
         email=end_user.user.email,
         unverified_host=urlsplit(redirect_uri).netloc if client.dynamically_registered else None,
+        organizations=choices,
+        choose_only=choose_only,
     )
 
 
@@ -294,8 +359,9 @@ def _respond(request: Request, services: Services, outcome: Outcome) -> Response
 
 def _consent_form(request: Request, services: Services, ask: AskConsent) -> Response:
     form_token, cookie_value = services.csrf.token(request)
+    title = "Choose an organization" if ask.choose_only else f"Allow {ask.client_name}?"
     context = {
-        "title": f"Allow {ask.client_name}?",
+        "title": title,
         "ask": ask,
         "action": f"/consent?{ask.query}",
         "csrf_field": CSRF_FIELD,

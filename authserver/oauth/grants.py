@@ -220,7 +220,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             authorization_code.amr,
             authorization_code.acr,
         )
-        return in_organization(end_user, authorization_code.organization_id, authorization_code.scope)
+        return in_organization(
+            end_user, authorization_code.organization_id, authorization_code.scope
+        )
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         """Consume the code first, in this transaction: if anything later fails the

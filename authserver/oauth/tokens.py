@@ -127,9 +127,9 @@ class EndUser:
 
     def org_claims(self, scope: str) -> dict[str, str]:
         """A refresh may narrow the scope: a token without `organization` names none."""
-        if self.organization_id is None or self.org_role is None or ORGANIZATION not in scope.split():
-            return {}
-        return {"org_id": self.organization_id, "org_role": self.org_role}
+        if self.organization_id and self.org_role and ORGANIZATION in scope.split():
+            return {"org_id": self.organization_id, "org_role": self.org_role}
+        return {}
 
 
 class AccessTokenGenerator(JWTBearerTokenGenerator):

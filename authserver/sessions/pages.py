@@ -29,6 +29,7 @@ LANDING = "/login"
 IP_WINDOW = 60
 ACCOUNT_WINDOW = 15 * 60
 NEXT_MAX = 4096
+INTERNAL_TARGETS = ("/account", "/account/password")
 FAILED = "Incorrect email or password."
 TOO_MANY = "Too many sign-in attempts. Wait {minutes} and try again."
 NO_STORE = {"Cache-Control": "no-store"}
@@ -103,12 +104,15 @@ def clear_session_cookie(response: Response, settings: Settings) -> None:
 
 
 def safe_next(value: str | None) -> str | None:
-    """`value` when it is this server's own /authorize request, else None (SECURITY.md H67).
+    """`value` when it is this server's own /authorize request or the account page, else
+    None (SECURITY.md H67).
 
     Only a same-origin path is accepted, so the sign-in page cannot be an open redirector:
     `//evil.com`, `https://evil.com`, `/\\evil.com`, `%2F%2Fevil.com` and `javascript:` all
     fail the prefix test, and control characters could split the Location header.
     """
+    if value in INTERNAL_TARGETS:
+        return value
     if not value or len(value) > NEXT_MAX or not value.startswith("/authorize?"):
         return None
     if "\\" in value or any(ord(ch) < 33 or ord(ch) == 127 for ch in value):

@@ -46,7 +46,7 @@ SYSTEMS = (("iPhone", "iPhone"), ("iPad", "iPad"), ("Android", "Android"), ("Win
 async def account(request: Request) -> Response:
     login = await current_login(request)
     if login is None:
-        return RedirectResponse("/login", status_code=303)
+        return RedirectResponse("/login?next=/account", status_code=303)
     services: Services = request.app.state.services
     view = await services.db.run_sync(_view, login)
     view["notice"] = NOTICES.get(request.query_params.get("done", ""))

@@ -120,7 +120,8 @@ def test_redirects_to_a_pending_authorization_with_303(
         "/\\evil.com",
         "%2F%2Fevil.com",
         "javascript:alert(1)",
-        "/account",
+        "/account/../evil",
+        "/accounts",
         "/authorize",
         "/authorizeX?a=1",
         "http://127.0.0.1:8000/authorize?a=1",
@@ -326,3 +327,12 @@ def _stored_hash(services: Services, user_id: str) -> str:
     assert found is not None
     assert found.password_hash
     return found.password_hash
+
+
+def test_the_account_page_is_a_valid_return_target(client, make, sign_in) -> None:
+    """Signing in from /account comes back to /account; nothing else outside /authorize."""
+    user = make.user()
+    assert client.get("/account").headers["location"] == "/login?next=/account"
+    response = sign_in(client, user.email, next="/account")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/account"
