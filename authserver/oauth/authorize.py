@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 #: request coming back after a fresh sign-in does not ask for one again.
 REAUTHENTICATION = ("max_age",)
 REAUTHENTICATION_PROMPTS = {"login", "select_account"}
-#: The chooser lists this many of the user's organizations (the oldest memberships).
+#: The chooser lists at most this many of the user's organizations (the oldest ones).
 CHOOSER_LIMIT = 200
 NOT_YOUR_ORGANIZATION = "Choose one of your organizations to continue."
 
