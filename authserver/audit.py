@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from authserver import rest
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import Base, Position, current_session, new_id, utcnow
 from authserver.errors import Invalid
 from authserver.users import models as users
 
@@ -63,12 +63,9 @@ def record(
 
 FILTERS = ("event", "actor_id", "target_id")
 FILTER_MAX = 64
-LISTING = "audit"
 
 
-def page(
-    *, before: tuple[datetime, str] | None, limit: int, **filters: str | None
-) -> list[AuditEvent]:
+def page(*, before: Position | None, limit: int, **filters: str | None) -> list[AuditEvent]:
     """Events newest first, from just before the keyset position (at, id); each filter in
     `FILTERS` given matches exactly."""
     query = select(AuditEvent).order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit)
@@ -103,31 +100,14 @@ async def list_audit_events(request: Request) -> Response:
     for name, value in filters.items():
         if value is not None and (len(value) > FILTER_MAX or not value.isprintable()):
             raise Invalid(f"`{name}` must be at most {FILTER_MAX} printable characters.")
-    size = rest.page_size(request)
-    cursors = rest.Cursors(request.app.state.services.digester.key("cursor"))
-    before = _position(cursors.decode(request.query_params.get("cursor")))
+    listing = rest.Listing(request, "audit")
 
     def read() -> list[AuditEvent]:
         users.acting_admin(admin_id)
-        return page(before=before, limit=size + 1, **filters)
+        return page(before=listing.after, limit=listing.limit, **filters)
 
-    rows = await request.app.state.services.db.run_sync(read)
-    cursor = None
-    if len(rows) > size:
-        rows = rows[:size]
-        cursor = cursors.encode([LISTING, rows[-1].at.isoformat(), rows[-1].id])
-    return rest.page([as_dict(row) for row in rows], cursor)
-
-
-def _position(position: list[str] | None) -> tuple[datetime, str] | None:
-    if position is None:
-        return None
-    if len(position) != 3 or position[0] != LISTING:
-        raise Invalid("The cursor does not belong to this listing.")
-    try:
-        return datetime.fromisoformat(position[1]), position[2]
-    except ValueError:
-        raise Invalid("The cursor is not valid.") from None
+    rows = await rest.run_sync(request, read)
+    return listing.page(rows, lambda entry: (entry.at, entry.id), as_dict)
 
 
 NULLABLE_TEXT = {"type": ["string", "null"]}
@@ -140,7 +120,7 @@ EVENT = {
     ],
     "properties": {
         "id": {"type": "string"},
-        "at": {"type": "string", "format": "date-time"},
+        "at": rest.TIMESTAMP,
         "event": {"type": "string"},
         "outcome": {"type": "string"},
         "actor_type": {"type": "string"},
@@ -161,8 +141,7 @@ OPERATIONS = [
         ("admin",), response=rest.list_schema(EVENT), errors=(400, 401, 403),
         query={
             **dict.fromkeys(FILTERS, FILTER),
-            "page_size": {"type": "integer", "minimum": 1, "maximum": rest.MAX_PAGE_SIZE},
-            "cursor": {"type": "string"},
+            **rest.PAGINATION,
         },
     ),
 ]  # fmt: skip

@@ -57,6 +57,12 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
+#: A keyset position in a listing: (created_at, id) of the last row already shown.
+Position = tuple[datetime, str]
+#: No row id is longer (uuids, client ids, jtis); a longer one needs no lookup to be absent.
+ID_MAX = 64
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -59,6 +59,14 @@ class Conflict(AppError):
     title = "Conflict"
 
 
+class TooManyRequests(AppError):
+    status_code = 429
+    title = "Too Many Requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class Unavailable(AppError):
     status_code = 503
     title = "Service Unavailable"
@@ -116,7 +124,7 @@ def html_error_response(
     templates = request.app.state.templates
     context = {"title": STATUS_TITLES.get(status, "Error"), "detail": detail, "status": status}
     return templates.TemplateResponse(
-        request, "error.html", context, status_code=status, headers=headers
+        request, "error.html", context, status_code=status, headers={**NO_STORE, **(headers or {})}
     )
 
 

@@ -14,14 +14,16 @@ import json
 import types
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union, get_args, get_origin, get_type_hints
+from datetime import datetime
+from typing import Any, ParamSpec, Protocol, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from authserver.errors import AppError, Forbidden, Invalid
+from authserver.db import ID_MAX, Position
+from authserver.errors import AppError, Forbidden, Invalid, NotFound
 
 #: The scopes of this issuer's own API; a token carrying any of them is for `<issuer>/api/v1`.
 API_SCOPES = {
@@ -207,8 +209,72 @@ def page_size(request: Request) -> int:
     return int(raw)
 
 
-def page(items: list[dict[str, Any]], next_cursor: str | None) -> JSONResponse:
-    return JSONResponse({"items": items, "next_cursor": next_cursor})
+class Listing:
+    """Keyset pagination for one listing (`?page_size=&cursor=`).
+
+    A cursor names the listing it was made for, e.g. `sessions:<user id>`, and is refused
+    anywhere else, so one user's cursor never pages through another's rows (SECURITY.md J75).
+    Fetch `limit` rows from just past `after` (the last row already shown, in the listing's
+    own order), then let `page` answer with `size` of them and a cursor if more follow.
+    """
+
+    def __init__(self, request: Request, name: str) -> None:
+        self.name = name
+        self.size = page_size(request)
+        #: One more row than a page holds, to tell whether more follow.
+        self.limit = self.size + 1
+        self._cursors = Cursors(request.app.state.services.digester.key("cursor"))
+        self.after = self._decode(request.query_params.get("cursor"))
+
+    def _decode(self, cursor: str | None) -> Position | None:
+        position = self._cursors.decode(cursor)
+        if position is None:
+            return None
+        if len(position) != 3 or position[0] != self.name:
+            raise Invalid("The cursor does not belong to this listing.")
+        try:
+            return datetime.fromisoformat(position[1]), position[2]
+        except ValueError:
+            raise Invalid("The cursor is not valid.") from None
+
+    def page(
+        self,
+        rows: list[Any],
+        position: Callable[[Any], Position],
+        shape: Callable[[Any], dict[str, Any]],
+    ) -> JSONResponse:
+        """The first `size` of `rows` (up to `limit` fetched), and the cursor to the rest."""
+        cursor = None
+        if len(rows) > self.size:
+            rows = rows[: self.size]
+            at, row_id = position(rows[-1])
+            cursor = self._cursors.encode([self.name, at.isoformat(), row_id])
+        return JSONResponse({"items": [shape(row) for row in rows], "next_cursor": cursor})
+
+
+def path_id(request: Request, name: str) -> str:
+    """An id from the path; one that no row could have is simply not found (and never
+    reaches the database, which may refuse control characters with an error)."""
+    value = str(request.path_params[name])
+    if not value or len(value) > ID_MAX or not value.isprintable():
+        raise NotFound("Not found.")
+    return value
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def run_sync(request: Request, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn` in one unit of work of the app's database (`Database.run_sync`)."""
+    return await request.app.state.services.db.run_sync(fn, *args, **kwargs)
+
+
+def created(
+    body: dict[str, Any], path: str, *, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """201 with the new resource, which lives at `path` under the API prefix."""
+    return JSONResponse(body, 201, headers={**(headers or {}), "Location": API_PREFIX + path})
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -325,6 +391,37 @@ def openapi(operations: Sequence[Operation], issuer: str) -> dict[str, Any]:
 
 def _path_params(path: str) -> list[str]:
     return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
+
+
+TIMESTAMP = {"type": "string", "format": "date-time"}
+#: The query parameters of every listing (see `Listing`).
+PAGINATION = {
+    "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+    "cursor": {"type": "string"},
+}
+#: Any character but a control character (C0, DEL, C1).
+PRINTABLE = r"[^\u0000-\u001f\u007f-\u009f]"
+
+
+def name_schema(max_length: int) -> dict[str, Any]:
+    """A name people see: no control character, and at least one character that is not
+    white space (the server strips it, then refuses a blank name)."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_length,
+        "pattern": rf"^{PRINTABLE}*[^\s\u0000-\u001f\u007f-\u009f]{PRINTABLE}*$",
+    }
+
+
+def body_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """A JSON object body with exactly these members (`read_json` refuses any other)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": required,
+        "properties": properties,
+    }
 
 
 def list_schema(item: dict[str, Any]) -> dict[str, Any]:

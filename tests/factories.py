@@ -1,4 +1,4 @@
-"""Test data builders: one call makes a valid user, client or organization."""
+"""Test data builders: one call makes a valid user, client, organization or access token."""
 
 from __future__ import annotations
 
@@ -51,6 +51,26 @@ class IssuedToken:
     family_id: str | None
     session_id: str | None
     client_id: str
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class Person:
+    """A user with a live API token of theirs."""
+
+    user: User
+    issued: IssuedToken
+
+    @property
+    def token(self) -> str:
+        return self.issued.token
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.issued.token)
 
 
 class TokenFactory:

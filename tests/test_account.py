@@ -27,8 +27,7 @@ from authserver.users.models import User
 from tests import factories
 from tests.api.conftest import Grant, refresh, rows
 from tests.api.conftest import grant as grant  # the fixture, shared with the API tests
-from tests.conftest import ISSUER
-from tests.sessions.conftest import csrf_token
+from tests.conftest import ISSUER, csrf_token
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 Firefox/126.0"
 IPHONE = (

@@ -155,3 +155,22 @@ def test_metrics_count_requests_by_endpoint(client: TestClient) -> None:
     assert 'authserver_http_requests_total{endpoint="health",method="GET",status="200"}' in body
     assert 'endpoint="unmatched"' in body
     assert "12345" not in body
+
+
+def test_discovery_advertises_only_algorithms_that_have_a_key(client: TestClient, services) -> None:
+    """SECURITY.md F49: no algorithm is advertised that nothing can sign with."""
+    algs = client.get("/.well-known/openid-configuration").json()[
+        "id_token_signing_alg_values_supported"
+    ]
+    assert algs == ["RS256", "ES256"]
+    services.keystore.rotate("EdDSA")
+    algs = client.get("/.well-known/openid-configuration").json()[
+        "id_token_signing_alg_values_supported"
+    ]
+    assert algs == ["RS256", "ES256", "EdDSA"]
+
+
+def test_error_pages_are_not_cached(client: TestClient) -> None:
+    assert client.get("/nowhere", headers={"accept": "text/html"}).headers["cache-control"] == (
+        "no-store"
+    )

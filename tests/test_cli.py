@@ -169,6 +169,10 @@ def test_public_client_has_no_secret(env: Path, capsys, monkeypatch) -> None:
         (["--redirect-uri", "https://app/cb", "--grant-type", "password"], "grant type"),
         (["--public", "--grant-type", "client_credentials"], "public client"),
         ([], "at least one redirect URI"),
+        (
+            ["--redirect-uri", "https://app.example.com/cb", "--auth-method", "private_key_jwt"],
+            "not supported yet",
+        ),
     ],
 )
 def test_clients_create_refuses_bad_registrations(

@@ -13,6 +13,7 @@ from authserver import rest
 from authserver.app import create_app
 from authserver.settings import Settings
 from tests.conftest import ISSUER
+from tests.factories import bearer
 
 
 @dataclass
@@ -44,10 +45,6 @@ def api(settings: Settings) -> TestClient:
     app.router.routes[:0] = rest.routes(OPERATIONS)
     with TestClient(app, base_url=ISSUER) as client:
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_a_live_token_with_the_scope_is_accepted(api, make, tokens) -> None:

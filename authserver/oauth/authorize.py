@@ -29,6 +29,7 @@ from authlib.oidc.core.errors import (
     InteractionRequiredError,
     LoginRequiredError,
 )
+from itsdangerous import BadData, URLSafeSerializer, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -44,6 +45,7 @@ from authserver.oauth.grants import (
 from authserver.oauth.requests import MalformedRequest, RequestSnapshot, read_authorization_request
 from authserver.oauth.tokens import ORGANIZATION, EndUser
 from authserver.organizations import models as orgs
+from authserver.security import new_token
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users
@@ -53,9 +55,22 @@ if TYPE_CHECKING:
     from authserver.app import Services
 
 #: Parameters dropped from the `next` URL when sending the user to sign in, so that the
-#: request coming back after a fresh sign-in does not ask for one again.
-REAUTHENTICATION = ("max_age",)
+#: request coming back after a fresh sign-in does not ask for one again. What they asked for
+#: travels on as `auth_after` (below), so it is still enforced here, not only by the login page.
+REAUTHENTICATION = ("max_age", "auth_after")
 REAUTHENTICATION_PROMPTS = {"login", "select_account"}
+#: Added to `next` when a signed-in user must sign in again (`prompt=login`, `max_age`, an
+#: `id_token_hint` for someone else): the moment of asking, signed with a key derived from
+#: the root secret and bound to the client. The request coming back is answered only for a
+#: session that signed in at or after that moment; a marker that fails to verify asks for a
+#: fresh sign-in again (SECURITY.md A15).
+AUTH_AFTER = "auth_after"
+#: The consent form's single-use nonce: a second submit of one rendered form is refused, so
+#: a double click or a replayed POST gets no second code (SECURITY.md H65, K84).
+CONSENT_NONCE_FIELD = "consent_nonce"
+CONSENT_NONCE_TTL = 24 * 3600
+ALREADY_ANSWERED = "This request was already answered. Go back to the application to continue."
+CONSENT_FORM_EXPIRED = "This consent form has expired. Go back to the application and try again."
 #: The chooser lists at most this many of the user's organizations (the oldest ones).
 CHOOSER_LIMIT = 200
 NOT_YOUR_ORGANIZATION = "Choose one of your organizations to continue."
@@ -112,10 +127,11 @@ async def authorize(request: Request) -> Response:
 async def consent_page(request: Request) -> Response:
     """GET /consent?<authorization request> shows the page; POST answers it.
 
-    The form posts back to the same query string; CSRF is checked first. Two submits of
-    Allow both validate the request again and each get a code: both are the same user's
-    legitimate answer to the same request, and only the one the client redeems first is
-    worth anything (codes are single use and PKCE-bound).
+    The form posts back to the same query string; CSRF is checked first, and each answer
+    validates the request again. Each rendered form carries a single-use nonce that an
+    answer (Allow or Deny) consumes atomically in the kv backend, so of two submits of the
+    same form (a double click, parallel requests, a replay) only the first gets an answer and
+    the others a 400 page: a double submit gives one code (SECURITY.md H65, K84).
     """
     if request.method == "GET":
         return await _handle(request, step="show", with_body=False)
@@ -128,11 +144,20 @@ async def consent_page(request: Request) -> Response:
         raise Invalid("Choose Allow or Deny.")
     chosen = form.get("organization")
     organization = chosen if isinstance(chosen, str) else None
-    return await _handle(request, step=str(decision), with_body=False, organization=organization)
+    sent_nonce = form.get(CONSENT_NONCE_FIELD)
+    nonce = sent_nonce if isinstance(sent_nonce, str) else None
+    return await _handle(
+        request, step=str(decision), with_body=False, organization=organization, nonce=nonce
+    )
 
 
 async def _handle(
-    request: Request, *, step: str, with_body: bool, organization: str | None = None
+    request: Request,
+    *,
+    step: str,
+    with_body: bool,
+    organization: str | None = None,
+    nonce: str | None = None,
 ) -> Response:
     services: Services = request.app.state.services
     settings = services.settings
@@ -141,7 +166,9 @@ async def _handle(
     except MalformedRequest as error:
         return html_error_response(request, 400, error.description)
     raw_sid = request.cookies.get(sessions.cookie_name(settings))
-    outcome = await services.db.run_sync(decide, services, snapshot, raw_sid, step, organization)
+    outcome = await services.db.run_sync(
+        decide, services, snapshot, raw_sid, step, organization, nonce
+    )
     return _respond(request, services, outcome)
 
 
@@ -151,10 +178,12 @@ def decide(
     raw_sid: str | None,
     step: str,
     organization: str | None = None,
+    nonce: str | None = None,
 ) -> Outcome:
     """What to answer to an authorization request; `step` is where it came from:
     `authorize`, the consent page (`show`), or the user's answer there (`allow`/`deny`,
-    with the `organization` id picked, as posted and not yet checked)."""
+    with the `organization` id picked, as posted and not yet checked, and the form's
+    single-use `nonce`)."""
     now = db.utcnow()
     login = sessions.find_active(services.digester, services.settings, raw_sid, now=now)
     end_user = _end_user(login)
@@ -163,7 +192,7 @@ def decide(
     except OAuth2Error as error:
         return _refusal(snapshot, error)
     try:
-        return _interact(services, snapshot, grant, login, end_user, step, now, organization)
+        return _interact(services, snapshot, grant, login, end_user, step, now, organization, nonce)
     except OAuth2Error as error:
         error.redirect_uri = grant.redirect_uri
         error.state = grant.request.payload.state
@@ -179,6 +208,7 @@ def _interact(
     step: str,
     now: datetime,
     organization: str | None,
+    nonce: str | None = None,
 ) -> Outcome:
     request = grant.request
     client, data = request.client, request.payload.data
@@ -186,15 +216,22 @@ def _interact(
     if login is None or end_user is None or _needs_sign_in(services, request, login, now):
         if "none" in prompts:
             raise LoginRequiredError()
-        return SeeOther(_login_url(snapshot))
+        marker = _auth_after(services, client.id, now) if login is not None else None
+        return SeeOther(_login_url(snapshot, marker))
     check_admin_scope(request.scope, end_user)
     if step == "deny":
+        refused = _consume_nonce(services, nonce)
+        if refused is not None:
+            return refused
         _record_consent("consent.denied", snapshot, client.id, end_user)
         raise AccessDeniedError()
     if step == "allow":
         acting = in_organization(end_user, organization, request.scope)
         if acting is None:
             return ErrorPage(NOT_YOUR_ORGANIZATION)
+        refused = _consume_nonce(services, nonce)
+        if refused is not None:
+            return refused
         consent.remember(end_user.user.id, client.id, request.scope, now)
         _record_consent("consent.granted", snapshot, client.id, end_user, scope=request.scope)
         end_user = acting
@@ -227,13 +264,20 @@ def _end_user(login: LoginSession | None) -> EndUser | None:
 
 def _needs_sign_in(services: Services, request: Any, login: LoginSession, now: datetime) -> bool:
     """OIDC Core §3.1.2.1: `prompt=login` (and `select_account`, as we have no account
-    chooser), `max_age` older than the sign-in, or an `id_token_hint` naming someone else."""
+    chooser), `max_age` older than the sign-in, or an `id_token_hint` naming someone else;
+    and on the way back from such a sign-in, a session older than the `auth_after` marker
+    (or a marker that does not verify)."""
     data = request.payload.data
     if set(data.get("prompt", "").split()) & REAUTHENTICATION_PROMPTS:
         return True
     max_age = data.get("max_age")
     if max_age is not None and (now - login.auth_time).total_seconds() > int(max_age):
         return True
+    marker = data.get(AUTH_AFTER)
+    if marker is not None:
+        after = _read_auth_after(services, marker, request.client.id)
+        if after is None or login.auth_time < after:
+            return True
     hint = data.get("id_token_hint")
     if hint is None:
         return False
@@ -256,9 +300,31 @@ def _needs_consent(request: Any, end_user: EndUser, prompts: set[str]) -> bool:
     return not consent.covers(end_user.user.id, client.id, request.scope)
 
 
-def _login_url(snapshot: RequestSnapshot) -> str:
+def _auth_marker_serializer(services: Services) -> URLSafeSerializer:
+    return URLSafeSerializer(services.digester.key(AUTH_AFTER), salt="authserver.auth_after")
+
+
+def _auth_after(services: Services, client_id: str, now: datetime) -> str:
+    """The signed `auth_after` marker: sign-ins before `now` no longer do for `client_id`."""
+    return str(_auth_marker_serializer(services).dumps({"t": now.isoformat(), "c": client_id}))
+
+
+def _read_auth_after(services: Services, marker: str, client_id: str) -> datetime | None:
+    """The moment a marker names, or None when it is tampered with, foreign or malformed."""
+    try:
+        payload = _auth_marker_serializer(services).loads(marker)
+        if not isinstance(payload, dict) or payload.get("c") != client_id:
+            return None
+        after = datetime.fromisoformat(str(payload["t"]))
+    except (BadData, KeyError, ValueError, TypeError):
+        return None
+    return after if after.tzinfo is not None else None
+
+
+def _login_url(snapshot: RequestSnapshot, marker: str | None = None) -> str:
     """`/login?next=/authorize?...`, minus what asked for re-authentication, so the loop ends
-    once the user has signed in again (the login page accepts only such a `next`)."""
+    once the user has signed in again (the login page accepts only such a `next`); with
+    `marker`, `next` carries it so that only a sign-in made after now is accepted."""
     params: list[tuple[str, str]] = []
     for name, value in snapshot.params:
         if name in REAUTHENTICATION:
@@ -268,6 +334,8 @@ def _login_url(snapshot: RequestSnapshot) -> str:
             if not value:
                 continue
         params.append((name, value))
+    if marker is not None:
+        params.append((AUTH_AFTER, marker))
     query = [("next", "/authorize?" + urlencode(params))]
     hint = snapshot.first("login_hint")
     if hint:
@@ -315,6 +383,27 @@ def _record_consent(
         target_id=client_id,
         **details,
     )
+
+
+def _nonce_serializer(services: Services) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(
+        services.digester.key(CONSENT_NONCE_FIELD), salt="authserver.consent_nonce"
+    )
+
+
+def _consume_nonce(services: Services, nonce: str | None) -> ErrorPage | None:
+    """None when `nonce` is a consent form's nonce, answered now for the first time; else the
+    page to show. Consumed with one atomic set-if-absent, so of parallel submits one wins."""
+    if not nonce or len(nonce) > 200:
+        return ErrorPage(CONSENT_FORM_EXPIRED)
+    try:
+        _nonce_serializer(services).loads(nonce, max_age=CONSENT_NONCE_TTL)
+    except BadData:
+        return ErrorPage(CONSENT_FORM_EXPIRED)
+    key = "consent-nonce:" + services.digester.digest(CONSENT_NONCE_FIELD, nonce)
+    if not services.limiter.kv.set_if_absent(key, CONSENT_NONCE_TTL):
+        return ErrorPage(ALREADY_ANSWERED)
+    return None
 
 
 def _refusal(snapshot: RequestSnapshot, error: OAuth2Error) -> Outcome:
@@ -366,6 +455,8 @@ def _consent_form(request: Request, services: Services, ask: AskConsent) -> Resp
         "action": f"/consent?{ask.query}",
         "csrf_field": CSRF_FIELD,
         "csrf_token": form_token,
+        "nonce_field": CONSENT_NONCE_FIELD,
+        "nonce": _nonce_serializer(services).dumps(new_token()),
     }
     response = request.app.state.templates.TemplateResponse(
         request, "consent.html", context, headers=NO_STORE

@@ -14,10 +14,10 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, InvalidRequestError
-from sqlalchemy import JSON, Boolean, String, or_, select
+from sqlalchemy import JSON, Boolean, String, select, tuple_
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver.db import Base, current_session, utcnow
+from authserver.db import Base, Position, current_session, utcnow
 from authserver.errors import Conflict, Invalid
 from authserver.security import Digester, new_token
 
@@ -27,7 +27,10 @@ GRANT_TYPES = (
     "client_credentials",
     "urn:ietf:params:oauth:grant-type:device_code",
 )
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+#: Known but not implemented by `ClientAuthentication`: a client registered with one could
+#: never authenticate, so registration refuses it with a clear message.
+UNSUPPORTED_AUTH_METHODS = ("private_key_jwt",)
 
 
 class Client(Base, ClientMixin):
@@ -96,9 +99,21 @@ def get(client_id: str) -> Client | None:
     return current_session().get(Client, client_id)
 
 
+CLIENT_ID_MAX = 64
+
+
+def plausible_client_id(client_id: str | None) -> bool:
+    """Whether `client_id` could name a client at all: 1 to 64 printable characters. NUL and
+    other control characters (from an HTTP Basic header or a form field) never reach the
+    database, where PostgreSQL would refuse them with an error (SECURITY.md B30)."""
+    if not client_id or len(client_id) > CLIENT_ID_MAX:
+        return False
+    return client_id.isprintable()
+
+
 def query(client_id: str | None) -> Client | None:
     """The client Authlib asks for: a disabled client does not exist for the protocol."""
-    if not client_id or len(client_id) > 64:
+    if client_id is None or not plausible_client_id(client_id):
         return None
     client = get(client_id)
     return client if client is not None and client.is_active else None
@@ -162,6 +177,11 @@ def validate_registration(
             raise Invalid(
                 f"Unknown grant type {grant_type!r}: choose from {', '.join(GRANT_TYPES)}."
             )
+    if auth_method in UNSUPPORTED_AUTH_METHODS:
+        raise Invalid(
+            f"The auth method {auth_method!r} is not supported yet: choose from "
+            f"{', '.join(AUTH_METHODS)}."
+        )
     if auth_method not in AUTH_METHODS:
         raise Invalid(
             f"Unknown auth method {auth_method!r}: choose from {', '.join(AUTH_METHODS)}."
@@ -315,17 +335,11 @@ class ChallengedClientError(InvalidClientError):
 SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
 
-def listing(*, after: tuple[datetime, str] | None, limit: int) -> list[Client]:
+def listing(*, after: Position | None, limit: int) -> list[Client]:
     """Clients oldest first, from the keyset position `after` (created_at, id)."""
     query = select(Client)
     if after is not None:
-        created_at, last_id = after
-        query = query.where(
-            or_(
-                Client.created_at > created_at,
-                (Client.created_at == created_at) & (Client.id > last_id),
-            )
-        )
+        query = query.where(tuple_(Client.created_at, Client.id) > after)
     query = query.order_by(Client.created_at, Client.id).limit(limit)
     return list(current_session().scalars(query))
 

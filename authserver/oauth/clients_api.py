@@ -18,13 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
-from authserver.errors import Invalid, NotFound
+from authserver.errors import NO_STORE, Invalid, NotFound
 from authserver.oauth import clients
 from authserver.oauth.clients import Client
-from authserver.users import models as users
-from authserver.users.api import ADMIN, PAGINATION, TIMESTAMP, Listing, admin, path_id
+from authserver.users.api import ADMIN, admin, as_admin
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 SCOPE_MAX = 1000
 
 
@@ -52,10 +50,6 @@ class ClientPatch:
     is_active: bool | None = None
 
 
-def _db(request: Request) -> Any:
-    return request.app.state.services.db
-
-
 def _existing(client_id: str) -> Client:
     client = clients.get(client_id)
     if client is None:
@@ -65,13 +59,12 @@ def _existing(client_id: str) -> Client:
 
 async def list_clients(request: Request) -> Response:
     me = await admin(request)
-    listing = Listing(request, "clients")
+    listing = rest.Listing(request, "clients")
 
     def read() -> list[Client]:
-        users.acting_admin(me.user_id)
-        return clients.listing(after=listing.after, limit=listing.size + 1)
+        return clients.listing(after=listing.after, limit=listing.limit)
 
-    rows = await _db(request).run_sync(read)
+    rows = await as_admin(request, me, read)
     return listing.page(rows, lambda client: (client.created_at, client.id), clients.as_dict)
 
 
@@ -82,7 +75,6 @@ async def create_client(request: Request) -> Response:
     digester = request.app.state.services.digester
 
     def create() -> dict[str, Any]:
-        users.acting_admin(me.user_id)
         client, secret = clients.create(
             digester,
             name=body.client_name,
@@ -99,30 +91,27 @@ async def create_client(request: Request) -> Response:
             created["client_secret"] = secret
         return created
 
-    created = await _db(request).run_sync(create)
-    location = f"{rest.API_PREFIX}/clients/{created['client_id']}"
-    return JSONResponse(created, 201, headers={**NO_STORE, "Location": location})
+    created = await as_admin(request, me, create)
+    return rest.created(created, f"/clients/{created['client_id']}", headers=NO_STORE)
 
 
 async def get_client(request: Request) -> Response:
     me = await admin(request)
-    client_id = path_id(request, "client_id")
+    client_id = rest.path_id(request, "client_id")
 
     def read() -> dict[str, Any]:
-        users.acting_admin(me.user_id)
         return clients.as_dict(_existing(client_id))
 
-    return JSONResponse(await _db(request).run_sync(read))
+    return JSONResponse(await as_admin(request, me, read))
 
 
 async def update_client(request: Request) -> Response:
     me = await admin(request)
-    client_id = path_id(request, "client_id")
+    client_id = rest.path_id(request, "client_id")
     body: ClientPatch = await rest.read_json(request, ClientPatch)
     _check_text(body.client_name, body.scope)
 
     def update() -> dict[str, Any]:
-        users.acting_admin(me.user_id)
         client = _existing(client_id)
         changed = clients.update(
             client,
@@ -138,34 +127,32 @@ async def update_client(request: Request) -> Response:
             me.record("client.updated", "client", client_id, fields=changed)
         return clients.as_dict(client)
 
-    return JSONResponse(await _db(request).run_sync(update))
+    return JSONResponse(await as_admin(request, me, update))
 
 
 async def delete_client(request: Request) -> Response:
     me = await admin(request)
-    client_id = path_id(request, "client_id")
+    client_id = rest.path_id(request, "client_id")
 
     def delete() -> None:
-        users.acting_admin(me.user_id)
         clients.delete(_existing(client_id))
         me.record("client.deleted", "client", client_id)
 
-    await _db(request).run_sync(delete)
+    await as_admin(request, me, delete)
     return Response(status_code=204)
 
 
 async def rotate_client_secret(request: Request) -> Response:
     me = await admin(request)
-    client_id = path_id(request, "client_id")
+    client_id = rest.path_id(request, "client_id")
     digester = request.app.state.services.digester
 
     def rotate() -> dict[str, Any]:
-        users.acting_admin(me.user_id)
         secret = clients.rotate_secret(digester, _existing(client_id))
         me.record("client.secret_rotated", "client", client_id)
         return {"client_id": client_id, "client_secret": secret}
 
-    return JSONResponse(await _db(request).run_sync(rotate), headers=NO_STORE)
+    return JSONResponse(await as_admin(request, me, rotate), headers=NO_STORE)
 
 
 def _check_text(client_name: str | None, scope: str | None) -> None:
@@ -181,16 +168,8 @@ def _check_text(client_name: str | None, scope: str | None) -> None:
 
 # -- OpenAPI --------------------------------------------------------------------------------
 
-#: Any character but a control character (C0, DEL, C1) ...
-PRINTABLE = r"[^\u0000-\u001f\u007f-\u009f]"
-#: ... and at least one that is not white space, which is stripped.
-NAME = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 200,
-    "pattern": rf"^{PRINTABLE}*[^\s\u0000-\u001f\u007f-\u009f]{PRINTABLE}*$",
-}
-SCOPE = {"type": "string", "maxLength": SCOPE_MAX, "pattern": rf"^{PRINTABLE}*$"}
+NAME = rest.name_schema(200)
+SCOPE = {"type": "string", "maxLength": SCOPE_MAX, "pattern": rf"^{rest.PRINTABLE}*$"}
 _REST = r"(/[A-Za-z0-9._~!$&'()+,;=:@%/-]*)?(\?[A-Za-z0-9._~!$&'()+,;=:@%/?-]*)?"
 _PORT = "(:[0-9]{1,5})"
 REDIRECT_URI = {
@@ -238,7 +217,7 @@ CLIENT = {
         "token_endpoint_auth_method": {"type": "string"},
         "skip_consent": {"type": "boolean"},
         "is_active": {"type": "boolean"},
-        "created_at": TIMESTAMP,
+        "created_at": rest.TIMESTAMP,
     },
 }
 CREATED_CLIENT = {
@@ -326,7 +305,7 @@ OPERATIONS = [
         "List clients (admin)",
         ADMIN,
         response=rest.list_schema(CLIENT),
-        query=PAGINATION,
+        query=rest.PAGINATION,
         errors=(400, 401, 403),
     ),
     rest.Operation(

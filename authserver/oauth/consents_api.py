@@ -19,7 +19,7 @@ from authserver.db import utcnow
 from authserver.errors import NotFound
 from authserver.oauth import consent
 from authserver.oauth.consent import Consent
-from authserver.users.api import PAGINATION, TIMESTAMP, Caller, Listing, caller, path_id
+from authserver.users.api import Caller, caller
 
 READ = ("users:read", "users:write")
 WRITE = ("users:write",)
@@ -53,17 +53,17 @@ def revoke_own(actor: Caller, consent_id: str) -> None:
 
 async def list_my_consents(request: Request) -> Response:
     me = await caller(request, READ)
-    listing = Listing(request, f"consents:{me.user_id}")
-    rows = await request.app.state.services.db.run_sync(
-        consent.page_for_user, me.user_id, after=listing.after, limit=listing.size + 1
+    listing = rest.Listing(request, f"consents:{me.user_id}")
+    rows = await rest.run_sync(
+        request, consent.page_for_user, me.user_id, after=listing.after, limit=listing.limit
     )
     return listing.page(rows, lambda row: (row[0].created_at, row[0].id), lambda row: as_dict(*row))
 
 
 async def revoke_my_consent(request: Request) -> Response:
     me = await caller(request, WRITE)
-    consent_id = path_id(request, "consent_id")
-    await request.app.state.services.db.run_sync(revoke_own, me, consent_id)
+    consent_id = rest.path_id(request, "consent_id")
+    await rest.run_sync(request, revoke_own, me, consent_id)
     return Response(status_code=204)
 
 
@@ -76,8 +76,8 @@ CONSENT = {
         "client_id": {"type": "string"},
         "client_name": {"type": "string"},
         "scopes": {"type": "array", "items": {"type": "string"}},
-        "created_at": TIMESTAMP,
-        "updated_at": TIMESTAMP,
+        "created_at": rest.TIMESTAMP,
+        "updated_at": rest.TIMESTAMP,
     },
 }
 
@@ -85,7 +85,7 @@ OPERATIONS = [
     rest.Operation(
         "GET", "/consents", list_my_consents,
         "List the applications I allowed, with the scopes I gave them (users:read)", READ,
-        response=rest.list_schema(CONSENT), query=PAGINATION, errors=(400, 401, 403),
+        response=rest.list_schema(CONSENT), query=rest.PAGINATION, errors=(400, 401, 403),
     ),
     rest.Operation(
         "DELETE", "/consents/{consent_id}", revoke_my_consent,

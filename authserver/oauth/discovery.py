@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.rest import API_SCOPES
 from authserver.settings import Settings
 
@@ -15,13 +17,12 @@ CLAIMS = (
     "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "at_hash",
     "name", "email", "email_verified", "org_id", "org_role",
 )  # fmt: skip
-SIGNING_ALGS = ("RS256", "ES256", "EdDSA")
 TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 PUBLIC_CACHE = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
 
 
-def metadata(settings: Settings) -> dict[str, Any]:
+def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
     """What this server supports; both documents carry exactly this (RFC 8414 §2, OIDC
     Discovery §3). Every endpoint the server answers is listed."""
     issuer = settings.issuer
@@ -40,7 +41,7 @@ def metadata(settings: Settings) -> dict[str, Any]:
         "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": list(SIGNING_ALGS),
+        "id_token_signing_alg_values_supported": list(signing_algs),
         "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
         "revocation_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
         "introspection_endpoint_auth_methods_supported": list(SECRET_AUTH_METHODS),
@@ -53,8 +54,17 @@ def metadata(settings: Settings) -> dict[str, Any]:
     }
 
 
+def signing_algs(keystore: KeyStore) -> list[str]:
+    """The algorithms an active key exists for: advertising one without a key would let a
+    client register for ID tokens nobody can sign."""
+    active = {key.alg for key in keystore.keys() if key.status == "active"}
+    return [alg for alg in ALGORITHMS if alg in active]
+
+
 async def openid_configuration(request: Request) -> JSONResponse:
-    return JSONResponse(metadata(request.app.state.settings), headers=PUBLIC_CACHE)
+    state = request.app.state
+    document = metadata(state.settings, signing_algs(state.keystore))
+    return JSONResponse(document, headers=PUBLIC_CACHE)
 
 
 async def jwks(request: Request) -> JSONResponse:

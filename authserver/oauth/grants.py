@@ -9,6 +9,7 @@ a short retry window. Grants are bound to one app's settings by `bind`.
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -23,10 +24,12 @@ from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
 from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupportedError
 
 from authserver import audit, db
+from authserver.db import current_session
 from authserver.oauth import codes, tokens
 from authserver.oauth.tokens import ORGANIZATION, EndUser, PresentedRefreshToken
 from authserver.organizations import models as orgs
 from authserver.security import Digester, new_token
+from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users
 
@@ -38,6 +41,9 @@ USER_SCOPES = {"openid", "profile", "email", "offline_access", ORGANIZATION}
 #: Acts on every account through /api/v1: granted for a user only while they are an admin.
 ADMIN_SCOPE = "admin"
 NONCE_MAX = 512
+#: `max_age` as OIDC Core §3.1.2.1 allows it: ASCII digits only (`str.isdigit` also takes
+#: `²` or `①`, which `int` refuses), and short enough to convert cheaply (SECURITY.md A15).
+MAX_AGE = re.compile(r"[0-9]{1,9}")
 
 
 def bind(grant_cls: type[Any], settings: Settings, digester: Digester) -> type[Any]:
@@ -112,7 +118,7 @@ def check_authorization_parameters(grant: Any, redirect_uri: str) -> None:
     prompts = set(data.get("prompt", "").split())
     if not prompts <= PROMPTS or ("none" in prompts and len(prompts) > 1):
         raise InvalidRequestError("Unsupported prompt value (OIDC Core section 3.1.2.1).")
-    if "max_age" in data and not data["max_age"].isdigit():
+    if "max_age" in data and not MAX_AGE.fullmatch(data["max_age"]):
         raise InvalidRequestError("max_age must be a whole number of seconds.")
     if len(data.get("nonce", "")) > NONCE_MAX:
         raise InvalidRequestError(f"The nonce must be at most {NONCE_MAX} characters.")
@@ -208,11 +214,16 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         kept so that a replay can be recognised."""
 
     def authenticate_user(self, authorization_code: codes.AuthorizationCode) -> EndUser | None:
-        """The code's user, unless deleted or disabled since (SECURITY.md B33), or no longer
-        in the organization they chose."""
+        """The code's user, unless deleted or disabled since (SECURITY.md B33), no longer
+        in the organization they chose, or signed out of the browser session the code was
+        issued in (the user ended it between /authorize and /token)."""
         user = users.get(authorization_code.user_id)
         if user is None or not user.is_active:
             return None
+        if authorization_code.session_id is not None:
+            login = current_session().get(LoginSession, authorization_code.session_id)
+            if login is None or not login.is_active(self.now):
+                return None
         end_user = EndUser(
             user,
             authorization_code.session_id,

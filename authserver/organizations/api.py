@@ -18,17 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
-from authserver.errors import Forbidden
+from authserver.errors import Forbidden, TooManyRequests
 from authserver.organizations import models as orgs
 from authserver.users import models as users
-from authserver.users.api import (
-    PAGINATION,
-    TIMESTAMP,
-    Caller,
-    Listing,
-    TooManyRequests,
-    caller,
-)
+from authserver.users.api import Caller, caller
 from authserver.users.models import User
 
 READ = ("organizations:read", "organizations:write")
@@ -75,18 +68,14 @@ def _shape(organization: orgs.Organization, role: str | None) -> dict[str, Any]:
     return {**orgs.as_dict(organization), "role": role}
 
 
-def _db(request: Request) -> Any:
-    return request.app.state.services.db
-
-
 # -- organizations --------------------------------------------------------------------------
 
 
 async def list_organizations(request: Request) -> Response:
     me = await caller(request, READ)
-    listing = Listing(request, f"organizations:{me.user_id}")
-    rows = await _db(request).run_sync(
-        orgs.list_for_user, me.user_id, after=listing.after, limit=listing.size + 1
+    listing = rest.Listing(request, f"organizations:{me.user_id}")
+    rows = await rest.run_sync(
+        request, orgs.list_for_user, me.user_id, after=listing.after, limit=listing.limit
     )
     return listing.page(rows, lambda row: (row[0].created_at, row[0].id), lambda row: _shape(*row))
 
@@ -100,9 +89,8 @@ async def create_organization(request: Request) -> Response:
         me.record("organization.created", "organization", organization.id)
         return _shape(organization, "owner")
 
-    created = await _db(request).run_sync(create)
-    location = f"{rest.API_PREFIX}/organizations/{created['id']}"
-    return JSONResponse(created, 201, headers={"Location": location})
+    created = await rest.run_sync(request, create)
+    return rest.created(created, f"/organizations/{created['id']}")
 
 
 async def get_organization(request: Request) -> Response:
@@ -113,7 +101,7 @@ async def get_organization(request: Request) -> Response:
         access = _access(me, organization_id)
         return _shape(access.organization, access.role)
 
-    return JSONResponse(await _db(request).run_sync(read))
+    return JSONResponse(await rest.run_sync(request, read))
 
 
 async def update_organization(request: Request) -> Response:
@@ -129,7 +117,7 @@ async def update_organization(request: Request) -> Response:
             me.record("organization.updated", "organization", organization_id, fields=["name"])
         return _shape(organization, access.role)
 
-    return JSONResponse(await _db(request).run_sync(update))
+    return JSONResponse(await rest.run_sync(request, update))
 
 
 async def delete_organization(request: Request) -> Response:
@@ -140,7 +128,7 @@ async def delete_organization(request: Request) -> Response:
         orgs.delete(_access(me, organization_id))
         me.record("organization.deleted", "organization", organization_id)
 
-    await _db(request).run_sync(delete)
+    await rest.run_sync(request, delete)
     return Response(status_code=204)
 
 
@@ -150,13 +138,13 @@ async def delete_organization(request: Request) -> Response:
 async def list_organization_members(request: Request) -> Response:
     me = await caller(request, READ)
     organization_id = request.path_params["organization_id"]
-    listing = Listing(request, f"members:{organization_id}")
+    listing = rest.Listing(request, f"members:{organization_id}")
 
     def read() -> list[tuple[orgs.Membership, User]]:
         _access(me, organization_id)
-        return orgs.list_members(organization_id, after=listing.after, limit=listing.size + 1)
+        return orgs.list_members(organization_id, after=listing.after, limit=listing.limit)
 
-    rows = await _db(request).run_sync(read)
+    rows = await rest.run_sync(request, read)
     return listing.page(
         rows, lambda row: (row[0].created_at, row[0].user_id), lambda row: orgs.member_as_dict(*row)
     )
@@ -172,8 +160,7 @@ async def add_organization_member(request: Request) -> Response:
     )
     if retry_after is not None:
         raise TooManyRequests(
-            "Too many members added in the last hour; try again later.",
-            headers={"Retry-After": str(retry_after)},
+            "Too many members added in the last hour; try again later.", retry_after=retry_after
         )
 
     def add() -> dict[str, Any]:
@@ -188,9 +175,8 @@ async def add_organization_member(request: Request) -> Response:
         )
         return orgs.member_as_dict(membership, user)
 
-    added = await _db(request).run_sync(add)
-    location = f"{rest.API_PREFIX}/organizations/{organization_id}/members/{added['user_id']}"
-    return JSONResponse(added, 201, headers={"Location": location})
+    added = await rest.run_sync(request, add)
+    return rest.created(added, f"/organizations/{organization_id}/members/{added['user_id']}")
 
 
 async def change_organization_member_role(request: Request) -> Response:
@@ -213,7 +199,7 @@ async def change_organization_member_role(request: Request) -> Response:
             )
         return orgs.member_as_dict(membership, user)
 
-    return JSONResponse(await _db(request).run_sync(change))
+    return JSONResponse(await rest.run_sync(request, change))
 
 
 async def remove_organization_member(request: Request) -> Response:
@@ -228,22 +214,14 @@ async def remove_organization_member(request: Request) -> Response:
         event = "organization.member_left" if leaving else "organization.member_removed"
         me.record(event, "organization", organization_id, user_id=user_id, role=removed.role)
 
-    await _db(request).run_sync(remove)
+    await rest.run_sync(request, remove)
     return Response(status_code=204)
 
 
 # -- OpenAPI --------------------------------------------------------------------------------
 
 ROLE = {"type": "string", "enum": list(orgs.ROLES)}
-#: Any character but a control character (C0, DEL, C1) ...
-PRINTABLE = r"[^\u0000-\u001f\u007f-\u009f]"
-#: ... and at least one that is not white space, which is stripped.
-NAME = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": orgs.NAME_MAX,
-    "pattern": rf"^{PRINTABLE}*[^\s\u0000-\u001f\u007f-\u009f]{PRINTABLE}*$",
-}
+NAME = rest.name_schema(orgs.NAME_MAX)
 ORGANIZATION = {
     "type": "object",
     "additionalProperties": False,
@@ -256,8 +234,8 @@ ORGANIZATION = {
             "type": ["string", "null"],
             "enum": [*orgs.ROLES, None],
         },
-        "created_at": TIMESTAMP,
-        "updated_at": TIMESTAMP,
+        "created_at": rest.TIMESTAMP,
+        "updated_at": rest.TIMESTAMP,
     },
 }
 MEMBER = {
@@ -269,18 +247,9 @@ MEMBER = {
         "email": {"type": "string"},
         "name": {"type": "string"},
         "role": ROLE,
-        "created_at": TIMESTAMP,
+        "created_at": rest.TIMESTAMP,
     },
 }
-
-
-def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": required,
-        "properties": properties,
-    }
 
 
 ORGANIZATION_PATH = "/organizations/{organization_id}"
@@ -295,7 +264,7 @@ OPERATIONS = [
         "List my organizations, with my role",
         READ,
         response=rest.list_schema(ORGANIZATION),
-        query=PAGINATION,
+        query=rest.PAGINATION,
         errors=(400, 401, 403),
     ),
     rest.Operation(
@@ -306,7 +275,7 @@ OPERATIONS = [
         WRITE,
         response=ORGANIZATION,
         status=201,
-        request=_body({"name": NAME}, ["name"]),
+        request=rest.body_schema({"name": NAME}, ["name"]),
         errors=(400, 401, 403),
     ),
     rest.Operation(
@@ -324,7 +293,7 @@ OPERATIONS = [
         "Rename an organization (owner, admin)",
         WRITE,
         response=ORGANIZATION,
-        request=_body({"name": NAME}, ["name"]),
+        request=rest.body_schema({"name": NAME}, ["name"]),
     ),
     rest.Operation(
         "DELETE",
@@ -341,7 +310,7 @@ OPERATIONS = [
         "List an organization's members",
         READ,
         response=rest.list_schema(MEMBER),
-        query=PAGINATION,
+        query=rest.PAGINATION,
     ),
     rest.Operation(
         "POST",
@@ -351,7 +320,9 @@ OPERATIONS = [
         WRITE,
         response=MEMBER,
         status=201,
-        request=_body({"email": {"type": "string", "minLength": 1}, "role": ROLE}, ["email"]),
+        request=rest.body_schema(
+            {"email": {"type": "string", "minLength": 1}, "role": ROLE}, ["email"]
+        ),
         errors=(400, 401, 403, 404, 409, 429),
     ),
     rest.Operation(
@@ -361,7 +332,7 @@ OPERATIONS = [
         "Change a member's role (owner, admin; the last owner stays)",
         WRITE,
         response=MEMBER,
-        request=_body({"role": ROLE}, ["role"]),
+        request=rest.body_schema({"role": ROLE}, ["role"]),
         errors=(400, 401, 403, 404, 409),
     ),
     rest.Operation(

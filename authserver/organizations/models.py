@@ -13,11 +13,11 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, or_, select
+from sqlalchemy import CheckConstraint, ForeignKey, String, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import ID_MAX, Base, Position, current_session, new_id, utcnow
 from authserver.errors import Conflict, Forbidden, Invalid, NotFound
 from authserver.users import models as users
 from authserver.users.models import User
@@ -26,7 +26,6 @@ ROLES = ("owner", "admin", "member")
 MANAGERS = ("owner", "admin")
 NAME_MAX = 200
 NOT_FOUND = "No such organization."
-ID_MAX = 64
 
 
 class Organization(Base):
@@ -65,10 +64,6 @@ class Access:
     def acts_as(self) -> str | None:
         """An administrator may do whatever an owner may; the last-owner rule still holds."""
         return "owner" if self.admin else self.role
-
-
-#: A keyset position in a listing: (created_at, id) of the last row already shown.
-Position = tuple[datetime, str]
 
 
 def validate_name(name: str) -> str:
@@ -143,13 +138,7 @@ def list_for_user(
         .where(Membership.user_id == user_id)
     )
     if after is not None:
-        created_at, last_id = after
-        query = query.where(
-            or_(
-                Organization.created_at > created_at,
-                (Organization.created_at == created_at) & (Organization.id > last_id),
-            )
-        )
+        query = query.where(tuple_(Organization.created_at, Organization.id) > after)
     query = query.order_by(Organization.created_at, Organization.id).limit(limit)
     return [(organization, role) for organization, role in current_session().execute(query)]
 
@@ -164,13 +153,7 @@ def list_members(
         .where(Membership.organization_id == organization_id)
     )
     if after is not None:
-        created_at, last_id = after
-        query = query.where(
-            or_(
-                Membership.created_at > created_at,
-                (Membership.created_at == created_at) & (Membership.user_id > last_id),
-            )
-        )
+        query = query.where(tuple_(Membership.created_at, Membership.user_id) > after)
     query = query.order_by(Membership.created_at, Membership.user_id).limit(limit)
     return [(membership, user) for membership, user in current_session().execute(query)]
 

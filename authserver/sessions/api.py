@@ -17,20 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
+from authserver.db import Position
 from authserver.errors import NotFound
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users
-from authserver.users.api import (
-    ADMIN,
-    PAGINATION,
-    TIMESTAMP,
-    Caller,
-    Listing,
-    Position,
-    caller,
-    path_id,
-)
+from authserver.users.api import ADMIN, Caller, admin, as_admin, caller
 
 READ = ("sessions:read", "sessions:write")
 WRITE = ("sessions:write",)
@@ -66,61 +58,51 @@ def _position(login: LoginSession) -> Position:
     return login.created_at, login.id
 
 
-def _db(request: Request) -> Any:
-    return request.app.state.services.db
-
-
 async def list_my_sessions(request: Request) -> Response:
     me = await caller(request, READ)
-    listing = Listing(request, f"sessions:{me.user_id}")
+    listing = rest.Listing(request, f"sessions:{me.user_id}")
 
     def read() -> tuple[list[LoginSession], str | None]:
-        rows = sessions.page_for_user(me.user_id, after=listing.after, limit=listing.size + 1)
+        rows = sessions.page_for_user(me.user_id, after=listing.after, limit=listing.limit)
         return rows, me.session_id()
 
-    rows, current_id = await _db(request).run_sync(read)
+    rows, current_id = await rest.run_sync(request, read)
     return listing.page(rows, _position, lambda login: as_dict(login, current_id))
 
 
 async def end_my_session(request: Request) -> Response:
     me = await caller(request, WRITE)
-    session_id = path_id(request, "session_id")
-    await _db(request).run_sync(end_own, me, me.user_id, session_id)
+    session_id = rest.path_id(request, "session_id")
+    await rest.run_sync(request, end_own, me, me.user_id, session_id)
     return Response(status_code=204)
 
 
 async def end_my_other_sessions(request: Request) -> Response:
     """Every session but the one the caller's token was issued in."""
     me = await caller(request, WRITE)
-    ended = await _db(request).run_sync(lambda: end_others(me, me.session_id()))
+    ended = await rest.run_sync(request, lambda: end_others(me, me.session_id()))
     return JSONResponse({"ended": ended})
 
 
 async def list_user_sessions(request: Request) -> Response:
-    actor = await caller(request, ADMIN)
-    user_id = path_id(request, "user_id")
-    listing = Listing(request, f"sessions:{user_id}")
+    actor = await admin(request)
+    user_id = rest.path_id(request, "user_id")
+    listing = rest.Listing(request, f"sessions:{user_id}")
 
     def read() -> list[LoginSession]:
-        users.acting_admin(actor.user_id)
         if users.get(user_id) is None:
             raise NotFound("No such user.")
-        return sessions.page_for_user(user_id, after=listing.after, limit=listing.size + 1)
+        return sessions.page_for_user(user_id, after=listing.after, limit=listing.limit)
 
-    rows = await _db(request).run_sync(read)
+    rows = await as_admin(request, actor, read)
     return listing.page(rows, _position, lambda login: as_dict(login, None))
 
 
 async def end_user_session(request: Request) -> Response:
-    actor = await caller(request, ADMIN)
-    user_id = path_id(request, "user_id")
-    session_id = path_id(request, "session_id")
-
-    def end() -> None:
-        users.acting_admin(actor.user_id)
-        end_own(actor, user_id, session_id)
-
-    await _db(request).run_sync(end)
+    actor = await admin(request)
+    user_id = rest.path_id(request, "user_id")
+    session_id = rest.path_id(request, "session_id")
+    await as_admin(request, actor, lambda: end_own(actor, user_id, session_id))
     return Response(status_code=204)
 
 
@@ -134,8 +116,8 @@ SESSION = {
         "id": {"type": "string"},
         "device": {"type": "string", "description": "The browser's User-Agent at sign-in."},
         "ip": {"type": "string"},
-        "created_at": TIMESTAMP,
-        "last_seen_at": TIMESTAMP,
+        "created_at": rest.TIMESTAMP,
+        "last_seen_at": rest.TIMESTAMP,
         "current": {
             "type": "boolean",
             "description": "Whether the calling token was issued in this session.",
@@ -152,7 +134,7 @@ ENDED = {
 OPERATIONS = [
     rest.Operation(
         "GET", "/sessions", list_my_sessions, "List my live sessions (sessions:read)", READ,
-        response=rest.list_schema(SESSION), query=PAGINATION, errors=(400, 401, 403),
+        response=rest.list_schema(SESSION), query=rest.PAGINATION, errors=(400, 401, 403),
     ),
     rest.Operation(
         "DELETE", "/sessions", end_my_other_sessions,
@@ -168,7 +150,7 @@ OPERATIONS = [
     rest.Operation(
         "GET", "/users/{user_id}/sessions", list_user_sessions,
         "List a user's live sessions (admin)", ADMIN,
-        response=rest.list_schema(SESSION), query=PAGINATION,
+        response=rest.list_schema(SESSION), query=rest.PAGINATION,
     ),
     rest.Operation(
         "DELETE", "/users/{user_id}/sessions/{session_id}", end_user_session,

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 LANDING = "/login"
 IP_WINDOW = 60
 ACCOUNT_WINDOW = 15 * 60
-NEXT_MAX = 4096
+#: The longest `next` kept through sign-in: the app's URL limit (BodySizeLimitMiddleware), so
+#: no authorization request the app accepted is lost on the way.
+NEXT_MAX = 8192
 INTERNAL_TARGETS = ("/account", "/account/password")
 FAILED = "Incorrect email or password."
 TOO_MANY = "Too many sign-in attempts. Wait {minutes} and try again."

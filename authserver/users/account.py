@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from authserver import rest
 from authserver.db import utcnow
 from authserver.oauth import consent, consents_api
 from authserver.organizations import models as orgs
@@ -24,7 +25,7 @@ from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import clear_session_cookie, current_login, read_form, render
 from authserver.users import models as users
-from authserver.users.api import Caller, client_ip, path_id
+from authserver.users.api import Caller, client_ip
 from authserver.web import CSRF_FIELD
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ async def end_session(request: Request) -> Response:
     if signed_in is None:
         return RedirectResponse("/login", status_code=303)
     login, actor = signed_in
-    session_id = path_id(request, "session_id")
+    session_id = rest.path_id(request, "session_id")
     services: Services = request.app.state.services
     await services.db.run_sync(sessions_api.end_own, actor, login.user_id, session_id)
     if session_id != login.id:
@@ -83,7 +84,7 @@ async def revoke_consent(request: Request) -> Response:
     if signed_in is None:
         return RedirectResponse("/login", status_code=303)
     _, actor = signed_in
-    consent_id = path_id(request, "consent_id")
+    consent_id = rest.path_id(request, "consent_id")
     await request.app.state.services.db.run_sync(consents_api.revoke_own, actor, consent_id)
     return RedirectResponse("/account?done=consent_revoked", status_code=303)
 

@@ -7,16 +7,16 @@ in one transaction. Ending what a person was signed in with happens in the same 
 every path: sessions end and token families are revoked, so refresh tokens fail and access
 tokens turn inactive by reference.
 
-The first section holds what the other identity APIs (sessions, consents) share with this
-one: who is calling, from which browser session, and keyset listings.
+The first section holds what the other identity APIs (sessions, consents, organizations,
+clients) share with this one: who is calling, from which browser session, and running as an
+administrator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from authserver import audit, rest
 from authserver.db import current_session
-from authserver.errors import AppError, Conflict, Invalid, NotFound
+from authserver.errors import Conflict, Invalid, NotFound, TooManyRequests
 from authserver.oauth import tokens
 from authserver.organizations import models as orgs
 from authserver.sessions import models as sessions
@@ -35,15 +35,10 @@ from authserver.users.models import User
 READ = ("users:read", "users:write")
 WRITE = ("users:write",)
 ADMIN = ("admin",)
-ID_MAX = 64
 NO_SUCH_USER = "No such user."
+T = TypeVar("T")
 
 # -- shared by the identity API -------------------------------------------------------------
-
-
-class TooManyRequests(AppError):
-    status_code = 429
-    title = "Too Many Requests"
 
 
 @dataclass(frozen=True)
@@ -97,17 +92,23 @@ async def caller(request: Request, scopes: tuple[str, ...]) -> Caller:
     return Caller(user_id, client_ip(request), principal)
 
 
+async def admin(request: Request) -> Caller:
+    return await caller(request, ADMIN)
+
+
+async def as_admin(request: Request, actor: Caller, work: Callable[[], T]) -> T:
+    """Run `work` in one unit of work that first reads the administrator behind `actor`
+    again, so a demoted or disabled admin loses the power at once (SECURITY.md J78)."""
+
+    def unit() -> T:
+        users.acting_admin(actor.user_id)
+        return work()
+
+    return await rest.run_sync(request, unit)
+
+
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
-
-
-def path_id(request: Request, name: str) -> str:
-    """An id from the path; one that no row could have is simply not found (and never
-    reaches the database, which may refuse control characters with an error)."""
-    value = str(request.path_params[name])
-    if not value or len(value) > ID_MAX or not value.isprintable():
-        raise NotFound("Not found.")
-    return value
 
 
 def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str | None:
@@ -115,48 +116,6 @@ def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str
     if value is not None and (len(value) > limit or not value.isprintable()):
         raise Invalid(f"`{name}` must be at most {limit} printable characters.")
     return value
-
-
-Position = tuple[datetime, str]
-
-
-class Listing:
-    """Keyset pagination for one listing (`?page_size=&cursor=`).
-
-    A cursor names the listing it was made for, e.g. `sessions:<user id>`, and is refused
-    anywhere else, so one user's cursor never pages through another's rows (SECURITY.md J75).
-    """
-
-    def __init__(self, request: Request, name: str) -> None:
-        self.name = name
-        self.size = rest.page_size(request)
-        self._cursors = rest.Cursors(request.app.state.services.digester.key("cursor"))
-        self.after = self._decode(request.query_params.get("cursor"))
-
-    def _decode(self, cursor: str | None) -> Position | None:
-        position = self._cursors.decode(cursor)
-        if position is None:
-            return None
-        if len(position) != 3 or position[0] != self.name:
-            raise Invalid("The cursor does not belong to this listing.")
-        try:
-            return datetime.fromisoformat(position[1]), position[2]
-        except ValueError:
-            raise Invalid("The cursor is not valid.") from None
-
-    def page(
-        self,
-        rows: list[Any],
-        position: Callable[[Any], Position],
-        shape: Callable[[Any], dict[str, Any]],
-    ) -> JSONResponse:
-        """The first `size` of `rows`, fetched with one extra to tell whether more follow."""
-        cursor = None
-        if len(rows) > self.size:
-            rows = rows[: self.size]
-            at, row_id = position(rows[-1])
-            cursor = self._cursors.encode([self.name, at.isoformat(), row_id])
-        return rest.page([shape(row) for row in rows], cursor)
 
 
 def end_everything(
@@ -167,6 +126,13 @@ def end_everything(
     ended = sessions.end_all_for_user(user_id, except_session_id=keep_session_id)
     revoked = tokens.revoke_user_families(user_id, reason=reason, keep_session_id=keep_session_id)
     return {"sessions_ended": ended, "token_families_revoked": revoked}
+
+
+def _user(user_id: str) -> User:
+    user = users.get(user_id)
+    if user is None:
+        raise NotFound(NO_SUCH_USER)
+    return user
 
 
 def _delete(actor: Caller, user: User) -> None:
@@ -185,10 +151,6 @@ def _delete(actor: Caller, user: User) -> None:
     users.delete_user(user)
 
 
-def _db(request: Request) -> Any:
-    return request.app.state.services.db
-
-
 # -- my account ------------------------------------------------------------------------------
 
 
@@ -203,16 +165,9 @@ class PasswordChange:
     new_password: str
 
 
-def _me(user_id: str) -> User:
-    user = users.get(user_id)
-    if user is None:
-        raise NotFound(NO_SUCH_USER)
-    return user
-
-
 async def get_me(request: Request) -> Response:
     me = await caller(request, READ)
-    return JSONResponse(await _db(request).run_sync(lambda: users.as_dict(_me(me.user_id))))
+    return JSONResponse(await rest.run_sync(request, lambda: users.as_dict(_user(me.user_id))))
 
 
 async def update_me(request: Request) -> Response:
@@ -223,22 +178,22 @@ async def update_me(request: Request) -> Response:
     name = users.validate_name(body.name)
 
     def update() -> dict[str, object]:
-        user = _me(me.user_id)
+        user = _user(me.user_id)
         if user.name != name:
             user.name = name
             me.record("user.updated", "user", user.id, fields=["name"])
         return users.as_dict(user)
 
-    return JSONResponse(await _db(request).run_sync(update))
+    return JSONResponse(await rest.run_sync(request, update))
 
 
 async def delete_me(request: Request) -> Response:
     me = await caller(request, WRITE)
 
     def delete() -> None:
-        _delete(me, _me(me.user_id))
+        _delete(me, _user(me.user_id))
 
-    await _db(request).run_sync(delete)
+    await rest.run_sync(request, delete)
     return Response(status_code=204)
 
 
@@ -250,15 +205,13 @@ async def change_my_password(request: Request) -> Response:
     body: PasswordChange = await rest.read_json(request, PasswordChange)
     users.validate_password(body.new_password)
     services = request.app.state.services
-    user = await services.db.run_sync(_me, me.user_id)
+    user = await services.db.run_sync(_user, me.user_id)
     settings, limiter = services.settings, services.limiter
     retry_after = await run_in_threadpool(
         limiter.check, "login-account", user.email, settings.login_rate_per_account, ACCOUNT_WINDOW
     )
     if retry_after is not None:
-        raise TooManyRequests(
-            "Too many attempts; try again later.", headers={"Retry-After": str(retry_after)}
-        )
+        raise TooManyRequests("Too many attempts; try again later.", retry_after=retry_after)
     candidate = users.Candidate(user.id, user.password_hash)
     if not await run_in_threadpool(
         users.check_password, services.passwords, candidate, body.current_password
@@ -276,7 +229,7 @@ async def change_my_password(request: Request) -> Response:
     password_hash = await run_in_threadpool(services.passwords.hash, body.new_password)
 
     def change() -> None:
-        user = _me(me.user_id)
+        user = _user(me.user_id)
         users.set_password(user, password_hash)
         users.revoke_links(user.id, users.RESET_PASSWORD)
         kept = me.session_id()
@@ -309,17 +262,6 @@ class UserPatch:
     is_active: bool | None = None
 
 
-async def admin(request: Request) -> Caller:
-    return await caller(request, ADMIN)
-
-
-def _user(user_id: str) -> User:
-    user = users.get(user_id)
-    if user is None:
-        raise NotFound(NO_SUCH_USER)
-    return user
-
-
 def _deactivate(actor: Caller, user: User) -> None:
     """Disabled at once and for good: the sessions and token families end now, rather than
     only while the flag is off, so reactivating the account brings none of them back."""
@@ -341,7 +283,6 @@ async def create_user(request: Request) -> Response:
         password_hash = await run_in_threadpool(passwords.hash, body.password)
 
     def create() -> dict[str, object]:
-        users.acting_admin(actor.user_id)
         user = users.create(
             email=email, password_hash=password_hash, name=name, is_admin=body.is_admin
         )
@@ -356,9 +297,8 @@ async def create_user(request: Request) -> Response:
         )
         return users.as_dict(user)
 
-    created = await _db(request).run_sync(create)
-    location = f"{rest.API_PREFIX}/users/{created['id']}"
-    return JSONResponse(created, 201, headers={"Location": location})
+    created = await as_admin(request, actor, create)
+    return rest.created(created, f"/users/{created['id']}")
 
 
 async def list_users(request: Request) -> Response:
@@ -368,35 +308,32 @@ async def list_users(request: Request) -> Response:
     if flag not in (None, "true", "false"):
         raise Invalid("`active` must be true or false.")
     active = None if flag is None else flag == "true"
-    listing = Listing(request, "users")
+    listing = rest.Listing(request, "users")
 
     def read() -> list[User]:
-        users.acting_admin(actor.user_id)
-        return users.page(after=listing.after, limit=listing.size + 1, email=email, active=active)
+        return users.page(after=listing.after, limit=listing.limit, email=email, active=active)
 
-    rows = await _db(request).run_sync(read)
+    rows = await as_admin(request, actor, read)
     return listing.page(rows, lambda user: (user.created_at, user.id), users.as_dict)
 
 
 async def get_user(request: Request) -> Response:
     actor = await admin(request)
-    user_id = path_id(request, "user_id")
+    user_id = rest.path_id(request, "user_id")
 
     def read() -> dict[str, object]:
-        users.acting_admin(actor.user_id)
         return users.as_dict(_user(user_id))
 
-    return JSONResponse(await _db(request).run_sync(read))
+    return JSONResponse(await as_admin(request, actor, read))
 
 
 async def update_user(request: Request) -> Response:
     actor = await admin(request)
-    user_id = path_id(request, "user_id")
+    user_id = rest.path_id(request, "user_id")
     body: UserPatch = await rest.read_json(request, UserPatch)
     name = users.validate_name(body.name) if body.name is not None else None
 
     def update() -> dict[str, object]:
-        users.acting_admin(actor.user_id)
         user = _user(user_id)
         if body.is_admin is False or body.is_active is False:
             users.keeps_an_admin(user)
@@ -417,37 +354,34 @@ async def update_user(request: Request) -> Response:
             _deactivate(actor, user)
         return users.as_dict(user)
 
-    return JSONResponse(await _db(request).run_sync(update))
+    return JSONResponse(await as_admin(request, actor, update))
 
 
 async def deactivate_user(request: Request) -> Response:
     actor = await admin(request)
-    user_id = path_id(request, "user_id")
+    user_id = rest.path_id(request, "user_id")
 
     def deactivate() -> dict[str, object]:
-        users.acting_admin(actor.user_id)
         user = _user(user_id)
         _deactivate(actor, user)
         return users.as_dict(user)
 
-    return JSONResponse(await _db(request).run_sync(deactivate))
+    return JSONResponse(await as_admin(request, actor, deactivate))
 
 
 async def delete_user(request: Request) -> Response:
     actor = await admin(request)
-    user_id = path_id(request, "user_id")
+    user_id = rest.path_id(request, "user_id")
 
     def delete() -> None:
-        users.acting_admin(actor.user_id)
         _delete(actor, _user(user_id))
 
-    await _db(request).run_sync(delete)
+    await as_admin(request, actor, delete)
     return Response(status_code=204)
 
 
 # -- OpenAPI ---------------------------------------------------------------------------------
 
-TIMESTAMP = {"type": "string", "format": "date-time"}
 NAME = {"type": "string", "minLength": 1, "maxLength": users.NAME_MAX, "pattern": r"\S"}
 PASSWORD = {"type": "string", "minLength": users.PASSWORD_MIN, "maxLength": users.PASSWORD_MAX}
 USER = {
@@ -461,22 +395,9 @@ USER = {
         "email_verified": {"type": "boolean"},
         "is_admin": {"type": "boolean"},
         "is_active": {"type": "boolean"},
-        "created_at": TIMESTAMP,
+        "created_at": rest.TIMESTAMP,
     },
 }
-PAGINATION = {
-    "page_size": {"type": "integer", "minimum": 1, "maximum": rest.MAX_PAGE_SIZE},
-    "cursor": {"type": "string"},
-}
-
-
-def body_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": required,
-        "properties": properties,
-    }
 
 
 def nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -493,7 +414,7 @@ OPERATIONS = [
     ),
     rest.Operation(
         "PATCH", ME, update_me, "Change my name (users:write); the email address is not editable",
-        WRITE, response=USER, request=body_schema({"name": NAME}, ["name"]),
+        WRITE, response=USER, request=rest.body_schema({"name": NAME}, ["name"]),
     ),
     rest.Operation(
         "DELETE", ME, delete_me,
@@ -506,7 +427,7 @@ OPERATIONS = [
         "Change my password; my other sessions end and only this session's tokens survive "
         "(users:write)",
         WRITE, status=204, errors=(400, 401, 403, 404, 429),
-        request=body_schema(
+        request=rest.body_schema(
             {"current_password": {"type": "string"}, "new_password": PASSWORD},
             ["current_password", "new_password"],
         ),
@@ -514,7 +435,7 @@ OPERATIONS = [
     rest.Operation(
         "POST", "/users", create_user, "Create an account (admin)", ADMIN,
         response=USER, status=201, errors=(400, 401, 403, 409),
-        request=body_schema(
+        request=rest.body_schema(
             {
                 "email": {"type": "string", "format": "email", "maxLength": users.EMAIL_MAX},
                 "name": {"type": "string", "maxLength": users.NAME_MAX},
@@ -532,7 +453,7 @@ OPERATIONS = [
         query={
             "email": {"type": "string", "maxLength": users.EMAIL_MAX},
             "active": {"type": "boolean"},
-            **PAGINATION,
+            **rest.PAGINATION,
         },
     ),
     rest.Operation("GET", USER_PATH, get_user, "Read an account (admin)", ADMIN, response=USER),
@@ -541,7 +462,7 @@ OPERATIONS = [
         "Change an account's name, admin flag, verified flag or active flag (admin); "
         "turning is_active off deactivates it",
         ADMIN, response=USER, errors=LAST_ADMIN,
-        request=body_schema(
+        request=rest.body_schema(
             {
                 "name": nullable(NAME),
                 "is_admin": nullable({"type": "boolean"}),

@@ -1,6 +1,8 @@
-"""Two people and an administrator for the identity API, grants that hold real refresh tokens,
-and a snapshot of every row the API could touch, so a refused request can be shown to have
-changed nothing (SECURITY.md §0 "Nothing changed")."""
+"""Two people for the identity API, paths under `/api/v1`, grants that hold real refresh
+tokens, and a snapshot of every row the API could touch, so a refused request can be shown
+to have changed nothing (SECURITY.md §0 "Nothing changed").
+
+The administrator, `person`, `Api` and `is_problem` are shared: see `tests/conftest.py`."""
 
 from __future__ import annotations
 
@@ -26,67 +28,14 @@ from authserver.security import new_token
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories
-
-API = "/api/v1"
-#: What a person's own token holds: every self-service scope.
-SELF_SCOPES = "users:read users:write sessions:read sessions:write"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def is_problem(response: httpx.Response, status: int) -> bool:
-    """An RFC 9457 answer with this status."""
-    if response.status_code != status:
-        return False
-    if response.headers.get("content-type") != "application/problem+json":
-        return False
-    body = response.json()
-    return body.get("status") == status and {"type", "title", "detail"} <= set(body)
-
-
-@dataclass
-class Person:
-    user: User
-    issued: factories.IssuedToken
-
-    @property
-    def token(self) -> str:
-        return self.issued.token
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return bearer(self.issued.token)
-
-
-class Api:
-    """The HTTP client with bearer and JSON helpers: `api.call("PATCH", path, token, {...})`."""
-
-    def __init__(self, client: TestClient) -> None:
-        self.client = client
-
-    def call(
-        self, method: str, path: str, token: str | None = None, body: Any = None, **kw: Any
-    ) -> httpx.Response:
-        headers = {**(bearer(token) if token else {}), **kw.pop("headers", {})}
-        if body is not None:
-            kw["json"] = body
-        return self.client.request(method, API + path, headers=headers, **kw)
+from tests.conftest import API, Api
+from tests.factories import Person
 
 
 @pytest.fixture
 def api(client: TestClient) -> Api:
-    return Api(client)
-
-
-@pytest.fixture
-def person(make: factories.Factory, tokens: factories.TokenFactory) -> Callable[..., Person]:
-    def build(email: str, scope: str = SELF_SCOPES, **fields: Any) -> Person:
-        user = make.user(email=email, **fields)
-        return Person(user, tokens.access_token(user, scope))
-
-    return build
+    """Paths under `/api/v1`: `api.call("GET", "/users/me", token)`."""
+    return Api(client, base=API)
 
 
 @pytest.fixture
@@ -97,12 +46,6 @@ def alice(person: Callable[..., Person]) -> Person:
 @pytest.fixture
 def bob(person: Callable[..., Person]) -> Person:
     return person("bob@example.com", name="Bob")
-
-
-@pytest.fixture
-def admin(person: Callable[..., Person]) -> Person:
-    """A server administrator whose token holds `admin` (which stands for every scope)."""
-    return person("root@example.com", scope="admin", name="Root", is_admin=True)
 
 
 @dataclass

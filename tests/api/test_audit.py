@@ -11,7 +11,8 @@ from authserver import audit
 from authserver.app import Services
 from authserver.db import current_session, utcnow
 from tests import factories
-from tests.api.conftest import Api, Person, is_problem
+from tests.conftest import Api, is_problem
+from tests.factories import Person
 
 EVENT_KEYS = {
     "id", "at", "event", "outcome", "actor_type", "actor_id", "ip", "target_type",

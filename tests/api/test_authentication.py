@@ -17,7 +17,9 @@ from authserver.oauth import consents_api
 from authserver.sessions import api as sessions_api
 from authserver.users import api as users_api
 from tests import factories
-from tests.api.conftest import SELF_SCOPES, Api, Person, is_problem, rows
+from tests.api.conftest import rows
+from tests.conftest import SELF_SCOPES, Api, is_problem
+from tests.factories import Person
 
 MINE = [
     op

@@ -10,16 +10,9 @@ from authserver.app import Services
 from authserver.audit import AuditEvent
 from authserver.db import current_session
 from authserver.oauth import consent
-from tests.api.conftest import (
-    Api,
-    Grant,
-    Person,
-    introspect,
-    is_problem,
-    refresh,
-    rows,
-    token_is_live,
-)
+from tests.api.conftest import Grant, introspect, refresh, rows, token_is_live
+from tests.conftest import Api, is_problem
+from tests.factories import Person
 
 CONSENT_KEYS = {"id", "client_id", "client_name", "scopes", "created_at", "updated_at"}
 

@@ -17,8 +17,9 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from authserver.app import Services
-from tests.api.conftest import API, Api, Grant, Person, is_problem, rows
-from tests.conftest import ISSUER
+from tests.api.conftest import Grant, rows
+from tests.conftest import API, ISSUER, Api, is_problem
+from tests.factories import Person
 
 
 @dataclass

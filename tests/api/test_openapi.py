@@ -24,7 +24,8 @@ from starlette.testclient import TestClient
 from authserver import api as api_table
 from authserver import rest
 from tests import factories
-from tests.api.conftest import Grant, bearer
+from tests.api.conftest import Grant
+from tests.factories import bearer
 
 EXAMPLES = 40
 #: A well-typed request may still be refused for what it means (an address without a dot,

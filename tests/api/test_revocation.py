@@ -15,7 +15,9 @@ import pytest
 
 from authserver.app import Services
 from tests import factories
-from tests.api.conftest import Api, Grant, Person, introspect, refresh, token_is_live
+from tests.api.conftest import Grant, introspect, refresh, token_is_live
+from tests.conftest import Api
+from tests.factories import Person
 
 ACTIONS = {
     "deactivate": lambda api, who, admin, given: api.call(

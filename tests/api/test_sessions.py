@@ -11,9 +11,9 @@ from starlette.testclient import TestClient
 from authserver.app import Services
 from authserver.sessions import models as sessions
 from tests import factories
-from tests.api.conftest import Api, Grant, Person, introspect, is_problem, refresh, rows
-from tests.conftest import ISSUER
-from tests.sessions.conftest import csrf_token
+from tests.api.conftest import Grant, introspect, refresh, rows
+from tests.conftest import ISSUER, Api, csrf_token, is_problem
+from tests.factories import Person
 
 SESSION_KEYS = {"id", "device", "ip", "created_at", "last_seen_at", "current"}
 

@@ -18,18 +18,9 @@ from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users
 from tests import factories
-from tests.api.conftest import (
-    API,
-    Api,
-    Grant,
-    Person,
-    bearer,
-    is_problem,
-    refresh,
-    rows,
-    token_is_live,
-)
-from tests.conftest import ISSUER
+from tests.api.conftest import Grant, refresh, rows, token_is_live
+from tests.conftest import API, ISSUER, Api, is_problem
+from tests.factories import Person, bearer
 
 
 def user_row(services: Services, user_id: str) -> users.User | None:
@@ -231,7 +222,7 @@ def test_guessing_the_current_password_is_rate_limited(
 ) -> None:
     """I71: the same per-account counter as the sign-in page; past it even the right
     password gets 429 with Retry-After, so the limit is no oracle."""
-    api = Api(strict_client)
+    api = Api(strict_client, base=API)
     for _ in range(2):
         assert change(api, alice, "guess").status_code == 400
     response = change(api, alice, factories.PASSWORD)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -17,7 +18,7 @@ from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import safe_next
 from authserver.users.models import User
 from tests import factories
-from tests.conftest import ISSUER, count_rows
+from tests.conftest import ISSUER, count_rows, csrf_token
 from tests.oauth.conftest import (
     CALLBACK,
     RP,
@@ -476,6 +477,120 @@ def test_max_age_older_than_the_sign_in_asks_again(
 
 def test_malformed_max_age_is_invalid_request(client: TestClient, ready: RP) -> None:
     assert_client_error(get_authorize(client, ready, max_age="-1"), "invalid_request")
+
+
+@pytest.mark.parametrize("max_age", ["²", "①", "٣", "1" * 5000, "1234567890", " 1", "1.5", "0x10"])
+def test_max_age_must_be_ascii_digits(client: TestClient, ready: RP, max_age: str) -> None:
+    """SECURITY.md A15: with a live session, a `max_age` that `str.isdigit` accepts but `int`
+    refuses (or converts slowly) is `invalid_request` back to the client, never a 500."""
+    assert_client_error(get_authorize(client, ready, max_age=max_age), "invalid_request")
+
+
+def sign_in_on_the_page(client: TestClient, user: User, login_url: str) -> httpx.Response:
+    """Sign in as a person does: the login page with its `next`, then the form."""
+    page = client.get(login_url)
+    assert page.status_code == 200, page.text
+    next_url = parse_qs(urlsplit(login_url).query)["next"][0]
+    data = {
+        "csrf_token": csrf_token(page),
+        "email": user.email,
+        "password": factories.PASSWORD,
+        "next": next_url,
+    }
+    response = client.post("/login", data=data)
+    assert response.status_code == 303, response.text
+    return response
+
+
+def id_token_claims(tokens: dict[str, Any]) -> dict[str, Any]:
+    return dict(jwt.decode(tokens["id_token"], options={"verify_signature": False}))
+
+
+REAUTHENTICATION_REQUESTS = [{"prompt": "login"}, {"max_age": "0"}, {"max_age": "1"}]
+
+
+@pytest.mark.parametrize("asked", REAUTHENTICATION_REQUESTS)
+def test_reauthentication_is_enforced_on_the_next_url(
+    flow: Flow,
+    rp: RP,
+    user: User,
+    sign_in: Callable[..., LoginSession],
+    now: datetime,
+    asked: dict[str, str],
+) -> None:
+    """SECURITY.md A15 (oidcc-prompt-login, oidcc-max-age-1): `next` drops `prompt=login` and
+    `max_age`, but loading it with the old session is not a way around them: it asks for
+    sign-in again; after a real sign-in the code carries a later `auth_time`."""
+    flow.allow(user, rp)
+    sign_in(user, auth_time=now - timedelta(seconds=60))
+    before = id_token_claims(flow.tokens(rp, user))["auth_time"]
+
+    response = get_authorize(flow.client, rp, **asked)
+    assert urlsplit(response.headers["location"]).path == "/login"
+    login_url = response.headers["location"]
+    next_url = parse_qs(urlsplit(login_url).query)["next"][0]
+    assert safe_next(next_url) == next_url
+
+    direct = flow.client.get(next_url)
+    assert direct.status_code == 303
+    assert urlsplit(direct.headers["location"]).path == "/login"
+    assert "code" not in parse_qs(urlsplit(direct.headers["location"]).query)
+    silent = flow.client.get(next_url + "&prompt=none")
+    assert_client_error(silent, "login_required")
+
+    back = sign_in_on_the_page(flow.client, user, login_url)
+    assert back.headers["location"] == next_url
+    code = location_params(flow.client.get(next_url))["code"]
+    response = flow.exchange(rp, code)
+    assert response.status_code == 200, response.text
+    assert id_token_claims(response.json())["auth_time"] > before
+
+
+@pytest.mark.parametrize(
+    "marker",
+    ["x", "eyJ0IjoiMjAwMC0wMS0wMVQwMDowMDowMCswMDowMCIsImMiOiJ4In0.bad-signature"],
+)
+def test_a_tampered_auth_after_marker_asks_for_a_fresh_sign_in(
+    client: TestClient, ready: RP, marker: str
+) -> None:
+    """SECURITY.md A15: a marker that does not verify is read as "sign in again", and the
+    sign-in page gets a fresh, valid one."""
+    response = get_authorize(client, ready, auth_after=marker)
+    assert response.status_code == 303
+    assert urlsplit(response.headers["location"]).path == "/login"
+    next_url = parse_qs(urlsplit(response.headers["location"]).query)["next"][0]
+    assert parse_qs(urlsplit(next_url).query)["auth_after"] != [marker]
+
+
+def test_an_auth_after_marker_of_another_client_asks_for_a_fresh_sign_in(
+    flow: Flow, ready: RP, make: factories.Factory, user: User
+) -> None:
+    """SECURITY.md A15: a valid marker is bound to the client it was made for."""
+    other, secret = make.client(name="Other", redirect_uris=[CALLBACK], scope=ready.client.scope)
+    other_rp = RP(other, secret)
+    flow.allow(user, other_rp)
+    response = get_authorize(flow.client, other_rp, prompt="login")
+    next_url = parse_qs(urlsplit(response.headers["location"]).query)["next"][0]
+    marker = parse_qs(urlsplit(next_url).query)["auth_after"][0]
+    assert "code" in location_params(get_authorize(flow.client, ready))
+    foreign = get_authorize(flow.client, ready, auth_after=marker)
+    assert urlsplit(foreign.headers["location"]).path == "/login"
+
+
+def test_a_long_state_survives_sign_in(
+    client: TestClient, rp: RP, user: User, allow: Callable[..., None]
+) -> None:
+    """SECURITY.md A11: an authorization request as long as the app accepts (a 6,000-char
+    `state`) comes back from the sign-in page whole, not dropped for the landing page."""
+    allow(user, rp)
+    long_state = "s" * 3000 + "~._-" * 750
+    response = get_authorize(client, rp, state=long_state)
+    assert urlsplit(response.headers["location"]).path == "/login"
+    back = sign_in_on_the_page(client, user, response.headers["location"])
+    assert urlsplit(back.headers["location"]).path == "/authorize"
+    params = location_params(client.get(back.headers["location"]))
+    assert params["state"] == long_state
+    assert "code" in params
 
 
 def test_id_token_hint_of_another_user_with_prompt_none_is_login_required(

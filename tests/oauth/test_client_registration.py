@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from authserver.errors import Invalid
-from authserver.oauth.clients import validate_redirect_uri
+from authserver.oauth.clients import validate_redirect_uri, validate_registration
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,15 @@ def test_refused_redirect_uris(uri: str) -> None:
     """SECURITY.md G56: fragments, script schemes, wildcards, non-loopback http, relative."""
     with pytest.raises(Invalid):
         validate_redirect_uri(uri)
+
+
+def test_private_key_jwt_is_refused_until_it_can_authenticate() -> None:
+    """SECURITY.md B30: a `private_key_jwt` client could never pass client authentication
+    (only secrets and public clients are implemented), so registration refuses it clearly;
+    the CLI and the API both register through `validate_registration`."""
+    with pytest.raises(Invalid, match="not supported yet"):
+        validate_registration(
+            redirect_uris=["https://app.example.com/cb"],
+            grant_types=["authorization_code"],
+            auth_method="private_key_jwt",
+        )

@@ -36,6 +36,22 @@ def csrf_token(page: httpx.Response) -> str:
     return match.group(1)
 
 
+def consent_nonce(page: httpx.Response) -> str:
+    match = re.search(r'name="consent_nonce" value="([^"]+)"', page.text)
+    assert match is not None
+    return match.group(1)
+
+
+def form_fields(page: httpx.Response, decision: str, **extra: str) -> dict[str, str]:
+    """What the browser posts for the page's form: its hidden fields and the decision."""
+    return {
+        "csrf_token": csrf_token(page),
+        "consent_nonce": consent_nonce(page),
+        "decision": decision,
+        **extra,
+    }
+
+
 def form_action(page: httpx.Response) -> str:
     match = re.search(r'<form method="post" action="([^"]+)"', page.text)
     assert match is not None
@@ -43,8 +59,7 @@ def form_action(page: httpx.Response) -> str:
 
 
 def answer(client: TestClient, page: httpx.Response, decision: str, **extra: str) -> httpx.Response:
-    data = {"csrf_token": csrf_token(page), "decision": decision, **extra}
-    return client.post(form_action(page), data=data)
+    return client.post(form_action(page), data=form_fields(page, decision, **extra))
 
 
 def remembered(services: Services, user: User, rp: RP) -> str | None:
@@ -169,10 +184,10 @@ def test_submit_revalidates_the_request_and_ignores_posted_fields(
     assert remembered(services, user, rp) == "openid"
 
     tampered = form_action(page).replace("scope=openid", "scope=openid+admin")
-    response = client.post(tampered, data={"csrf_token": csrf_token(page), "decision": "allow"})
+    response = client.post(tampered, data=form_fields(page, "allow"))
     assert location_params(response)["error"] == "invalid_scope"
     evil = form_action(page).replace("app.example.com", "evil.example")
-    response = client.post(evil, data={"csrf_token": csrf_token(page), "decision": "allow"})
+    response = client.post(evil, data=form_fields(page, "allow"))
     assert response.status_code == 400
     assert "location" not in response.headers
 
@@ -232,3 +247,43 @@ def test_query_on_the_consent_page_keeps_the_request_intact(
     query = parse_qs(urlsplit(form_action(page)).query)
     assert query["state"] == ["a&b=c d"]
     assert location_params(answer(client, page, "allow"))["state"] == "a&b=c d"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("allow", "allow"), ("deny", "allow"), ("allow", "deny")]
+)
+def test_a_consent_form_is_answered_once(
+    client: TestClient,
+    services: Services,
+    rp: RP,
+    signed_in: LoginSession,
+    first: str,
+    second: str,
+) -> None:
+    """SECURITY.md H65, K84: double submit → one code. The second submit of the same
+    rendered form is a 400 page saying so, and issues nothing."""
+    page = to_consent(client, rp)
+    answered = answer(client, page, first)
+    assert answered.status_code == 303
+    again = answer(client, page, second)
+    assert again.status_code == 400
+    assert "already answered" in again.text
+    assert "location" not in again.headers
+    assert count_rows(services.db, "authorization_codes") == (1 if first == "allow" else 0)
+
+
+@pytest.mark.parametrize("nonce", [None, "", "forged", "x" * 500])
+def test_a_consent_answer_needs_the_forms_nonce(
+    client: TestClient, services: Services, rp: RP, signed_in: LoginSession, nonce: str | None
+) -> None:
+    """SECURITY.md H65: an answer without the rendered form's nonce gets no code."""
+    page = to_consent(client, rp)
+    data = form_fields(page, "allow")
+    if nonce is None:
+        del data["consent_nonce"]
+    else:
+        data["consent_nonce"] = nonce
+    response = client.post(form_action(page), data=data)
+    assert response.status_code == 400
+    assert count_rows(services.db, "authorization_codes") == 0
+    assert "code" in location_params(answer(client, page, "allow"))

@@ -23,7 +23,7 @@ from authserver.users.models import User
 from tests import factories
 from tests.conftest import count_rows
 from tests.oauth.conftest import CALLBACK, RP, SCOPE, Flow, authorization_params, location_params
-from tests.oauth.test_consent import answer, csrf_token, form_action, to_consent
+from tests.oauth.test_consent import answer, csrf_token, form_action, form_fields, to_consent
 from tests.oauth.test_token import assert_oauth_error
 
 ORG_SCOPE = "openid profile email organization"
@@ -299,11 +299,7 @@ def test_first_party_clients_skip_consent_but_not_the_choice(
     assert csrf_token(page)
     chosen = client.post(
         form_action(page),
-        data={
-            "csrf_token": csrf_token(page),
-            "decision": "allow",
-            "organization": memberships.beta.id,
-        },
+        data=form_fields(page, "allow", organization=memberships.beta.id),
     )
     assert "code" in location_params(chosen)
 

@@ -132,8 +132,8 @@ def test_refresh_racing_revocation_ends_revoked(
 def test_parallel_consent_submits_do_not_fail(
     app: Starlette, client: TestClient, rp: RP, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md K84: concurrent Allow clicks race for one consent row without a 500;
-    each is re-validated and answered with its own code (documented in authorize.py)."""
+    """SECURITY.md K84, H65: concurrent Allow clicks of one form race without a 500, and
+    exactly one gets a code; the others are told the request was already answered."""
     import re
     from urllib.parse import urlsplit
 
@@ -143,12 +143,14 @@ def test_parallel_consent_submits_do_not_fail(
     page = client.get(response.headers["location"])
     action = re.search(r'action="([^"]+)"', page.text)
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    nonce = re.search(r'name="consent_nonce" value="([^"]+)"', page.text)
     assert action is not None
     assert token is not None
+    assert nonce is not None
     url = action.group(1).replace("&amp;", "&")
     cookies = dict(client.cookies.items())
-    submit = {"url": url, "data": {"csrf_token": token.group(1), "decision": "allow"},
-              "cookies": cookies}  # fmt: skip
+    form = {"csrf_token": token.group(1), "consent_nonce": nonce.group(1), "decision": "allow"}
+    submit = {"url": url, "data": form, "cookies": cookies}
 
     async def run() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -158,5 +160,9 @@ def test_parallel_consent_submits_do_not_fail(
             return list(await asyncio.gather(*(async_client.post(**submit) for _ in range(5))))
 
     results = asyncio.run(run())
-    assert all(r.status_code == 303 for r in results)
-    assert all(urlsplit(r.headers["location"]).path == "/cb" for r in results)
+    assert all(r.status_code < 500 for r in results)
+    assert sorted(r.status_code for r in results) == [303, 400, 400, 400, 400]
+    winner = next(r for r in results if r.status_code == 303)
+    assert urlsplit(winner.headers["location"]).path == "/cb"
+    assert "code=" in winner.headers["location"]
+    assert all("already answered" in r.text for r in results if r.status_code == 400)

@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 from authserver import db
 from authserver.app import Services
 from authserver.oauth import codes
+from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users
 from authserver.users.models import User
@@ -353,6 +354,15 @@ def test_wrong_secret_in_basic_is_401_with_a_basic_challenge(
         ({}, {"raw": "Basic " + base64.b64encode(b"no-colon").decode()}, "invalid_client", 401),
         ({}, {"raw": "Basic " + base64.b64encode(b"\xff\xfe:x").decode()}, "invalid_client", 401),
         ({}, {"raw": "Bearer abc"}, "invalid_client", 401),
+        ({}, {"basic": ("%00", "x")}, "invalid_client", 401),
+        ({}, {"basic": ("a%00b", "x")}, "invalid_client", 401),
+        ({}, {"basic": ("%1F", "x")}, "invalid_client", 401),
+        ({}, {"basic": ("x" * 65, "x")}, "invalid_client", 401),
+        ({}, {"raw": "Basic " + base64.b64encode(b"a\x00b:x").decode()}, "invalid_client", 401),
+        ({"client_id": "a\x00b", "client_secret": "x"}, {}, "invalid_request", 400),
+        ({"client_id": "a\x01b", "client_secret": "x"}, {}, "invalid_client", 401),
+        ({"client_id": "a\x1bb"}, {}, "invalid_client", 401),
+        ({"client_id": "\x7f"}, {}, "invalid_client", 401),
     ],
 )
 def test_client_authentication_failures(
@@ -382,6 +392,40 @@ def test_client_authentication_failures(
     assert_oauth_error(response, error, status)
     if status == 401:
         assert response.headers["www-authenticate"].startswith("Basic realm=")
+
+
+@pytest.mark.parametrize("endpoint", ["/token", "/revoke", "/introspect"])
+@pytest.mark.parametrize(
+    ("data", "headers"),
+    [
+        ({}, {"Authorization": "Basic " + base64.b64encode(b"%00:x").decode()}),
+        ({}, {"Authorization": "Basic " + base64.b64encode(b"\x00\x01:x").decode()}),
+        ({"client_id": "bad\x01id", "client_secret": "x"}, {}),
+        ({"client_id": "bad\u2028id", "client_secret": "x"}, {}),
+    ],
+)
+def test_control_characters_in_a_client_id_are_invalid_client(
+    flow: Flow, ready: RP, endpoint: str, data: dict[str, str], headers: dict[str, str]
+) -> None:
+    """SECURITY.md B30: NUL or another control character in a client id (the Basic user,
+    form-url-decoded, or the `client_id` field) is 401 `invalid_client` at every
+    authenticated endpoint, refused before any query (PostgreSQL refuses NUL in text with
+    an error: a 500). A raw NUL in the form body is already `invalid_request` when read."""
+    body = {"grant_type": "client_credentials", "token": "t", **data}
+    response = flow.client.post(endpoint, data=body, headers=headers)
+    assert_oauth_error(response, "invalid_client", 401)
+
+
+def test_a_code_from_a_session_that_ended_is_invalid_grant(
+    flow: Flow, ready: RP, services: Services, signed_in: LoginSession
+) -> None:
+    """SECURITY.md B33 (the code's browser session ended between /authorize and /token, e.g.
+    the user signed out): the code buys nothing."""
+    code = flow.code(ready)
+    services.db.call(sessions.end, signed_in.id)
+    response = flow.exchange(ready, code)
+    assert_oauth_error(response, "invalid_grant", 400)
+    assert count_rows(services.db, "access_tokens") == 0
 
 
 def test_basic_credentials_are_form_url_decoded(flow: Flow, ready: RP) -> None:

@@ -15,16 +15,9 @@ from starlette.testclient import TestClient
 from authserver.app import Services
 from authserver.oauth import clients
 from tests import factories
-from tests.oauth_clients_api.conftest import (
-    CLIENTS,
-    Admin,
-    Api,
-    all_clients,
-    audit_events,
-    client_credentials,
-    is_problem,
-    stored,
-)
+from tests.conftest import Api, audit_events, is_problem
+from tests.factories import Person
+from tests.oauth_clients_api.conftest import CLIENTS, all_clients, client_credentials, stored
 
 NEW = {
     "client_name": "Photo Printer",
@@ -34,13 +27,13 @@ NEW = {
 }
 
 
-def create(api: Api, admin: Admin, **changes: Any) -> dict[str, Any]:
+def create(api: Api, admin: Person, **changes: Any) -> dict[str, Any]:
     response = api.call("POST", CLIENTS, admin.token, {**NEW, **changes})
     assert response.status_code == 201, response.text
     return response.json()
 
 
-def test_create_returns_the_secret_once(api: Api, admin: Admin, services: Services) -> None:
+def test_create_returns_the_secret_once(api: Api, admin: Person, services: Services) -> None:
     response = api.call("POST", CLIENTS, admin.token, NEW)
     assert response.status_code == 201
     assert response.headers["cache-control"] == "no-store"
@@ -60,7 +53,7 @@ def test_create_returns_the_secret_once(api: Api, admin: Admin, services: Servic
     assert "client_secret" not in read.json()
     assert row.secret_digest not in read.text
     assert client_credentials(api.client, created["client_id"], secret).status_code == 200
-    [event] = audit_events(services)
+    [event] = audit_events(services, prefix="client.")
     assert (event.event, event.actor_id, event.target_id) == (
         "client.created",
         admin.user.id,
@@ -69,7 +62,7 @@ def test_create_returns_the_secret_once(api: Api, admin: Admin, services: Servic
     assert secret not in str(event.details)
 
 
-def test_create_a_public_client_has_no_secret(api: Api, admin: Admin) -> None:
+def test_create_a_public_client_has_no_secret(api: Api, admin: Person) -> None:
     created = create(
         api,
         admin,
@@ -81,7 +74,7 @@ def test_create_a_public_client_has_no_secret(api: Api, admin: Admin) -> None:
     assert created["token_endpoint_auth_method"] == "none"
 
 
-def test_create_defaults(api: Api, admin: Admin) -> None:
+def test_create_defaults(api: Api, admin: Person) -> None:
     created = create(api, admin, grant_types=[], scope=clients.DEFAULT_SCOPE)
     assert created["grant_types"] == ["authorization_code", "refresh_token"]
     assert created["skip_consent"] is False
@@ -115,7 +108,7 @@ def test_create_defaults(api: Api, admin: Admin) -> None:
     ],
 )
 def test_create_validates_like_the_cli(
-    api: Api, admin: Admin, services: Services, changes: dict[str, Any]
+    api: Api, admin: Person, services: Services, changes: dict[str, Any]
 ) -> None:
     """The CLI's validation (clients.create), plus J77: no member the API does not take."""
     before = all_clients(services)
@@ -124,7 +117,7 @@ def test_create_validates_like_the_cli(
     assert all_clients(services) == before
 
 
-def test_list_pages(api: Api, admin: Admin, make: factories.Factory) -> None:
+def test_list_pages(api: Api, admin: Person, make: factories.Factory) -> None:
     made = [make.client(name=f"App {n}")[0].id for n in range(5)]
     seen: list[str] = []
     cursor = None
@@ -145,13 +138,13 @@ def test_list_pages(api: Api, admin: Admin, make: factories.Factory) -> None:
 
 
 @pytest.mark.parametrize("client_id", ["nope", "x" * 65, "a%00b"])
-def test_unknown_clients_are_404(api: Api, admin: Admin, client_id: str) -> None:
+def test_unknown_clients_are_404(api: Api, admin: Person, client_id: str) -> None:
     for method, body in (("GET", None), ("PATCH", {"client_name": "x"}), ("DELETE", None)):
         assert is_problem(api.call(method, f"{CLIENTS}/{client_id}", admin.token, body), 404)
     assert is_problem(api.call("POST", f"{CLIENTS}/{client_id}/secret", admin.token), 404)
 
 
-def test_update(api: Api, admin: Admin, services: Services) -> None:
+def test_update(api: Api, admin: Person, services: Services) -> None:
     created = create(api, admin)
     path = f"{CLIENTS}/{created['client_id']}"
     patch = {
@@ -173,7 +166,7 @@ def test_update(api: Api, admin: Admin, services: Services) -> None:
     assert updated["scope"] == "api reports"
     assert updated["skip_consent"] is True
     assert api.call("GET", path, admin.token).json() == updated
-    events = [e for e in audit_events(services) if e.event == "client.updated"]
+    events = audit_events(services, "client.updated")
     assert events[0].details["fields"] == [
         "name",
         "redirect_uris",
@@ -185,7 +178,7 @@ def test_update(api: Api, admin: Admin, services: Services) -> None:
     ]
     unchanged = api.call("PATCH", path, admin.token, {"client_name": None, "scope": "api reports"})
     assert unchanged.json() == updated
-    assert len([e for e in audit_events(services) if e.event == "client.updated"]) == 1
+    assert len(audit_events(services, "client.updated")) == 1
 
 
 @pytest.mark.parametrize(
@@ -208,7 +201,7 @@ def test_update(api: Api, admin: Admin, services: Services) -> None:
     ],
 )
 def test_update_validates_like_create(
-    api: Api, admin: Admin, services: Services, patch: dict[str, Any]
+    api: Api, admin: Person, services: Services, patch: dict[str, Any]
 ) -> None:
     """Same rules as registration; unknown or read-only members are refused (J77)."""
     created = create(api, admin)
@@ -218,7 +211,7 @@ def test_update_validates_like_create(
     assert all_clients(services) == before
 
 
-def test_a_public_client_cannot_gain_client_credentials(api: Api, admin: Admin) -> None:
+def test_a_public_client_cannot_gain_client_credentials(api: Api, admin: Person) -> None:
     created = create(
         api,
         admin,
@@ -232,7 +225,7 @@ def test_a_public_client_cannot_gain_client_credentials(api: Api, admin: Admin) 
 
 
 def test_deactivating_stops_its_tokens_at_once(
-    api: Api, admin: Admin, make: factories.Factory, tokens: factories.TokenFactory
+    api: Api, admin: Person, make: factories.Factory, tokens: factories.TokenFactory
 ) -> None:
     """A disabled client's tokens stop working by reference, on the next request."""
     user = make.user()
@@ -250,7 +243,7 @@ def test_deactivating_stops_its_tokens_at_once(
 
 def test_delete_revokes_everything_issued_to_it(
     api: Api,
-    admin: Admin,
+    admin: Person,
     make: factories.Factory,
     tokens: factories.TokenFactory,
     services: Services,
@@ -277,10 +270,10 @@ def test_delete_revokes_everything_issued_to_it(
         return session.get(TokenFamily, issued.family_id), session.get(AccessToken, issued.jti)
 
     assert services.db.call(left) == (None, None)
-    assert [e.event for e in audit_events(services)] == ["client.deleted"]
+    assert [e.event for e in audit_events(services, prefix="client.")] == ["client.deleted"]
 
 
-def test_rotation_replaces_the_secret(api: Api, admin: Admin, services: Services) -> None:
+def test_rotation_replaces_the_secret(api: Api, admin: Person, services: Services) -> None:
     created = create(api, admin)
     client_id, old = created["client_id"], created["client_secret"]
     response = api.call("POST", f"{CLIENTS}/{client_id}/secret", admin.token)
@@ -296,13 +289,13 @@ def test_rotation_replaces_the_secret(api: Api, admin: Admin, services: Services
     assert services.digester.matches(clients.SECRET_PURPOSE, new, row.secret_digest)
     assert client_credentials(api.client, client_id, old).status_code == 401
     assert client_credentials(api.client, client_id, new).status_code == 200
-    [event] = [e for e in audit_events(services) if e.event == "client.secret_rotated"]
+    [event] = audit_events(services, "client.secret_rotated")
     assert old not in str(event.details)
     assert new not in str(event.details)
     assert row.secret_digest not in str(event.details)
 
 
-def test_a_client_without_a_secret_has_none_to_rotate(api: Api, admin: Admin) -> None:
+def test_a_client_without_a_secret_has_none_to_rotate(api: Api, admin: Person) -> None:
     created = create(
         api,
         admin,
@@ -334,7 +327,7 @@ def target(make: factories.Factory) -> str:
 
 @pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS, ids=IDS)
 def test_an_administrator_succeeds(
-    api: Api, admin: Admin, target: str, method: str, path: str, body: Any
+    api: Api, admin: Person, target: str, method: str, path: str, body: Any
 ) -> None:
     response = api.call(method, CLIENTS + path.format(id=target), admin.token, body)
     assert response.is_success, response.text
@@ -347,7 +340,7 @@ def test_an_administrator_succeeds(
 @pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS, ids=IDS)
 def test_everyone_else_is_refused(
     api: Api,
-    admin: Admin,
+    admin: Person,
     target: str,
     make: factories.Factory,
     tokens: factories.TokenFactory,

@@ -4,41 +4,24 @@ matter (a schema-valid URI must never be refused: schemathesis's positive-data c
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
 import jsonschema_rs
 import pytest
 
-from authserver import rest
 from authserver.errors import Invalid
 from authserver.oauth import clients
 from authserver.oauth.clients_api import OPERATIONS, REDIRECT_URI
-from tests.oauth_clients_api.conftest import CLIENTS, Admin, Api
+from tests.conftest import Api, Schemas
+from tests.factories import Person
+from tests.oauth_clients_api.conftest import CLIENTS
 
 CLIENT = CLIENTS + "/{client_id}"
 
 
-def operation(method: str, path: str) -> rest.Operation:
-    [found] = [op for op in OPERATIONS if op.method == method and "/api/v1" + op.path == path]
-    return found
+SCHEMAS = Schemas(OPERATIONS)
+call = SCHEMAS.call
 
 
-def call(api: Api, method: str, template: str, token: str, body: Any = None, **ids: str) -> Any:
-    spec = operation(method, template)
-    if body is not None:
-        assert spec.request is not None
-        jsonschema_rs.validator_for(spec.request).validate(body)
-    response: httpx.Response = api.call(method, template.format(**ids), token, body)
-    assert response.status_code == spec.status, response.text
-    if spec.response is None:
-        assert response.content == b""
-        return None
-    jsonschema_rs.validator_for(spec.response, validate_formats=True).validate(response.json())
-    return response.json()
-
-
-def test_every_success_body_fits_its_schema(api: Api, admin: Admin) -> None:
+def test_every_success_body_fits_its_schema(api: Api, admin: Person) -> None:
     confidential = call(
         api,
         "POST",

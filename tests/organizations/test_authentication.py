@@ -11,7 +11,9 @@ import pytest
 
 from authserver.app import Services
 from tests import factories
-from tests.organizations.conftest import API, SCOPES, Api, Person, Tenant, is_problem, rows
+from tests.conftest import API, Api, is_problem
+from tests.factories import Person
+from tests.organizations.conftest import SCOPES, Tenant, rows
 
 #: (method, path, body, scope it needs); {org} is Bobco, {member} is Carol.
 ENDPOINTS = [

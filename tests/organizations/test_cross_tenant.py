@@ -16,8 +16,9 @@ from starlette.testclient import TestClient
 
 from authserver.app import Services
 from tests import factories
-from tests.conftest import ISSUER
-from tests.organizations.conftest import API, Api, Person, Tenant, is_problem, join, rows
+from tests.conftest import API, ISSUER, Api, is_problem
+from tests.factories import Person
+from tests.organizations.conftest import Tenant, join, rows
 
 #: Every endpoint that names an organization; {org} and {member} are filled in per test.
 ORG_ENDPOINTS = [

@@ -14,16 +14,9 @@ from authserver.db import current_session
 from authserver.organizations import models as orgs
 from authserver.users.models import User
 from tests import factories
-from tests.organizations.conftest import (
-    Api,
-    Person,
-    Tenant,
-    audit_events,
-    is_problem,
-    join,
-    role_of,
-    rows,
-)
+from tests.conftest import Api, audit_events, is_problem
+from tests.factories import Person
+from tests.organizations.conftest import Tenant, join, role_of, rows
 
 
 def members_path(tenant: Tenant, user_id: str | None = None) -> str:
@@ -45,7 +38,7 @@ def test_add_by_email(api: Api, alice: Tenant, bob: Tenant, services: Services) 
     }
     assert response.headers["location"] == members_path(alice, bob.user.id)
     assert role_of(services, alice.organization, bob.user) == "admin"
-    [event] = [e for e in audit_events(services) if e.event == "organization.member_added"]
+    [event] = audit_events(services, "organization.member_added")
     assert event.details["user_id"] == bob.user.id
     assert event.details["role"] == "admin"
     assert "bob@example.com" not in str(event.details)
@@ -150,7 +143,7 @@ def test_change_role(api: Api, bob: Tenant, carol: Person, services: Services) -
     assert response.status_code == 200
     assert response.json()["role"] == "admin"
     assert role_of(services, bob.organization, carol.user) == "admin"
-    [event] = [e for e in audit_events(services) if e.event == "organization.member_role_changed"]
+    [event] = audit_events(services, "organization.member_role_changed")
     assert (event.actor_id, event.target_id) == (bob.user.id, bob.organization.id)
     assert event.details["user_id"] == carol.user.id
     assert (event.details["role"], event.details["previous_role"]) == ("admin", "member")
@@ -197,7 +190,9 @@ def test_remove_and_leave(
     assert role_of(services, bob.organization, carol.user) is None
     assert api.call("DELETE", members_path(bob, alice.user.id), alice.token).status_code == 204
     assert role_of(services, bob.organization, alice.user) is None
-    events = [(e.event, e.details["user_id"]) for e in audit_events(services)]
+    events = [
+        (e.event, e.details["user_id"]) for e in audit_events(services, prefix="organization.")
+    ]
     assert ("organization.member_removed", carol.user.id) in events
     assert ("organization.member_left", alice.user.id) in events
 

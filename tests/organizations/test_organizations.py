@@ -8,18 +8,9 @@ from authserver.app import Services
 from authserver.db import current_session
 from authserver.users.models import User
 from tests import factories
-from tests.organizations.conftest import (
-    API,
-    SCOPES,
-    Api,
-    Person,
-    Tenant,
-    audit_events,
-    is_problem,
-    join,
-    role_of,
-    rows,
-)
+from tests.conftest import API, Api, audit_events, is_problem
+from tests.factories import Person
+from tests.organizations.conftest import SCOPES, Tenant, join, role_of, rows
 
 
 def test_create_makes_the_creator_owner(api: Api, alice: Tenant, services: Services) -> None:
@@ -31,7 +22,9 @@ def test_create_makes_the_creator_owner(api: Api, alice: Tenant, services: Servi
     assert set(created) == {"id", "name", "role", "created_at", "updated_at"}
     assert response.headers["location"] == f"{API}/organizations/{created['id']}"
     assert api.call("GET", response.headers["location"], alice.token).json() == created
-    [event] = [e for e in audit_events(services) if e.target_id == created["id"]]
+    [event] = [
+        e for e in audit_events(services, prefix="organization.") if e.target_id == created["id"]
+    ]
     assert (event.event, event.actor_type, event.actor_id) == (
         "organization.created",
         "user",
@@ -112,7 +105,7 @@ def test_rename_by_owner_and_admin(
     response = api.call("PATCH", bob.org_path, alice.token, {"name": "Bobco Inc"})
     assert response.status_code == 200
     assert response.json()["role"] == "admin"
-    events = [e.event for e in audit_events(services)]
+    events = [e.event for e in audit_events(services, prefix="organization.")]
     assert events.count("organization.updated") == 2
 
 
@@ -136,7 +129,9 @@ def test_delete_is_for_owners(
     assert response.content == b""
     assert is_problem(api.call("GET", bob.org_path, bob.token), 404)
     assert role_of(services, bob.organization, carol.user) is None
-    assert "organization.deleted" in [e.event for e in audit_events(services)]
+    assert "organization.deleted" in [
+        e.event for e in audit_events(services, prefix="organization.")
+    ]
 
 
 def test_an_administrator_acts_on_any_organization(
@@ -148,7 +143,7 @@ def test_an_administrator_acts_on_any_organization(
     assert response.json()["role"] is None
     assert api.call("PATCH", bob.org_path, admin.token, {"name": "Renamed"}).status_code == 200
     assert api.call("DELETE", bob.org_path, admin.token).status_code == 204
-    deleted = [e for e in audit_events(services) if e.event == "organization.deleted"]
+    deleted = audit_events(services, "organization.deleted")
     assert deleted[0].actor_id == admin.user.id
 
 

@@ -4,38 +4,16 @@ fits the response schema (which forbids members it does not name)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
 import jsonschema_rs
 
-from authserver import rest
 from authserver.app import Services
 from authserver.organizations.api import OPERATIONS
-from tests.organizations.conftest import API, Api, Person, Tenant
+from tests.conftest import API, Api, Schemas
+from tests.factories import Person
+from tests.organizations.conftest import Tenant
 
-
-def operation(method: str, path: str) -> rest.Operation:
-    [found] = [op for op in OPERATIONS if op.method == method and API + op.path == path]
-    return found
-
-
-def call(api: Api, method: str, template: str, token: str, body: Any = None, **ids: str) -> Any:
-    """Call the operation at `template` and check both bodies against its schemas."""
-    spec = operation(method, template)
-    if body is not None:
-        assert spec.request is not None
-        jsonschema_rs.validator_for(spec.request).validate(body)
-    response: httpx.Response = api.call(method, template.format(**ids), token, body)
-    assert response.status_code == spec.status, response.text
-    if spec.response is None:
-        assert response.content == b""
-        return None
-    validator = jsonschema_rs.validator_for(spec.response, validate_formats=True)
-    validator.validate(response.json())
-    return response.json()
-
-
+SCHEMAS = Schemas(OPERATIONS)
+call = SCHEMAS.call
 ORGS = API + "/organizations"
 ORG = ORGS + "/{organization_id}"
 MEMBERS = ORG + "/members"
@@ -62,7 +40,7 @@ def test_every_success_body_fits_its_schema(
 def test_the_name_schema_refuses_what_the_server_refuses() -> None:
     """A schema-valid name is accepted (schemathesis's positive-data check) and the names
     the server refuses are schema-invalid."""
-    name = operation("POST", ORGS).request
+    name = SCHEMAS.operation("POST", ORGS).request
     assert name is not None
     validator = jsonschema_rs.validator_for(name)
     for good in ("Acme", " Acme ", "Café ☕", "a b"):

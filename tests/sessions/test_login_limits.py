@@ -8,19 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from starlette.testclient import TestClient
 
-from authserver.settings import Settings
 from tests import factories
-from tests.sessions.conftest import SignIn, audit_events, csrf_token
+from tests.conftest import audit_events, csrf_token
+from tests.sessions.conftest import SignIn
 
 TOO_MANY = "Too many sign-in attempts."
 AppWith = Callable[..., TestClient]
 
 
 def test_per_ip_limit_answers_429_with_retry_after(
-    app_with: AppWith, settings: Settings, make: factories.Factory, sign_in: SignIn
+    app_with: AppWith, make: factories.Factory, sign_in: SignIn
 ) -> None:
     """Item 100: every attempt from one IP counts, right or wrong; the next is a 429."""
-    client = app_with(settings, login_rate_per_ip=3)
+    client = app_with(login_rate_per_ip=3)
     users = [make.user() for _ in range(4)]
 
     answers = [sign_in(client, user.email, "wrong password!") for user in users[:3]]
@@ -35,12 +35,12 @@ def test_per_ip_limit_answers_429_with_retry_after(
 
 
 def test_per_account_limit_refuses_even_the_right_password(
-    app_with: AppWith, settings: Settings, make: factories.Factory, sign_in: SignIn
+    app_with: AppWith, make: factories.Factory, sign_in: SignIn
 ) -> None:
     """I71: after too many failures the account is soft-locked for the rest of the window; the
     right password gets the same 429, so the lock is no password oracle, and it says when to
     come back (Retry-After) instead of locking the victim out for good."""
-    client = app_with(settings, login_rate_per_account=3)
+    client = app_with(login_rate_per_account=3)
     victim, bystander = make.user(), make.user()
 
     failures = [sign_in(client, victim.email, "wrong password!").status_code for _ in range(3)]
@@ -54,11 +54,9 @@ def test_per_account_limit_refuses_even_the_right_password(
     assert other_account.status_code == 303
 
 
-def test_unknown_accounts_are_limited_too(
-    app_with: AppWith, settings: Settings, sign_in: SignIn
-) -> None:
+def test_unknown_accounts_are_limited_too(app_with: AppWith, sign_in: SignIn) -> None:
     """I72: were only real accounts limited, the 429 would tell which emails exist."""
-    client = app_with(settings, login_rate_per_account=2)
+    client = app_with(login_rate_per_account=2)
 
     codes = [sign_in(client, "nobody@example.com", "guess").status_code for _ in range(3)]
 
@@ -66,9 +64,9 @@ def test_unknown_accounts_are_limited_too(
 
 
 def test_a_successful_sign_in_does_not_use_up_the_failure_budget(
-    app_with: AppWith, settings: Settings, make: factories.Factory, sign_in: SignIn
+    app_with: AppWith, make: factories.Factory, sign_in: SignIn
 ) -> None:
-    client = app_with(settings, login_rate_per_account=3)
+    client = app_with(login_rate_per_account=3)
     user = make.user()
 
     codes = [
@@ -84,11 +82,11 @@ def test_a_successful_sign_in_does_not_use_up_the_failure_budget(
 
 
 def test_fifty_parallel_wrong_passwords_are_all_counted(
-    app_with: AppWith, settings: Settings, make: factories.Factory
+    app_with: AppWith, make: factories.Factory
 ) -> None:
     """I71 (Keycloak #31726): a burst of parallel guesses gets exactly `limit` password checks;
     the rest are refused before any check, and the right password is refused afterwards."""
-    client = app_with(settings, login_rate_per_account=10, login_rate_per_ip=1000)
+    client = app_with(login_rate_per_account=10, login_rate_per_ip=1000)
     user = make.user()
     token = csrf_token(client.get("/login"))
 
@@ -110,7 +108,7 @@ def test_fifty_parallel_wrong_passwords_are_all_counted(
 
 
 def test_unreachable_redis_degrades_to_local_limits(
-    app_with: AppWith, settings: Settings, make: factories.Factory, sign_in: SignIn
+    app_with: AppWith, make: factories.Factory, sign_in: SignIn
 ) -> None:
     """I73 / item 94: Redis down → sign-in still works, limits still hold in this process,
     and the operator is told once."""
@@ -118,7 +116,7 @@ def test_unreachable_redis_degrades_to_local_limits(
     logger = logging.getLogger("authserver.kv")
     logger.addHandler(warnings)
     try:
-        client = app_with(settings, redis_url="redis://127.0.0.1:1/0", login_rate_per_ip=3)
+        client = app_with(redis_url="redis://127.0.0.1:1/0", login_rate_per_ip=3)
         user = make.user()
 
         first = sign_in(client, user.email)

@@ -18,7 +18,8 @@ from starlette.testclient import TestClient
 from authserver.app import Services
 from authserver.oauth.clients import Client
 from tests import factories
-from tests.sessions.conftest import SignIn, audit_events, csrf_token, is_signed_in, sessions_of
+from tests.conftest import audit_events, csrf_token, sessions_of
+from tests.sessions.conftest import SignIn, is_signed_in
 
 RETURN_URI = "https://app.example.com/logged-out"
 RETURN_WITH_QUERY = "https://app.example.com/bye?from=op"

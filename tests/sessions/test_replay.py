@@ -19,7 +19,8 @@ from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import current_login
 from tests import factories
-from tests.sessions.conftest import SignIn, csrf_token, is_signed_in, sessions_of, update_user
+from tests.conftest import csrf_token, sessions_of, update_user
+from tests.sessions.conftest import SignIn, is_signed_in
 
 
 def _age(services: Services, session_id: str, **fields: object) -> None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email import message_from_bytes, policy
@@ -19,11 +18,9 @@ from typing import Any
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
-from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from authserver.app import Services, create_app
-from authserver.audit import AuditEvent
+from authserver.app import Services
 from authserver.db import current_session, utcnow
 from authserver.oauth.tokens import TokenFamily
 from authserver.sessions import models as sessions
@@ -32,9 +29,7 @@ from authserver.settings import Settings
 from authserver.users import models as users
 from authserver.users.models import User
 from tests import factories
-from tests.conftest import ISSUER
-
-CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+from tests.conftest import ISSUER, csrf_token
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -103,25 +98,6 @@ def settings(settings: Settings, smtp_server: SmtpServer) -> Settings:
     return settings.replace(smtp_url=smtp_server.url)
 
 
-@pytest.fixture
-def app_with(settings: Settings) -> Iterator[Callable[..., TestClient]]:
-    """Clients for apps built from changed settings: `app_with(signup_enabled=False)`."""
-    with ExitStack() as stack:
-
-        def build(**changes: Any) -> TestClient:
-            application = create_app(settings.replace(**changes))
-            client = TestClient(application, base_url=ISSUER, follow_redirects=False)
-            return stack.enter_context(client)
-
-        yield build
-
-
-def csrf_token(page: httpx.Response) -> str:
-    match = CSRF_INPUT.search(page.text)
-    assert match, "the page has no CSRF token"
-    return match.group(1)
-
-
 def submit(client: TestClient, path: str, **data: str) -> httpx.Response:
     """Open the form at `path` and post it, as a person would."""
     page = client.get(path)
@@ -142,24 +118,6 @@ def signs_in(app: Any, email: str, password: str) -> bool:
 
 def user_by_email(services: Services, email: str) -> User | None:
     return services.db.call(users.find_by_email, email)
-
-
-def sessions_of(services: Services, user_id: str) -> list[LoginSession]:
-    def query() -> list[LoginSession]:
-        rows = current_session().scalars(
-            select(LoginSession).where(LoginSession.user_id == user_id)
-        )
-        return list(rows)
-
-    return services.db.call(query)
-
-
-def audit_events(services: Services, event: str) -> list[AuditEvent]:
-    def query() -> list[AuditEvent]:
-        rows = current_session().scalars(select(AuditEvent).where(AuditEvent.event == event))
-        return list(rows)
-
-    return services.db.call(query)
 
 
 def open_session(services: Services, user_id: str) -> LoginSession:
@@ -201,13 +159,3 @@ def family(services: Services, family_id: str) -> TokenFamily:
     found = services.db.call(lambda: current_session().get(TokenFamily, family_id))
     assert found is not None
     return found
-
-
-def update_user(services: Services, user_id: str, **fields: Any) -> None:
-    def update() -> None:
-        user = users.get(user_id)
-        assert user is not None
-        for name, value in fields.items():
-            setattr(user, name, value)
-
-    services.db.call(update)

@@ -10,14 +10,12 @@ from starlette.testclient import TestClient
 
 from authserver.app import Services
 from tests import factories
+from tests.conftest import audit_events, csrf_token, sessions_of
 from tests.users.conftest import (
     Inbox,
     add_family,
-    audit_events,
-    csrf_token,
     family,
     open_session,
-    sessions_of,
     sign_in,
     signs_in,
     user_by_email,

@@ -13,19 +13,15 @@ from authserver.app import Services
 from authserver.db import utcnow
 from authserver.users import models as users
 from tests import factories
-from tests.conftest import count_rows
+from tests.conftest import audit_events, count_rows, csrf_token, sessions_of, update_user
 from tests.users.conftest import (
     Inbox,
     add_family,
-    audit_events,
-    csrf_token,
     family,
     open_session,
-    sessions_of,
     sign_in,
     signs_in,
     submit,
-    update_user,
     user_by_email,
 )
 

@@ -13,16 +13,8 @@ from authserver.db import utcnow
 from authserver.sessions.models import cookie_name
 from authserver.users import models as users
 from tests import factories
-from tests.conftest import count_rows
-from tests.users.conftest import (
-    Inbox,
-    audit_events,
-    csrf_token,
-    free_port,
-    submit,
-    update_user,
-    user_by_email,
-)
+from tests.conftest import audit_events, count_rows, csrf_token, update_user
+from tests.users.conftest import Inbox, free_port, submit, user_by_email
 
 NEW = {"name": "Ada Lovelace", "email": "ada@example.com", "password": factories.PASSWORD}
 

@@ -1,0 +1,53 @@
+"""A native app's redirect URI in a real browser (RFC 8252 §7.1 private-use scheme).
+
+Chromium applies a page's CSP `form-action` to the redirect that follows a form POST; a
+policy that does not cover `com.example.app:` would strand the user on the consent page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from authlib.common.security import generate_token
+from playwright.sync_api import ConsoleMessage, Page
+
+from tests.e2e.conftest import LiveServer
+from tests.factories import PASSWORD
+
+pytestmark = pytest.mark.e2e
+NATIVE_CALLBACK = "com.example.app:/oauth/callback"
+
+
+def test_consent_redirects_to_a_private_use_scheme(live_server: LiveServer, page: Page) -> None:
+    """SECURITY.md A3-A4 in a browser: the answer leaves for the app, nothing blocks it."""
+    user = live_server.make.user(email="native@example.com")
+    client, _ = live_server.make.client(
+        name="Native App", redirect_uris=[NATIVE_CALLBACK], auth_method="none"
+    )
+    violations: list[str] = []
+
+    def watch(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            violations.append(message.text)
+
+    page.on("console", watch)
+    verifier = generate_token(64)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    page.goto(
+        f"{live_server.url}/authorize?response_type=code&client_id={client.id}"
+        f"&redirect_uri={NATIVE_CALLBACK}&scope=openid&state=native-1"
+        f"&code_challenge={challenge.decode()}&code_challenge_method=S256"
+    )
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    with page.expect_response(lambda r: "/consent" in r.url and r.request.method == "POST") as got:
+        page.get_by_role("button", name="Allow").click()
+    location = got.value.headers["location"]
+    assert location.startswith(f"{NATIVE_CALLBACK}?")
+    assert parse_qs(urlsplit(location).query)["state"] == ["native-1"]
+    page.wait_for_timeout(300)
+    assert violations == []
