@@ -11,9 +11,12 @@ from typing import Any
 
 from authserver.db import utcnow
 from authserver.keystore import KeyStore
-from authserver.oauth import tokens
+from authserver.oauth import clients, tokens
 from authserver.rest import InvalidToken, TokenVerifier
 from authserver.settings import Settings
+from authserver.users import models as users
+
+ADMIN = "admin"
 
 
 def make_verifier(keystore: KeyStore, settings: Settings) -> TokenVerifier:
@@ -24,9 +27,23 @@ def make_verifier(keystore: KeyStore, settings: Settings) -> TokenVerifier:
             raise InvalidToken()
         if not tokens.access_token_is_live(claims, now):
             raise InvalidToken()
+        if ADMIN in str(claims.get("scope", "")).split() and not _still_admin(claims):
+            scopes = [s for s in str(claims["scope"]).split() if s != ADMIN]
+            claims = {**claims, "scope": " ".join(scopes)}
         return claims
 
     return verify
+
+
+def _still_admin(claims: dict[str, Any]) -> bool:
+    """`admin` counts only while its holder may hold it (SECURITY.md J78): a person who is
+    still an active administrator, or a client an operator still registers with `admin`
+    (automation through client_credentials). Checked on every request, not at issue time."""
+    if claims["sub"] != claims["client_id"]:
+        user = users.get(claims["sub"])
+        return user is not None and user.is_active and user.is_admin
+    client = clients.query(claims["client_id"])
+    return client is not None and ADMIN in client.scope.split()
 
 
 def _for_audience(claims: dict[str, Any], audience: str) -> bool:

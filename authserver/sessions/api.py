@@ -22,7 +22,7 @@ from authserver.errors import NotFound
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users
-from authserver.users.api import ADMIN, Caller, admin, as_admin, caller
+from authserver.users.api import ADMIN, Admin, Caller, admin, as_admin, caller
 
 READ = ("sessions:read", "sessions:write")
 WRITE = ("sessions:write",)
@@ -40,7 +40,7 @@ def as_dict(login: LoginSession, current_id: str | None) -> dict[str, Any]:
     }
 
 
-def end_own(actor: Caller, user_id: str, session_id: str) -> None:
+def end_own(actor: Admin, user_id: str, session_id: str) -> None:
     """End one of `user_id`'s live sessions, or NotFound (the same for anyone else's)."""
     if not sessions.end_for_user(user_id, session_id):
         raise NotFound(NO_SUCH_SESSION)

@@ -92,16 +92,48 @@ async def caller(request: Request, scopes: tuple[str, ...]) -> Caller:
     return Caller(user_id, client_ip(request), principal)
 
 
-async def admin(request: Request) -> Caller:
-    return await caller(request, ADMIN)
+@dataclass(frozen=True)
+class ClientActor:
+    """A client acting on its own with `admin`, which only an operator can register it for
+    (automation through client_credentials); the audit trail names the client."""
+
+    client_id: str
+    ip: str
+
+    def record(
+        self,
+        event: str,
+        target_type: str,
+        target_id: str,
+        *,
+        outcome: str = "success",
+        **details: Any,
+    ) -> None:
+        audit.record(
+            event, outcome=outcome, actor_type="client", actor_id=self.client_id, ip=self.ip,
+            target_type=target_type, target_id=target_id, via="api", **details,
+        )  # fmt: skip
 
 
-async def as_admin(request: Request, actor: Caller, work: Callable[[], T]) -> T:
-    """Run `work` in one unit of work that first reads the administrator behind `actor`
-    again, so a demoted or disabled admin loses the power at once (SECURITY.md J78)."""
+Admin = Caller | ClientActor
+
+
+async def admin(request: Request) -> Admin:
+    """An administrator: a person whose token carries `admin`, or a client registered for it.
+    The token verifier has already dropped `admin` from anyone no longer entitled to it."""
+    principal = await rest.authenticate(request, ADMIN)
+    if principal.user_id is None:
+        return ClientActor(principal.client_id, client_ip(request))
+    return Caller(principal.user_id, client_ip(request), principal)
+
+
+async def as_admin(request: Request, actor: Admin, work: Callable[[], T]) -> T:
+    """Run `work` in one unit of work that first reads the administrator behind a person's
+    token again, so a demoted or disabled admin loses the power at once (SECURITY.md J78)."""
 
     def unit() -> T:
-        users.acting_admin(actor.user_id)
+        if isinstance(actor, Caller):
+            users.acting_admin(actor.user_id)
         return work()
 
     return await rest.run_sync(request, unit)
@@ -135,7 +167,7 @@ def _user(user_id: str) -> User:
     return user
 
 
-def _delete(actor: Caller, user: User) -> None:
+def _delete(actor: Admin, user: User) -> None:
     """Delete an account, unless that would leave the server without an administrator or an
     organization without an owner (the last-owner rule, SPEC §7); its sessions end and its
     token families are revoked first, so no cascade order matters."""
@@ -262,7 +294,7 @@ class UserPatch:
     is_active: bool | None = None
 
 
-def _deactivate(actor: Caller, user: User) -> None:
+def _deactivate(actor: Admin, user: User) -> None:
     """Disabled at once and for good: the sessions and token families end now, rather than
     only while the flag is off, so reactivating the account brings none of them back."""
     users.keeps_an_admin(user)

@@ -139,10 +139,14 @@ def test_a_token_without_the_scope_is_403_insufficient_scope(
 def test_a_clients_own_token_acts_for_nobody(
     api: Api, op: rest.Operation, tokens: factories.TokenFactory, bob: Person
 ) -> None:
-    """J74: a token that speaks for a client alone (no user) is refused by every identity
-    operation, even with `admin` and the right audience."""
+    """J74/J78: a token that speaks for a client alone (no user) is refused by every identity
+    operation, even claiming `admin` with the right audience, unless an operator registered
+    the client for `admin` (tests/api/test_automation.py)."""
     scopes = "admin " + " ".join(op.scopes)
-    token = tokens.access_token(None, scopes).token
+    unregistered, _ = tokens.factory.client(
+        grant_types=["client_credentials"], redirect_uris=[], scope="users:read"
+    )
+    token = tokens.access_token(None, scopes, client=unregistered).token
     assert send(api, op, token, bob).status_code in {401, 403}
 
 

@@ -389,8 +389,12 @@ def test_a_client_alone_is_refused_even_with_admin(
     path: str,
     body: Any,
 ) -> None:
-    """J74: a client_credentials token speaks for no administrator."""
-    token = tokens.access_token(None, "admin").token
+    """J74/J78: a client_credentials token claiming `admin` that its client is not
+    registered for speaks for no administrator."""
+    unregistered, _ = tokens.factory.client(
+        grant_types=["client_credentials"], redirect_uris=[], scope="users:read"
+    )
+    token = tokens.access_token(None, "admin", client=unregistered).token
     before = all_clients(services)
     response = api.call(method, CLIENTS + path.format(id=target), token, body)
     assert is_problem(response, 403)

@@ -150,7 +150,8 @@ def test_an_administrator_acts_on_any_organization(
 def test_a_demoted_administrator_loses_the_power_at_once(
     api: Api, bob: Tenant, admin: Person, make: factories.Factory, services: Services
 ) -> None:
-    """J78: the `admin` scope counts only while its person is still an administrator."""
+    """J78: the `admin` scope counts only while its person is still an administrator: the
+    next request's token no longer carries it."""
     assert api.call("GET", bob.org_path, admin.token).status_code == 200
     make.user(email="other-root@example.com", is_admin=True)
 
@@ -161,8 +162,8 @@ def test_a_demoted_administrator_loses_the_power_at_once(
 
     services.db.call(demote)
     before = rows(services)
-    assert is_problem(api.call("GET", bob.org_path, admin.token), 404)
-    assert is_problem(api.call("PATCH", bob.org_path, admin.token, {"name": "Mine"}), 404)
+    assert is_problem(api.call("GET", bob.org_path, admin.token), 403)
+    assert is_problem(api.call("PATCH", bob.org_path, admin.token, {"name": "Mine"}), 403)
     assert rows(services) == before
 
 
