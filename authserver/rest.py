@@ -204,7 +204,10 @@ def page_size(request: Request) -> int:
     raw = request.query_params.get("page_size")
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    if (
+        not (raw.isascii() and raw.isdigit() and len(raw) <= 3)
+        or not 1 <= int(raw) <= MAX_PAGE_SIZE
+    ):
         raise Invalid(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}.")
     return int(raw)
 
@@ -380,8 +383,12 @@ def openapi(operations: Sequence[Operation], issuer: str) -> dict[str, Any]:
                         "authorizationCode": {
                             "authorizationUrl": f"{issuer}/authorize",
                             "tokenUrl": f"{issuer}/token",
-                            "scopes": {},
-                        }
+                            "scopes": dict(API_SCOPES),
+                        },
+                        "clientCredentials": {
+                            "tokenUrl": f"{issuer}/token",
+                            "scopes": {"admin": API_SCOPES["admin"]},
+                        },
                     },
                 }
             }

@@ -156,3 +156,13 @@ def test_head_is_answered_like_get(api, make, tokens) -> None:
     assert api.head("/api/v1/whoami").status_code == 401
     issued = tokens.access_token(make.user(), "users:read")
     assert api.head("/api/v1/whoami", headers=bearer(issued.token)).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["0", "201", "²", "\u0661\u0660", "-1", "1.5", "9" * 5000, ""])
+def test_page_size_outside_1_to_200_is_a_400(value: str) -> None:
+    """Never a 500 for bad input: non-ASCII digits and huge numbers included."""
+    from starlette.requests import Request as Plain
+
+    request = Plain({"type": "http", "query_string": f"page_size={value}".encode()})
+    with pytest.raises(rest.Invalid):
+        rest.page_size(request)

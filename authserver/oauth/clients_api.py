@@ -1,7 +1,8 @@
 """`/api/v1/clients`: the administrators' CRUD of OAuth clients and secret rotation.
 
-Every operation needs the `admin` scope in a person's token, and that person is read again
-in each request's transaction, so a demoted administrator stops at once (SECURITY.md J78).
+Every operation needs the `admin` scope: an administrator's token (the person is read again
+in each request's transaction, so a demoted administrator stops at once, SECURITY.md J78) or
+the token of a client an operator registered with `admin`, for automation.
 A client secret leaves the server exactly twice,
 in the answer to its creation and to its rotation (with `Cache-Control: no-store`); only its
 keyed digest is stored, and no answer ever carries the digest. Registration data is
