@@ -20,7 +20,15 @@ from authserver.db import Database
 from authserver.errors import exception_handlers
 from authserver.keystore import KeyStore
 from authserver.maintenance import purge_periodically
-from authserver.oauth import authorize, bearer, build_server, discovery, endpoints, logout
+from authserver.oauth import (
+    authorize,
+    bearer,
+    build_server,
+    cors,
+    discovery,
+    endpoints,
+    logout,
+)
 from authserver.oauth.server import AuthorizationServer
 from authserver.ratelimit import RateLimiter
 from authserver.rest import TokenVerifier
@@ -62,6 +70,7 @@ def build_services(settings: Settings) -> Services:
     keystore = open_keystore(settings)
     secret = settings.secret_key.encode() if settings.secret_key else keystore.secret()
     digester = Digester(secret)
+    limiter = RateLimiter(kv.open_kv(settings.redis_url))
     return Services(
         settings=settings,
         db=Database(settings.database_url),
@@ -73,10 +82,10 @@ def build_services(settings: Settings) -> Services:
             settings.password_parallelism,
         ),
         csrf=web.Csrf(secret, issuer=settings.issuer),
-        limiter=RateLimiter(kv.open_kv(settings.redis_url)),
+        limiter=limiter,
         verify_access_token=bearer.make_verifier(keystore, settings),
         mailer=outbound.build_mailer(settings),
-        oauth=build_server(settings, keystore, digester),
+        oauth=build_server(settings, keystore, digester, limiter),
     )
 
 
@@ -91,9 +100,12 @@ def routes() -> list[BaseRoute]:
         Route("/authorize", authorize.authorize, methods=["GET", "POST"]),
         Route("/consent", authorize.consent_page, methods=["GET", "POST"]),
         Route("/token", endpoints.token, methods=["POST"]),
+        Route("/token", cors.preflight(["POST"]), methods=["OPTIONS"]),
         Route("/revoke", endpoints.revoke, methods=["POST"]),
+        Route("/revoke", cors.preflight(["POST"]), methods=["OPTIONS"]),
         Route("/introspect", endpoints.introspect, methods=["POST"]),
         Route("/userinfo", endpoints.userinfo, methods=["GET", "POST"]),
+        Route("/userinfo", cors.preflight(["GET", "POST"]), methods=["OPTIONS"]),
         Route("/login", pages.login, methods=["GET", "POST"]),
         Route("/logout", logout.logout, methods=["GET", "POST"]),
         Route("/signup", user_pages.signup, methods=["GET", "POST"]),

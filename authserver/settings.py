@@ -167,7 +167,9 @@ class Settings:
     login_rate_per_account: int = _setting(
         10, _positive_int, "failed sign-ins per account per 15 minutes"
     )
-    token_rate_per_client: int = _setting(600, _positive_int, "token requests per client/min")
+    token_rate_per_client: int = _setting(
+        600, _positive_int, "requests per client/min at /token, /revoke, /introspect"
+    )
 
     smtp_url: str | None = _setting(None, _smtp_url, "mail server; unset: mail is only logged")
     mail_from: str | None = _setting(None, _mail_address, "From: of mail; no-reply@issuer host")

@@ -146,7 +146,7 @@ class Csrf:
     def verify(self, request: Request, submitted: str | None) -> None:
         """Refuse a POST whose Origin is foreign or whose token does not match the cookie."""
         origin = request.headers.get("origin")
-        if origin is not None and origin != "null" and not _same_origin(origin, self._issuer):
+        if origin is not None and origin != "null" and not same_origin(origin, self._issuer):
             raise Forbidden("Cross-site form submission refused.")
         cookie = request.cookies.get(self.cookie)
         if not submitted or not cookie:
@@ -161,6 +161,6 @@ class Csrf:
             raise Forbidden("The form has expired. Go back, reload the page and try again.")
 
 
-def _same_origin(origin: str, issuer: str) -> bool:
+def same_origin(origin: str, issuer: str) -> bool:
     a, b = urlsplit(origin), urlsplit(issuer)
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from authserver.keystore import KeyStore
+from authserver.ratelimit import RateLimiter
 from authserver.security import Digester
 from authserver.settings import Settings
 
@@ -16,11 +17,13 @@ if TYPE_CHECKING:
     from authserver.oauth.server import AuthorizationServer
 
 
-def build_server(settings: Settings, keystore: KeyStore, digester: Digester) -> AuthorizationServer:
+def build_server(
+    settings: Settings, keystore: KeyStore, digester: Digester, limiter: RateLimiter
+) -> AuthorizationServer:
     """Authlib's server with our grants (code + PKCE + OIDC, refresh, client_credentials),
     revocation and introspection, and storage through `clients` and `tokens`.
 
-    It takes the three services it needs rather than `Services`, so that `Services` can
+    It takes the services it needs rather than `Services`, so that `Services` can
     hold the server it builds. The protocol modules are imported here, not at the top:
     `authserver.models` reaches the tables through this package, and loading the tables
     should not load Authlib's server and every endpoint with them.
@@ -31,7 +34,9 @@ def build_server(settings: Settings, keystore: KeyStore, digester: Digester) -> 
     server = AuthorizationServer(
         query_client=clients.query,
         save_token=tokens.save_token,
-        authenticate_client=clients.ClientAuthentication(digester, realm=settings.issuer),
+        authenticate_client=clients.ClientAuthentication(
+            digester, settings.issuer, limiter=limiter, per_minute=settings.token_rate_per_client
+        ),
     )
     server.register_token_generator("default", tokens.AccessTokenGenerator(keystore, settings))
     server.register_grant(

@@ -18,7 +18,8 @@ from sqlalchemy import JSON, Boolean, String, select, tuple_
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, Position, current_session, utcnow
-from authserver.errors import Conflict, Invalid
+from authserver.errors import Conflict, Invalid, TooManyRequests
+from authserver.ratelimit import RateLimiter
 from authserver.security import Digester, new_token
 
 GRANT_TYPES = (
@@ -262,9 +263,13 @@ class ClientAuthentication:
     failure is 401 `invalid_client` with a Basic challenge (§5.2, RFC 7235 §3.1).
     """
 
-    def __init__(self, digester: Digester, realm: str) -> None:
+    def __init__(
+        self, digester: Digester, realm: str, *, limiter: RateLimiter, per_minute: int
+    ) -> None:
         self._digester = digester
         self._realm = realm
+        self._limiter = limiter
+        self._per_minute = per_minute
 
     def __call__(self, request: Any, methods: list[str], endpoint: str = "token") -> Client:
         method, client_id, secret = self._presented(request)
@@ -280,8 +285,18 @@ class ClientAuthentication:
             and self._digester.matches(SECRET_PURPOSE, secret or "", client.secret_digest)
         ):
             raise self._failed("Client authentication failed.")
+        self._throttle(client, endpoint)
         request.auth_method = method
         return client
+
+    def _throttle(self, client: Client, endpoint: str) -> None:
+        """SPEC §8: a budget per client and endpoint, counted once the client is known, so
+        that nobody can spend another client's budget by naming it."""
+        retry_after = self._limiter.check(f"client-{endpoint}", client.id, self._per_minute, 60)
+        if retry_after is not None:
+            raise TooManyRequests(
+                "Too many requests from this client: slow down.", retry_after=retry_after
+            )
 
     def _presented(self, request: Any) -> tuple[str, str | None, str | None]:
         header = request.headers.get("Authorization")

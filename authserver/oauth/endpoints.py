@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from authserver import audit, db
 from authserver.errors import NO_STORE, oauth_error_response
 from authserver.keystore import KeyStore
-from authserver.oauth import tokens
+from authserver.oauth import clients, cors, tokens
 from authserver.oauth.grants import CLIENT_AUTH_METHODS
 from authserver.oauth.oidc import userinfo as userinfo_claims
 from authserver.oauth.requests import (
@@ -53,7 +53,7 @@ async def token(request: Request) -> Response:
     """RFC 6749 §3.2: the token endpoint (authorization_code, refresh_token,
     client_credentials). A missing `grant_type` is `invalid_request` (§5.2), not an
     unsupported one."""
-    return await _form_endpoint(request, _token_response)
+    return await _form_endpoint(request, _token_response, browser_apps=True)
 
 
 def _token_response(server: AuthorizationServer, snapshot: RequestSnapshot) -> Response:
@@ -66,7 +66,9 @@ def _token_response(server: AuthorizationServer, snapshot: RequestSnapshot) -> R
 async def revoke(request: Request) -> Response:
     """RFC 7009 §2."""
     return await _form_endpoint(
-        request, lambda server, snapshot: server.create_endpoint_response("revocation", snapshot)
+        request,
+        lambda server, snapshot: server.create_endpoint_response("revocation", snapshot),
+        browser_apps=True,
     )
 
 
@@ -77,14 +79,34 @@ async def introspect(request: Request) -> Response:
     )
 
 
-async def _form_endpoint(request: Request, handle: Any) -> Response:
+async def _form_endpoint(request: Request, handle: Any, *, browser_apps: bool = False) -> Response:
+    """`browser_apps`: the endpoint answers cross-origin calls from public clients' pages."""
     services: Services = request.app.state.services
     try:
         snapshot = await read_form_request(request, services.settings.issuer)
     except MalformedRequest as error:
         return oauth_error_response("invalid_request", error.description)
+    origin = cors.foreign_origin(snapshot.headers, services.settings.issuer)
+    if origin is not None and browser_apps:
+        handle = _from_browser_app(handle, origin)
     response: Response = await services.db.run_sync(handle, services.oauth, snapshot)
     return response
+
+
+def _from_browser_app(handle: Any, origin: str) -> Any:
+    """Refuse a cross-origin call before it redeems or revokes anything unless `origin` is
+    the client's own (see `cors`); a public client names itself with `client_id`."""
+
+    def checked(server: AuthorizationServer, snapshot: RequestSnapshot) -> Response:
+        client_id = snapshot.first("client_id")
+        client = clients.query(client_id) if "authorization" not in snapshot.headers else None
+        if not cors.allows(client, origin, public_only=True):
+            return oauth_error_response(
+                "invalid_request", "Cross-origin requests are not allowed from this origin."
+            )
+        return cors.allow(handle(server, snapshot), origin)
+
+    return checked
 
 
 # -- revocation and introspection ----------------------------------------------------------
@@ -272,8 +294,20 @@ class AccessTokenValidator(BearerTokenValidator):
 
 async def userinfo(request: Request) -> Response:
     """OIDC Core §5.3 with RFC 6750 errors. The token must come in the Authorization
-    header: OAuth 2.1 §5.2 drops the query parameter, and we refuse the body form too."""
+    header: OAuth 2.1 §5.2 drops the query parameter, and we refuse the body form too.
+
+    A cross-origin page may read the claims when it runs on one of the token's client's
+    redirect origins (see `cors`); an error says nothing, so any origin may read it.
+    """
     services: Services = request.app.state.services
+    origin = cors.foreign_origin(request.headers, services.settings.issuer)
+    response: Response = await _userinfo_response(request, services, origin)
+    if origin is not None and response.status_code != 200:
+        cors.allow(response, origin)
+    return response
+
+
+async def _userinfo_response(request: Request, services: Services, origin: str | None) -> Response:
     try:
         snapshot = await read_resource_request(request, services.settings.issuer)
     except MalformedRequest as error:
@@ -285,11 +319,11 @@ async def userinfo(request: Request) -> Response:
             "invalid_request",
             "Send the access token in the Authorization header.",
         )
-    response: Response = await services.db.run_sync(_userinfo, services, snapshot)
+    response: Response = await services.db.run_sync(_userinfo, services, snapshot, origin)
     return response
 
 
-def _userinfo(services: Services, snapshot: RequestSnapshot) -> Response:
+def _userinfo(services: Services, snapshot: RequestSnapshot, origin: str | None) -> Response:
     protector = ResourceProtector()
     protector.register_token_validator(AccessTokenValidator(services.keystore, services.settings))
     try:
@@ -304,13 +338,23 @@ def _userinfo(services: Services, snapshot: RequestSnapshot) -> Response:
         return _bearer_error(
             services.settings, 403, "insufficient_scope", "The access token lacks openid."
         )
+    if origin is not None and not cors.allows(
+        clients.query(claims.get("client_id")), origin, public_only=False
+    ):
+        return _bearer_error(
+            services.settings,
+            400,
+            "invalid_request",
+            "Cross-origin requests are not allowed from this origin.",
+        )
     user = users.get(claims["sub"])
     if user is None:
         return _bearer_error(services.settings, 401, "invalid_token", "The user is gone.")
     scope = claims.get("scope", "")
-    return JSONResponse(
+    response = JSONResponse(
         userinfo_claims(user, scope, _organization(claims, user.id, scope)), headers=NO_STORE
     )
+    return cors.allow(response, origin) if origin is not None else response
 
 
 def _organization(claims: dict[str, Any], user_id: str, scope: str) -> dict[str, str] | None:

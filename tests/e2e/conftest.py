@@ -7,6 +7,8 @@ browser, the relying party and the resource server.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import socket
@@ -19,15 +21,18 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from authlib.common.security import generate_token
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from authserver.app import Services, build_services
 from authserver.db import Database
 from authserver.settings import Settings
 from tests import factories
+from tests.factories import PASSWORD
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -163,3 +168,27 @@ def relying_party() -> Iterator[RelyingParty]:
     yield RelyingParty(f"http://127.0.0.1:{server.server_address[1]}", _RelyingPartyPage.received)
     server.shutdown()
     server.server_close()
+
+
+def authorize_url(server: str, client_id: str, redirect_uri: str, **params: str) -> tuple[str, str]:
+    """A code-flow request with a fresh PKCE pair, as a hand-written app builds it: the URL
+    and the verifier to redeem its code with."""
+    verifier = generate_token(64)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    query = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scope": "openid",
+        "code_challenge": base64.urlsafe_b64encode(digest).rstrip(b"=").decode(),
+        "code_challenge_method": "S256",
+        **params,
+    }
+    return f"{server}/authorize?{urlencode(query)}", verifier
+
+
+def sign_in(page: Page, email: str) -> None:
+    """Fill in and send the sign-in page the browser is on."""
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()

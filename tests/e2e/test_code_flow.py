@@ -18,8 +18,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
 from playwright.sync_api import Page
 
-from tests.e2e.conftest import LiveServer, RelyingParty
-from tests.factories import PASSWORD
+from tests.e2e.conftest import LiveServer, RelyingParty, authorize_url, sign_in
 
 pytestmark = pytest.mark.e2e
 
@@ -56,9 +55,7 @@ def test_sign_in_consent_tokens_refresh_introspect_revoke_sign_out(
     )
 
     page.goto(url)
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, user.email)
     page.get_by_role("button", name="Allow").wait_for()
     assert "Photo Printer" in page.content()
     page.get_by_role("button", name="Allow").click()
@@ -150,17 +147,10 @@ def test_form_post_response_mode_submits_itself(
     callback = f"{relying_party.url}/form-callback"
     user = live_server.make.user(email="form-post@example.com")
     client, _ = live_server.make.client(name="Form Poster", redirect_uris=[callback])
-    verifier = generate_token(64)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    url, _ = authorize_url(server, client.id, callback, state="s-123", response_mode="form_post")
     relying_party.received.clear()
-    page.goto(
-        f"{server}/authorize?response_type=code&client_id={client.id}&redirect_uri={callback}"
-        f"&scope=openid&state=s-123&response_mode=form_post"
-        f"&code_challenge={challenge.decode()}&code_challenge_method=S256"
-    )
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page.goto(url)
+    sign_in(page, user.email)
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(callback)
     posted = parse_qs(relying_party.received[-1].decode())

@@ -6,16 +6,12 @@ policy that does not cover `com.example.app:` would strand the user on the conse
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from authlib.common.security import generate_token
 from playwright.sync_api import ConsoleMessage, Page
 
-from tests.e2e.conftest import LiveServer
-from tests.factories import PASSWORD
+from tests.e2e.conftest import LiveServer, authorize_url, sign_in
 
 pytestmark = pytest.mark.e2e
 NATIVE_CALLBACK = "com.example.app:/oauth/callback"
@@ -34,16 +30,9 @@ def test_consent_redirects_to_a_private_use_scheme(live_server: LiveServer, page
             violations.append(message.text)
 
     page.on("console", watch)
-    verifier = generate_token(64)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
-    page.goto(
-        f"{live_server.url}/authorize?response_type=code&client_id={client.id}"
-        f"&redirect_uri={NATIVE_CALLBACK}&scope=openid&state=native-1"
-        f"&code_challenge={challenge.decode()}&code_challenge_method=S256"
-    )
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    url, _ = authorize_url(live_server.url, client.id, NATIVE_CALLBACK, state="native-1")
+    page.goto(url)
+    sign_in(page, user.email)
     with page.expect_response(lambda r: "/consent" in r.url and r.request.method == "POST") as got:
         page.get_by_role("button", name="Allow").click()
     location = got.value.headers["location"]

@@ -12,8 +12,7 @@ from authlib.integrations.httpx_client import OAuth2Client
 from playwright.sync_api import Page
 
 from authserver.organizations import models as orgs
-from tests.e2e.conftest import LiveServer, RelyingParty
-from tests.factories import PASSWORD
+from tests.e2e.conftest import LiveServer, RelyingParty, sign_in
 
 pytestmark = pytest.mark.e2e
 
@@ -52,9 +51,7 @@ def test_member_of_two_organizations_picks_the_second(
     )
 
     page.goto(url)
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, user.email)
     chooser = page.get_by_label("Organization")
     chooser.wait_for()
     assert chooser.locator("option").all_inner_texts() == ["Acme (Owner)", "Beta Labs (Admin)"]
