@@ -182,6 +182,7 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
             auth_method=auth_method,
             post_logout_redirect_uris=args.post_logout_redirect_uri,
             skip_consent=args.skip_consent,
+            resource_server=args.resource_server,
         )
         audit.record("client.created", actor_type="cli", target_type="client", target_id=client.id)
         record = clients.as_dict(client)
@@ -302,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     clients_create.add_argument("--post-logout-redirect-uri", action="append", default=[])
     clients_create.add_argument(
         "--skip-consent", action="store_true", help="first-party: never show consent"
+    )
+    clients_create.add_argument(
+        "--resource-server",
+        action="store_true",
+        help="an API: may introspect access tokens issued to any client",
     )
 
     orgs_create = create_command(

@@ -160,6 +160,15 @@ def test_public_client_has_no_secret(env: Path, capsys, monkeypatch) -> None:
     assert record["token_endpoint_auth_method"] == "none"
 
 
+def test_clients_create_registers_a_resource_server(env: Path, capsys, monkeypatch) -> None:
+    args = ["clients", "create", "--name", "Photos API", "--grant-type", "client_credentials"]
+    status, out, _ = run([*args, "--resource-server", "--json"], capsys, monkeypatch)
+    assert status == 0
+    record = json.loads(out)
+    assert record["resource_server"] is True
+    assert query(env, "SELECT resource_server FROM clients") == [(True,)]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -168,6 +177,11 @@ def test_public_client_has_no_secret(env: Path, capsys, monkeypatch) -> None:
         (["--redirect-uri", "http://app.example.com/cb"], "loopback"),
         (["--redirect-uri", "https://app/cb", "--grant-type", "password"], "grant type"),
         (["--public", "--grant-type", "client_credentials"], "public client"),
+        (
+            ["--public", "--redirect-uri", "http://127.0.0.1/cb", "--resource-server"],
+            "resource server",
+        ),
+        (["--redirect-uri", "https://app/cb", "--grant-type", "urn:x:device_code"], "grant type"),
         ([], "at least one redirect URI"),
         (
             ["--redirect-uri", "https://app.example.com/cb", "--auth-method", "private_key_jwt"],

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, InvalidRequestError
-from sqlalchemy import JSON, Boolean, String, select, tuple_
+from sqlalchemy import JSON, Boolean, String, false, select, tuple_
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, Position, current_session, utcnow
@@ -22,13 +22,9 @@ from authserver.errors import Conflict, Invalid, TooManyRequests
 from authserver.ratelimit import RateLimiter
 from authserver.security import Digester, new_token
 
-GRANT_TYPES = (
-    "authorization_code",
-    "refresh_token",
-    "client_credentials",
-    "urn:ietf:params:oauth:grant-type:device_code",
-)
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 #: Known but not implemented by `ClientAuthentication`: a client registered with one could
 #: never authenticate, so registration refuses it with a clear message.
 UNSUPPORTED_AUTH_METHODS = ("private_key_jwt",)
@@ -51,6 +47,9 @@ class Client(Base, ClientMixin):
     jwks_uri: Mapped[str | None] = mapped_column(String(2000))
     info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     skip_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: An API that may introspect access tokens issued to any client (RFC 7662 §2.1: the
+    #: server decides who may ask); operators grant it, never the client itself.
+    resource_server: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     refresh_rotation: Mapped[bool] = mapped_column(Boolean, default=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     dynamically_registered: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -195,6 +194,13 @@ def validate_registration(
         validate_redirect_uri(uri)
 
 
+def _check_resource_server(resource_server: bool, auth_method: str) -> None:
+    """RFC 7662 §2.1 wants introspection callers authenticated: a public client, which
+    anyone can claim to be, must not read other clients' tokens."""
+    if resource_server and auth_method not in SECRET_AUTH_METHODS:
+        raise Invalid("A resource server must authenticate with a client secret.")
+
+
 def create(
     digester: Digester,
     *,
@@ -205,6 +211,7 @@ def create(
     auth_method: str = "client_secret_basic",
     post_logout_redirect_uris: list[str] | None = None,
     skip_consent: bool = False,
+    resource_server: bool = False,
 ) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret, which exists only in this return value."""
     name = name.strip()
@@ -216,6 +223,7 @@ def create(
     validate_registration(
         redirect_uris=redirect_uris, grant_types=grant_types, auth_method=auth_method
     )
+    _check_resource_server(resource_server, auth_method)
     for uri in post_logout_redirect_uris:
         validate_redirect_uri(uri)
     secret = None if auth_method in {"none", "private_key_jwt"} else new_token()
@@ -230,6 +238,7 @@ def create(
         scope=" ".join(dict.fromkeys(scope.split())),
         token_endpoint_auth_method=auth_method,
         skip_consent=skip_consent,
+        resource_server=resource_server,
     )
     current_session().add(client)
     current_session().flush()
@@ -247,6 +256,7 @@ def as_dict(client: Client) -> dict[str, Any]:
         "scope": client.scope,
         "token_endpoint_auth_method": client.token_endpoint_auth_method,
         "skip_consent": client.skip_consent,
+        "resource_server": client.resource_server,
         "is_active": client.is_active,
         "created_at": client.created_at.isoformat(),
     }
@@ -347,9 +357,6 @@ class ChallengedClientError(InvalidClientError):
         return [*headers, ("WWW-Authenticate", f'Basic realm="{self.realm}"')]
 
 
-SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
-
-
 def listing(*, after: Position | None, limit: int) -> list[Client]:
     """Clients oldest first, from the keyset position `after` (created_at, id)."""
     query = select(Client)
@@ -368,6 +375,7 @@ def update(
     grant_types: list[str] | None = None,
     scope: str | None = None,
     skip_consent: bool | None = None,
+    resource_server: bool | None = None,
     is_active: bool | None = None,
 ) -> list[str]:
     """Change a registration, validated as `create` validates it; None leaves a field as it
@@ -389,6 +397,8 @@ def update(
             grant_types=grants if grants is not None else client.grant_types,
             auth_method=client.token_endpoint_auth_method,
         )
+    if resource_server:
+        _check_resource_server(resource_server, client.token_endpoint_auth_method)
     logout_uris = None
     if post_logout_redirect_uris is not None:
         logout_uris = [validate_redirect_uri(u) for u in dict.fromkeys(post_logout_redirect_uris)]
@@ -403,6 +413,7 @@ def update(
         "response_types": response_types,
         "scope": None if scope is None else " ".join(dict.fromkeys(scope.split())),
         "skip_consent": skip_consent,
+        "resource_server": resource_server,
         "is_active": is_active,
     }
     changed = [f for f, v in wanted.items() if v is not None and getattr(client, f) != v]

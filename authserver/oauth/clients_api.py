@@ -36,6 +36,7 @@ class NewClient:
     scope: str = clients.DEFAULT_SCOPE
     token_endpoint_auth_method: str = "client_secret_basic"
     skip_consent: bool = False
+    resource_server: bool = False
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ClientPatch:
     grant_types: list[str] | None = None
     scope: str | None = None
     skip_consent: bool | None = None
+    resource_server: bool | None = None
     is_active: bool | None = None
 
 
@@ -85,6 +87,7 @@ async def create_client(request: Request) -> Response:
             auth_method=body.token_endpoint_auth_method,
             post_logout_redirect_uris=body.post_logout_redirect_uris,
             skip_consent=body.skip_consent,
+            resource_server=body.resource_server,
         )
         me.record("client.created", "client", client.id)
         created = clients.as_dict(client)
@@ -122,6 +125,7 @@ async def update_client(request: Request) -> Response:
             grant_types=body.grant_types,
             scope=body.scope,
             skip_consent=body.skip_consent,
+            resource_server=body.resource_server,
             is_active=body.is_active,
         )
         if changed:
@@ -191,6 +195,10 @@ REDIRECT_URI = {
 }
 URIS = {"type": "array", "items": REDIRECT_URI}
 GRANT_TYPES = {"type": "array", "items": {"type": "string", "enum": list(clients.GRANT_TYPES)}}
+RESOURCE_SERVER = {
+    "type": "boolean",
+    "description": "May introspect access tokens issued to any client (needs a secret).",
+}
 CLIENT = {
     "type": "object",
     "additionalProperties": False,
@@ -204,6 +212,7 @@ CLIENT = {
         "scope",
         "token_endpoint_auth_method",
         "skip_consent",
+        "resource_server",
         "is_active",
         "created_at",
     ],
@@ -217,6 +226,7 @@ CLIENT = {
         "scope": {"type": "string"},
         "token_endpoint_auth_method": {"type": "string"},
         "skip_consent": {"type": "boolean"},
+        "resource_server": RESOURCE_SERVER,
         "is_active": {"type": "boolean"},
         "created_at": rest.TIMESTAMP,
     },
@@ -246,6 +256,7 @@ NEW_CLIENT = {
         "scope": SCOPE,
         "token_endpoint_auth_method": {"type": "string", "enum": list(clients.AUTH_METHODS)},
         "skip_consent": {"type": "boolean"},
+        "resource_server": RESOURCE_SERVER,
     },
     "allOf": [
         {
@@ -263,14 +274,16 @@ NEW_CLIENT = {
             },
         },
         {
-            "description": "A public client (auth method none) cannot use client_credentials.",
+            "description": "A public client (auth method none) cannot use client_credentials "
+            "or be a resource server.",
             "if": {
                 "required": ["token_endpoint_auth_method"],
                 "properties": {"token_endpoint_auth_method": {"const": "none"}},
             },
             "then": {
                 "properties": {
-                    "grant_types": {"not": {"contains": {"const": "client_credentials"}}}
+                    "grant_types": {"not": {"contains": {"const": "client_credentials"}}},
+                    "resource_server": {"const": False},
                 }
             },
         },
@@ -287,6 +300,7 @@ CLIENT_PATCH = {
         "grant_types": {**GRANT_TYPES, "type": ["array", "null"], "minItems": 1},
         "scope": {**SCOPE, "type": ["string", "null"]},
         "skip_consent": {"type": ["boolean", "null"]},
+        "resource_server": {**RESOURCE_SERVER, "type": ["boolean", "null"]},
         "is_active": {"type": ["boolean", "null"]},
     },
 }

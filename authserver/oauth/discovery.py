@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from authserver.keystore import ALGORITHMS, KeyStore
+from authserver.oauth.clients import AUTH_METHODS, GRANT_TYPES, SECRET_AUTH_METHODS
 from authserver.rest import API_SCOPES
 from authserver.settings import Settings
 
@@ -17,8 +18,6 @@ CLAIMS = (
     "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "at_hash",
     "name", "email", "email_verified", "org_id", "org_role",
 )  # fmt: skip
-TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
-SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 PUBLIC_CACHE = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
 
 
@@ -39,11 +38,11 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         "claims_supported": list(CLAIMS),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": list(GRANT_TYPES),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(signing_algs),
-        "token_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
-        "revocation_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
+        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "introspection_endpoint_auth_methods_supported": list(SECRET_AUTH_METHODS),
         "code_challenge_methods_supported": ["S256"],
         "prompt_values_supported": ["none", "login", "consent", "select_account"],

@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from authserver.app import Services
     from authserver.oauth.server import AuthorizationServer
 
-SECRET_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-
 
 async def token(request: Request) -> Response:
     """RFC 6749 §3.2: the token endpoint (authorization_code, refresh_token,
@@ -126,6 +124,11 @@ class FoundAccessToken:
     def check_client(self, client: Any) -> bool:
         return self.client_id == client.get_client_id()
 
+    def may_introspect(self, client: Any) -> bool:
+        """Its own client, or an API the operator registered as a resource server: access
+        tokens are what resource servers receive."""
+        return self.check_client(client) or bool(client.resource_server)
+
     def is_active(self, now: datetime) -> bool:
         return tokens.access_token_is_live(self.claims, now)
 
@@ -156,6 +159,10 @@ class FoundRefreshToken:
 
     def check_client(self, client: Any) -> bool:
         return self.presented.check_client(client)
+
+    def may_introspect(self, client: Any) -> bool:
+        """A refresh token never goes to a resource server: only its own client asks."""
+        return self.check_client(client)
 
     def is_active(self, now: datetime) -> bool:
         row = self.presented.row
@@ -249,12 +256,13 @@ class Revocation(_TokenLookup, RevocationEndpoint):
 
 class Introspection(_TokenLookup, IntrospectionEndpoint):
     """RFC 7662. Callers authenticate with a secret (§2.1, against token scanning) and see
-    only their own tokens; everything else is `{"active": false}` and nothing more (§2.2)."""
+    their own tokens, plus any access token when registered as a resource server;
+    everything else is `{"active": false}` and nothing more (§2.2)."""
 
-    CLIENT_AUTH_METHODS = SECRET_AUTH_METHODS
+    CLIENT_AUTH_METHODS = list(clients.SECRET_AUTH_METHODS)
 
     def check_permission(self, token: FoundToken, client: Any, request: Any) -> bool:
-        return token.check_client(client)
+        return token.may_introspect(client)
 
     def create_introspection_payload(self, token: FoundToken | None) -> dict[str, Any]:
         if token is None or not token.is_active(db.utcnow()):

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from authserver.app import Services
+from authserver.errors import Invalid
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users
@@ -187,3 +188,42 @@ def test_inactive_tokens_say_only_that(
 def test_introspecting_an_id_token_is_inactive(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
     """SECURITY.md F52: an ID token is not an access token."""
     assert flow.introspect(rp, issued["id_token"]) == {"active": False}
+
+
+@pytest.fixture
+def resource_server(make: factories.Factory) -> RP:
+    client, secret = make.client(
+        name="Photos API", grant_types=["client_credentials"], scope="", resource_server=True
+    )
+    return RP(client, secret)
+
+
+def test_a_resource_server_introspects_access_tokens_of_any_client(
+    flow: Flow, rp: RP, resource_server: RP, issued: dict[str, Any], user: User
+) -> None:
+    """SECURITY.md E48 "(not permitted)": an API the operator registered as a resource
+    server is permitted for access tokens, and sees revocation at once."""
+    described = flow.introspect(resource_server, issued["access_token"])
+    assert set(described) >= ACTIVE_MEMBERS
+    assert described["active"] is True
+    assert described["sub"] == user.id
+    assert described["client_id"] == rp.id
+
+    assert revoke(flow, rp, issued["access_token"]).status_code == 200
+    assert flow.introspect(resource_server, issued["access_token"]) == {"active": False}
+
+
+def test_a_resource_server_learns_nothing_of_refresh_tokens_and_revokes_nothing(
+    flow: Flow, rp: RP, resource_server: RP, issued: dict[str, Any]
+) -> None:
+    """SECURITY.md E46, E48: refresh tokens never go to resource servers, and introspection
+    rights are not revocation rights."""
+    assert flow.introspect(resource_server, issued["refresh_token"]) == {"active": False}
+    assert_oauth_error(revoke(flow, resource_server, issued["access_token"]), "invalid_request")
+    assert flow.introspect(rp, issued["access_token"])["active"] is True
+
+
+def test_a_public_client_cannot_be_a_resource_server(make: factories.Factory) -> None:
+    """RFC 7662 §2.1: anyone can claim a public client's id."""
+    with pytest.raises(Invalid, match="resource server"):
+        make.client(name="SPA", auth_method="none", resource_server=True)

@@ -78,6 +78,7 @@ def test_create_defaults(api: Api, admin: Person) -> None:
     created = create(api, admin, grant_types=[], scope=clients.DEFAULT_SCOPE)
     assert created["grant_types"] == ["authorization_code", "refresh_token"]
     assert created["skip_consent"] is False
+    assert created["resource_server"] is False
     assert created["is_active"] is True
 
 
@@ -101,6 +102,8 @@ def test_create_defaults(api: Api, admin: Person) -> None:
         {"scope": "openid\x00admin"},
         {"client_name": 5},
         {"skip_consent": "yes"},
+        {"resource_server": 1},
+        {"token_endpoint_auth_method": "none", "resource_server": True},
         {"secret_digest": "abc"},
         {"client_id": "mine"},
         {"client_secret": "chosen-by-me"},
@@ -154,6 +157,7 @@ def test_update(api: Api, admin: Person, services: Services) -> None:
         "grant_types": ["client_credentials"],
         "scope": "api api reports",
         "skip_consent": True,
+        "resource_server": True,
     }
     response = api.call("PATCH", path, admin.token, patch)
     assert response.status_code == 200
@@ -165,6 +169,7 @@ def test_update(api: Api, admin: Person, services: Services) -> None:
     assert updated["response_types"] == []
     assert updated["scope"] == "api reports"
     assert updated["skip_consent"] is True
+    assert updated["resource_server"] is True
     assert api.call("GET", path, admin.token).json() == updated
     events = audit_events(services, "client.updated")
     assert events[0].details["fields"] == [
@@ -175,6 +180,7 @@ def test_update(api: Api, admin: Person, services: Services) -> None:
         "response_types",
         "scope",
         "skip_consent",
+        "resource_server",
     ]
     unchanged = api.call("PATCH", path, admin.token, {"client_name": None, "scope": "api reports"})
     assert unchanged.json() == updated
@@ -211,7 +217,9 @@ def test_update_validates_like_create(
     assert all_clients(services) == before
 
 
-def test_a_public_client_cannot_gain_client_credentials(api: Api, admin: Person) -> None:
+def test_a_public_client_cannot_gain_client_credentials_or_introspection(
+    api: Api, admin: Person
+) -> None:
     created = create(
         api,
         admin,
@@ -219,9 +227,13 @@ def test_a_public_client_cannot_gain_client_credentials(api: Api, admin: Person)
         grant_types=["authorization_code"],
         token_endpoint_auth_method="none",
     )
-    patch = {"grant_types": ["authorization_code", "client_credentials"]}
-    response = api.call("PATCH", f"{CLIENTS}/{created['client_id']}", admin.token, patch)
-    assert is_problem(response, 400)
+    path = f"{CLIENTS}/{created['client_id']}"
+    for patch in (
+        {"grant_types": ["authorization_code", "client_credentials"]},
+        {"resource_server": True},
+    ):
+        assert is_problem(api.call("PATCH", path, admin.token, patch), 400)
+    assert api.call("GET", path, admin.token).json() == created
 
 
 def test_deactivating_stops_its_tokens_at_once(
