@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from authserver import api, kv, observability, outbound, web
+from authserver.app_access import AppAccess
 from authserver.db import Database
 from authserver.errors import exception_handlers
 from authserver.keystore import KeyStore
@@ -29,6 +30,7 @@ from authserver.oauth import (
     endpoints,
     logout,
 )
+from authserver.oauth.app_access import OAuthAppAccess
 from authserver.oauth.server import AuthorizationServer
 from authserver.ratelimit import RateLimiter
 from authserver.rest import TokenVerifier
@@ -51,6 +53,7 @@ class Services:
     csrf: web.Csrf
     limiter: RateLimiter
     verify_access_token: TokenVerifier
+    app_access: AppAccess
     mailer: outbound.Mailer
     oauth: AuthorizationServer
 
@@ -84,6 +87,7 @@ def build_services(settings: Settings) -> Services:
         csrf=web.Csrf(secret, issuer=settings.issuer),
         limiter=limiter,
         verify_access_token=bearer.make_verifier(keystore, settings),
+        app_access=OAuthAppAccess(),
         mailer=outbound.build_mailer(settings),
         oauth=build_server(settings, keystore, digester, limiter),
     )

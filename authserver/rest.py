@@ -72,12 +72,12 @@ class UnsupportedMediaType(AppError):
 
 
 class TokenVerifier(Protocol):
-    """Checks an access token and returns its claims, or raises `InvalidToken`.
+    """Checks an access token and returns who it speaks for, or raises `InvalidToken`.
 
     Called inside a unit of work, so it may consult storage (revocation, session, user).
     """
 
-    def __call__(self, token: str, *, audience: str) -> dict[str, Any]: ...
+    def __call__(self, token: str, *, audience: str) -> Principal: ...
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,8 @@ class Principal:
     user_id: str | None
     scopes: frozenset[str]
     claims: dict[str, Any]
+    #: The browser session the token's grant is bound to, if any.
+    session_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -112,16 +114,12 @@ async def authenticate(request: Request, any_of: Sequence[str]) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
         raise Invalid("The Authorization header must be `Bearer <token>`.")
-    claims = await services.db.run_sync(
+    principal: Principal = await services.db.run_sync(
         services.verify_access_token, token.strip(), audience=services.settings.api_audience
     )
-    scopes = frozenset(str(claims.get("scope", "")).split())
-    if any_of and not scopes & {*any_of, "admin"}:
+    if any_of and not principal.scopes & {*any_of, "admin"}:
         raise InsufficientScope(any_of)
-    user_id = claims.get("sub") if claims.get("sub") != claims.get("client_id") else None
-    return Principal(
-        client_id=str(claims.get("client_id")), user_id=user_id, scopes=scopes, claims=claims
-    )
+    return principal
 
 
 async def read_json(request: Request, model: type[Any]) -> Any:

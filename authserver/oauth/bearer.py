@@ -12,7 +12,7 @@ from typing import Any
 from authserver.db import utcnow
 from authserver.keystore import KeyStore
 from authserver.oauth import clients, tokens
-from authserver.rest import InvalidToken, TokenVerifier
+from authserver.rest import InvalidToken, Principal, TokenVerifier
 from authserver.settings import Settings
 from authserver.users import models as users
 
@@ -20,7 +20,7 @@ ADMIN = "admin"
 
 
 def make_verifier(keystore: KeyStore, settings: Settings) -> TokenVerifier:
-    def verify(token: str, *, audience: str) -> dict[str, Any]:
+    def verify(token: str, *, audience: str) -> Principal:
         now = utcnow()
         claims = tokens.verify_access_token(keystore, settings, token, now)
         if claims is None or not _for_audience(claims, audience):
@@ -30,7 +30,14 @@ def make_verifier(keystore: KeyStore, settings: Settings) -> TokenVerifier:
         if ADMIN in str(claims.get("scope", "")).split() and not _still_admin(claims):
             scopes = [s for s in str(claims["scope"]).split() if s != ADMIN]
             claims = {**claims, "scope": " ".join(scopes)}
-        return claims
+        client_id = str(claims["client_id"])
+        return Principal(
+            client_id=client_id,
+            user_id=claims["sub"] if claims["sub"] != client_id else None,
+            scopes=frozenset(str(claims.get("scope", "")).split()),
+            claims=claims,
+            session_id=tokens.session_of(claims["jti"]),
+        )
 
     return verify
 

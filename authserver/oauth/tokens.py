@@ -445,6 +445,15 @@ def access_token_is_live(claims: dict[str, Any], now: datetime) -> bool:
     return family is not None and family_is_live(family, now)
 
 
+def session_of(jti: str) -> str | None:
+    """The browser session an access token's grant was made in (None for a client's own)."""
+    token = current_session().get(AccessToken, jti)
+    family = (
+        current_session().get(TokenFamily, token.family_id) if token and token.family_id else None
+    )
+    return family.session_id if family is not None else None
+
+
 def revoke_access_token(jti: str, now: datetime) -> bool:
     result = current_session().execute(
         update(AccessToken)

@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from authserver import rest
+from authserver.app_access import AppAccess
 from authserver.db import utcnow
-from authserver.oauth import consent, consents_api
 from authserver.organizations import models as orgs
 from authserver.sessions import api as sessions_api
 from authserver.sessions import models as sessions
@@ -49,7 +49,7 @@ async def account(request: Request) -> Response:
     if login is None:
         return RedirectResponse("/login?next=/account", status_code=303)
     services: Services = request.app.state.services
-    view = await services.db.run_sync(_view, login)
+    view = await services.db.run_sync(_view, services.app_access, login)
     view["notice"] = NOTICES.get(request.query_params.get("done", ""))
     return render(request, "account.html", view)
 
@@ -85,7 +85,8 @@ async def revoke_consent(request: Request) -> Response:
         return RedirectResponse("/login", status_code=303)
     _, actor = signed_in
     consent_id = rest.path_id(request, "consent_id")
-    await request.app.state.services.db.run_sync(consents_api.revoke_own, actor, consent_id)
+    services: Services = request.app.state.services
+    await services.db.run_sync(services.app_access.revoke_app, actor, consent_id)
     return RedirectResponse("/account?done=consent_revoked", status_code=303)
 
 
@@ -99,7 +100,7 @@ async def _signed_in_post(request: Request) -> tuple[LoginSession, Caller] | Non
     return login, Caller(login.user_id, client_ip(request))
 
 
-def _view(login: LoginSession) -> dict[str, Any]:
+def _view(access: AppAccess, login: LoginSession) -> dict[str, Any]:
     now = utcnow()
     user = users.get(login.user_id)
     assert user is not None, "a live session has a user"
@@ -122,13 +123,13 @@ def _view(login: LoginSession) -> dict[str, Any]:
         ],
         "consents": [
             {
-                "id": row.id,
-                "client_name": name,
-                "scopes": consent.describe(row.scope, name),
-                "since": f"{row.created_at.day} {row.created_at:%B %Y}",
-                "since_at": row.created_at.isoformat(),
+                "id": app.consent_id,
+                "client_name": app.client_name,
+                "scopes": app.scopes,
+                "since": f"{app.since.day} {app.since:%B %Y}",
+                "since_at": app.since.isoformat(),
             }
-            for row, name in consent.page_for_user(user.id, after=None, limit=SHOWN)
+            for app in access.allowed_apps(user.id, limit=SHOWN)
         ],
         "organizations": [
             {"name": organization.name, "role": role}

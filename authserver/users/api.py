@@ -23,9 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import audit, rest
-from authserver.db import current_session
+from authserver.app_access import AppAccess
 from authserver.errors import Conflict, Invalid, NotFound, TooManyRequests
-from authserver.oauth import tokens
 from authserver.organizations import models as orgs
 from authserver.sessions import models as sessions
 from authserver.sessions.pages import ACCOUNT_WINDOW
@@ -73,15 +72,9 @@ class Caller:
         )
 
     def session_id(self) -> str | None:
-        """The browser session the caller's token was issued in (its token family's), so
-        "end my other sessions" spares the one the request comes from. Runs in a unit of
-        work."""
-        if self.principal is None:
-            return None
-        token = current_session().get(tokens.AccessToken, self.principal.claims["jti"])
-        family_id = token.family_id if token is not None else None
-        family = current_session().get(tokens.TokenFamily, family_id) if family_id else None
-        return family.session_id if family is not None else None
+        """The browser session the caller's token was issued in, so "end my other
+        sessions" spares the one the request comes from."""
+        return self.principal.session_id if self.principal is not None else None
 
 
 async def caller(request: Request, scopes: tuple[str, ...]) -> Caller:
@@ -151,12 +144,12 @@ def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str
 
 
 def end_everything(
-    user_id: str, *, reason: str, keep_session_id: str | None = None
+    access: AppAccess, user_id: str, *, reason: str, keep_session_id: str | None = None
 ) -> dict[str, int]:
     """End a user's sessions and revoke their token families (all but `keep_session_id`'s),
     so that nothing signed in before survives a reactivation or a password change."""
     ended = sessions.end_all_for_user(user_id, except_session_id=keep_session_id)
-    revoked = tokens.revoke_user_families(user_id, reason=reason, keep_session_id=keep_session_id)
+    revoked = access.end_grants(user_id, reason=reason, keep_session_id=keep_session_id)
     return {"sessions_ended": ended, "token_families_revoked": revoked}
 
 
@@ -167,7 +160,7 @@ def _user(user_id: str) -> User:
     return user
 
 
-def _delete(actor: Admin, user: User) -> None:
+def _delete(actor: Admin, user: User, access: AppAccess) -> None:
     """Delete an account, unless that would leave the server without an administrator or an
     organization without an owner (the last-owner rule, SPEC §7); its sessions end and its
     token families are revoked first, so no cascade order matters."""
@@ -178,7 +171,7 @@ def _delete(actor: Admin, user: User) -> None:
             f"The account is the only owner of {len(owned)} organization(s); "
             "make someone else an owner first."
         )
-    ended = end_everything(user.id, reason="account_deleted")
+    ended = end_everything(access, user.id, reason="account_deleted")
     actor.record("user.deleted", "user", user.id, **ended)
     users.delete_user(user)
 
@@ -222,8 +215,10 @@ async def update_me(request: Request) -> Response:
 async def delete_me(request: Request) -> Response:
     me = await caller(request, WRITE)
 
+    access = request.app.state.services.app_access
+
     def delete() -> None:
-        _delete(me, _user(me.user_id))
+        _delete(me, _user(me.user_id), access)
 
     await rest.run_sync(request, delete)
     return Response(status_code=204)
@@ -265,7 +260,9 @@ async def change_my_password(request: Request) -> Response:
         users.set_password(user, password_hash)
         users.revoke_links(user.id, users.RESET_PASSWORD)
         kept = me.session_id()
-        ended = end_everything(user.id, reason="password_changed", keep_session_id=kept)
+        ended = end_everything(
+            services.app_access, user.id, reason="password_changed", keep_session_id=kept
+        )
         me.record("password.changed", "user", user.id, **ended)
 
     await services.db.run_sync(change)
@@ -294,12 +291,12 @@ class UserPatch:
     is_active: bool | None = None
 
 
-def _deactivate(actor: Admin, user: User) -> None:
+def _deactivate(actor: Admin, user: User, access: AppAccess) -> None:
     """Disabled at once and for good: the sessions and token families end now, rather than
     only while the flag is off, so reactivating the account brings none of them back."""
     users.keeps_an_admin(user)
     user.is_active = False
-    ended = end_everything(user.id, reason="user_deactivated")
+    ended = end_everything(access, user.id, reason="user_deactivated")
     actor.record("user.deactivated", "user", user.id, **ended)
 
 
@@ -364,6 +361,7 @@ async def update_user(request: Request) -> Response:
     user_id = rest.path_id(request, "user_id")
     body: UserPatch = await rest.read_json(request, UserPatch)
     name = users.validate_name(body.name) if body.name is not None else None
+    access = request.app.state.services.app_access
 
     def update() -> dict[str, object]:
         user = _user(user_id)
@@ -383,7 +381,7 @@ async def update_user(request: Request) -> Response:
             flags = {field: value for field, value in changes.items() if field != "name"}
             actor.record("user.updated", "user", user.id, fields=sorted(changes), **flags)
         if body.is_active is False and user.is_active:
-            _deactivate(actor, user)
+            _deactivate(actor, user, access)
         return users.as_dict(user)
 
     return JSONResponse(await as_admin(request, actor, update))
@@ -393,9 +391,11 @@ async def deactivate_user(request: Request) -> Response:
     actor = await admin(request)
     user_id = rest.path_id(request, "user_id")
 
+    access = request.app.state.services.app_access
+
     def deactivate() -> dict[str, object]:
         user = _user(user_id)
-        _deactivate(actor, user)
+        _deactivate(actor, user, access)
         return users.as_dict(user)
 
     return JSONResponse(await as_admin(request, actor, deactivate))
@@ -405,8 +405,10 @@ async def delete_user(request: Request) -> Response:
     actor = await admin(request)
     user_id = rest.path_id(request, "user_id")
 
+    access = request.app.state.services.app_access
+
     def delete() -> None:
-        _delete(actor, _user(user_id))
+        _delete(actor, _user(user_id), access)
 
     await as_admin(request, actor, delete)
     return Response(status_code=204)

@@ -23,7 +23,6 @@ from starlette.responses import RedirectResponse, Response
 
 from authserver import audit, outbound
 from authserver.errors import Conflict, Invalid, NotFound
-from authserver.oauth import tokens
 from authserver.outbound import Mail
 from authserver.sessions import models as sessions
 from authserver.sessions.pages import ACCOUNT_WINDOW, current_login, render
@@ -293,7 +292,7 @@ def _reset(services: Services, raw_token: str, *, password_hash: str, ip: str) -
     users.mark_email_verified(user)
     users.revoke_links(user.id, users.RESET_PASSWORD)
     ended = sessions.end_all_for_user(user.id)
-    revoked = tokens.revoke_user_families(user.id, reason="password_reset")
+    revoked = services.app_access.end_grants(user.id, reason="password_reset")
     _audit_own(
         "password.reset", user.id, ip=ip, sessions_ended=ended, token_families_revoked=revoked
     )
@@ -311,7 +310,7 @@ def _change(
     users.set_password(user, password_hash)
     users.revoke_links(user.id, users.RESET_PASSWORD)
     ended = sessions.end_all_for_user(user.id, except_session_id=session_id)
-    revoked = tokens.revoke_user_families(
+    revoked = services.app_access.end_grants(
         user.id, reason="password_changed", keep_session_id=session_id
     )
     _audit_own(

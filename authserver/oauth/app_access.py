@@ -1,0 +1,22 @@
+"""The OAuth side of `authserver.app_access`: grants and consents, for identity's pages and API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authserver.app_access import AllowedApp
+from authserver.oauth import consent, consents_api, tokens
+
+
+class OAuthAppAccess:
+    def end_grants(self, user_id: str, *, reason: str, keep_session_id: str | None = None) -> int:
+        return tokens.revoke_user_families(user_id, reason=reason, keep_session_id=keep_session_id)
+
+    def allowed_apps(self, user_id: str, *, limit: int) -> list[AllowedApp]:
+        return [
+            AllowedApp(row.id, name, consent.describe(row.scope, name), row.created_at)
+            for row, name in consent.page_for_user(user_id, after=None, limit=limit)
+        ]
+
+    def revoke_app(self, actor: Any, consent_id: str) -> None:
+        consents_api.revoke_own(actor, consent_id)
