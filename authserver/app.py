@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from authserver import api, kv, observability, outbound, web
 from authserver.app_access import AppAccess
 from authserver.db import Database
-from authserver.errors import exception_handlers
+from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
 from authserver.keystore import KeyStore
 from authserver.maintenance import purge_periodically
 from authserver.oauth import (
@@ -151,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(observability.RequestLogMiddleware, metrics=metrics),
             Middleware(web.SecurityHeadersMiddleware, https=settings.is_https),
             Middleware(web.BodySizeLimitMiddleware),
+            Middleware(UnexpectedErrorMiddleware),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

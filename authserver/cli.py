@@ -81,6 +81,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     from authserver.app import open_keystore
     from authserver.observability import configure_logging
+    from authserver.serving import uvicorn_options
 
     open_keystore(settings)
     if not schema_is_current(settings.database_url):
@@ -99,8 +100,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         workers=args.workers,
         reload=args.reload,
         log_level="warning",
-        proxy_headers=True,
-        server_header=False,
+        **uvicorn_options(settings),
     )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("authserver.errors")
 
@@ -107,6 +108,7 @@ def problem_response(
     body = {"type": "about:blank", "title": STATUS_TITLES.get(status, "Error"), "status": status}
     body["detail"] = detail
     body.update(extra)
+    headers = {**NO_STORE, **(headers or {})}
     return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
 
 
@@ -166,6 +168,35 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return render_error(request, 500, "An unexpected error occurred.")
+
+
+class UnexpectedErrorMiddleware:
+    """The generic 500, answered inside the other middleware so that it carries the security
+    headers and the request id like every other answer (Starlette's own catch-all sits
+    outside all middleware). The exception goes on up afterwards, for the server's log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if not started:
+                response = await handle_unexpected(Request(scope), exc)
+                await response(scope, receive, send)
+            raise
 
 
 def exception_handlers() -> dict[Any, Any]:

@@ -7,6 +7,7 @@ it is echoed back.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -130,6 +131,17 @@ class RequestLogMiddleware:
 
 
 async def metrics(request: Request) -> Response:
+    """Prometheus text; with `AUTHSERVER_METRICS_TOKEN` set, only for `Bearer <token>`
+    (compared in constant time). The other way to keep it private is a proxy rule."""
+    token = request.app.state.settings.metrics_token
+    if token is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            return Response(
+                "Unauthorized", 401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'}
+            )
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

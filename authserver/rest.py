@@ -22,8 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from authserver import jsonsafe
 from authserver.db import ID_MAX, Position
-from authserver.errors import AppError, Forbidden, Invalid, NotFound
+from authserver.errors import NO_STORE, AppError, Forbidden, Invalid, NotFound
+from authserver.jsonsafe import UnsafeJson
 
 #: The scopes of this issuer's own API; a token carrying any of them is for `<issuer>/api/v1`.
 API_SCOPES = {
@@ -132,8 +134,10 @@ async def read_json(request: Request, model: type[Any]) -> Any:
     if media_type != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+        body = jsonsafe.loads(await request.body())
+    except UnsafeJson as exc:
+        raise Invalid(str(exc)) from None
+    except ValueError:
         raise Invalid("The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise Invalid("The body must be a JSON object.")
@@ -298,7 +302,8 @@ class Operation:
 
 
 def routes(operations: Sequence[Operation]) -> list[Route]:
-    """Starlette routes, one per path, dispatching on method (405 for the others)."""
+    """Starlette routes, one per path, dispatching on method (405 for the others). Answers
+    carry personal data, so none is kept in any cache (problems neither: `errors.py`)."""
     by_path: dict[str, dict[str, Handler]] = {}
     for operation in operations:
         by_path.setdefault(operation.path, {})[operation.method] = operation.handler
@@ -306,7 +311,9 @@ def routes(operations: Sequence[Operation]) -> list[Route]:
     def dispatch(handlers: dict[str, Handler]) -> Handler:
         async def endpoint(request: Request) -> Response:
             method = "GET" if request.method == "HEAD" else request.method
-            return await handlers[method](request)
+            response = await handlers[method](request)
+            response.headers.update(NO_STORE)
+            return response
 
         endpoint.__name__ = "api_" + "_".join(sorted(h.__name__ for h in handlers.values()))
         return endpoint

@@ -117,6 +117,24 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _networks(value: str) -> tuple[str, ...]:
+    import ipaddress
+
+    entries = tuple(part.strip() for part in value.split(",") if part.strip())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or CIDR range") from None
+    return entries
+
+
+def _metrics_token(value: str) -> str:
+    if len(value) < 16 or not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError("must be at least 16 printable ASCII characters without spaces")
+    return value
+
+
 def _setting(default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -179,6 +197,16 @@ class Settings:
         20, _positive_int, "sign-ups and emailed-link requests per IP per hour"
     )
     mail_rate_per_address: int = _setting(5, _positive_int, "emails to one address per hour")
+
+    trusted_proxies: tuple[str, ...] = _setting(
+        (), _networks, "proxies whose X-Forwarded-For is believed; none by default"
+    )
+    metrics_token: str | None = _setting(
+        None, _metrics_token, "when set, /metrics needs Authorization: Bearer <token>"
+    )
+    require_verified_email: bool = _setting(
+        False, _bool, "people sign in only after verifying their email address"
+    )
 
     @classmethod
     def from_env(

@@ -74,13 +74,31 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-class BodySizeLimitMiddleware:
-    """413 for bodies over the limit, 414 for over-long URLs, before anything parses them."""
+#: Request header limits, checked again here behind the server's own (see `cli.serve`).
+MAX_HEADER_COUNT = 100
+MAX_HEADER_BYTES = 32 * 1024
+MAX_URL_BYTES = 8 * 1024
+MAX_BODY_BYTES = 64 * 1024
 
-    def __init__(self, app: ASGIApp, *, max_body: int = 64 * 1024, max_url: int = 8 * 1024) -> None:
+
+class BodySizeLimitMiddleware:
+    """413 for bodies over the limit, 414 for over-long URLs, 431 for too many or too large
+    request headers (RFC 6585 §5), before anything parses them."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int = MAX_BODY_BYTES,
+        max_url: int = MAX_URL_BYTES,
+        max_headers: int = MAX_HEADER_COUNT,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_url = max_url
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,6 +106,11 @@ class BodySizeLimitMiddleware:
             return
         if len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) > self.max_url:
             await _plain(send, 414, b"URI too long")
+            return
+        headers = scope["headers"]
+        size = sum(len(name) + len(value) + 4 for name, value in headers)
+        if len(headers) > self.max_headers or size > self.max_header_bytes:
+            await _plain(send, 431, b"Request header fields too large")
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
@@ -159,6 +182,12 @@ class Csrf:
             ) from None
         if not isinstance(value, str) or not hmac.compare_digest(value, cookie):
             raise Forbidden("The form has expired. Go back, reload the page and try again.")
+
+
+def client_ip(request: Request) -> str:
+    """The caller's address: the peer, or what a trusted proxy (`AUTHSERVER_TRUSTED_PROXIES`,
+    applied by uvicorn before the app runs) says it forwarded for. Rate limits count this."""
+    return request.client.host if request.client else ""
 
 
 def same_origin(origin: str, issuer: str) -> bool:

@@ -25,7 +25,7 @@ from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import clear_session_cookie, read_form, render
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD
+from authserver.web import CSRF_FIELD, client_ip
 
 if TYPE_CHECKING:
     from authserver.app import Services
@@ -77,7 +77,7 @@ async def logout(request: Request) -> Response:
     form = await read_form(request) if request.method == "POST" else None
     params = LogoutRequest.read(request.query_params if form is None else form)
     raw_sid = request.cookies.get(sessions.cookie_name(services.settings))
-    ip = request.client.host if request.client else ""
+    ip = client_ip(request)
     if form is not None and (CSRF_FIELD in form or params.empty):
         services.csrf.verify(request, form.get(CSRF_FIELD))
         outcome = await services.db.run_sync(_confirmed, services, raw_sid, params, ip)

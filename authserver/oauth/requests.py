@@ -12,7 +12,6 @@ The URI is the configured issuer plus the path and query, never `request.url`: A
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,10 @@ from authlib.oauth2.rfc6749 import (
 )
 from starlette.datastructures import Headers
 from starlette.requests import Request
+
+from authserver import jsonsafe
+from authserver.jsonsafe import UnsafeJson
+from authserver.web import client_ip
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELDS = 100
@@ -109,8 +112,10 @@ async def read_json_request(request: Request, issuer: str) -> RequestSnapshot:
     if _content_type(request) != "application/json":
         raise MalformedRequest("The request body must be application/json.")
     try:
-        document = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+        document = jsonsafe.loads(await request.body())
+    except UnsafeJson as exc:
+        raise MalformedRequest(str(exc)) from None
+    except ValueError:
         raise MalformedRequest("The request body is not valid JSON.") from None
     if not isinstance(document, dict):
         raise MalformedRequest("The request body must be a JSON object.")
@@ -130,7 +135,7 @@ def _snapshot(request: Request, issuer: str, query: Params, form: Params) -> Req
         headers=Headers(raw=list(request.headers.raw)),
         query=query,
         form=form,
-        client_ip=request.client.host if request.client else "",
+        client_ip=client_ip(request),
     )
 
 

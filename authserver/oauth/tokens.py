@@ -26,7 +26,7 @@ from joserfc.errors import JoseError
 from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver import audit, db
+from authserver import audit, db, jsonsafe
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.keystore import ALGORITHMS, JWS_REGISTRY, KeyStore
 from authserver.oauth import clients
@@ -192,8 +192,8 @@ def decode_own_jwt(keystore: KeyStore, raw: str | None, *, typ: str) -> dict[str
     if not raw or len(raw) > JWT_MAX_LENGTH or raw.count(".") != 2:
         return None
     try:
-        header = json.loads(_b64decode(raw.split(".", 1)[0]))
-    except (ValueError, RecursionError):
+        header = jsonsafe.loads(_b64decode(raw.split(".", 1)[0]), max_depth=1)
+    except ValueError:
         return None
     if not isinstance(header, dict) or not set(header) <= HEADER_MEMBERS:
         return None

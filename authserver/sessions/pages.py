@@ -16,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from authserver import audit
+from authserver.errors import NO_STORE
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD
+from authserver.web import CSRF_FIELD, client_ip
 
 if TYPE_CHECKING:
     from authserver.app import Services
@@ -34,7 +35,6 @@ NEXT_MAX = 8192
 INTERNAL_TARGETS = ("/account", "/account/password")
 FAILED = "Incorrect email or password."
 TOO_MANY = "Too many sign-in attempts. Wait {minutes} and try again."
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 async def current_login(request: Request) -> LoginSession | None:
@@ -142,7 +142,7 @@ async def _sign_in(request: Request) -> Response:
     email = _printable(form.get("email", ""), users.EMAIL_MAX)
     password = form.get("password", "")
     next_url = safe_next(form.get("next"))
-    ip = request.client.host if request.client else ""
+    ip = client_ip(request)
     account = users.normalize_email(email)
 
     retry_after = await run_in_threadpool(_over_limit, services, ip, account)

@@ -25,8 +25,8 @@ from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import clear_session_cookie, current_login, read_form, render
 from authserver.users import models as users
-from authserver.users.api import Caller, client_ip
-from authserver.web import CSRF_FIELD
+from authserver.users.api import Caller
+from authserver.web import CSRF_FIELD, client_ip
 
 if TYPE_CHECKING:
     from authserver.app import Services

@@ -30,6 +30,7 @@ from authserver.sessions import models as sessions
 from authserver.sessions.pages import ACCOUNT_WINDOW
 from authserver.users import models as users
 from authserver.users.models import User
+from authserver.web import client_ip
 
 READ = ("users:read", "users:write")
 WRITE = ("users:write",)
@@ -130,10 +131,6 @@ async def as_admin(request: Request, actor: Admin, work: Callable[[], T]) -> T:
         return work()
 
     return await rest.run_sync(request, unit)
-
-
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else ""
 
 
 def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str | None:

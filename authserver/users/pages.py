@@ -27,7 +27,7 @@ from authserver.outbound import Mail
 from authserver.sessions import models as sessions
 from authserver.sessions.pages import ACCOUNT_WINDOW, current_login, render
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD
+from authserver.web import CSRF_FIELD, client_ip
 
 if TYPE_CHECKING:
     from authserver.app import Services
@@ -70,7 +70,7 @@ async def signup(request: Request) -> Response:
     except Invalid as exc:
         return _signup_form(request, name=name, email=email, error=exc.detail, status=400)
     password_hash = await run_in_threadpool(services.passwords.hash, password)
-    ip = _ip(request)
+    ip = client_ip(request)
     try:
         letter = await services.db.run_sync(
             _register, services, name=name, email=email, password_hash=password_hash, ip=ip
@@ -92,7 +92,9 @@ async def verify_email(request: Request) -> Response:
         context = {"token": raw_token, "email": owner.email}
         return render(request, "verify_email.html", context)
     form = await _form(request, services)
-    verified = await services.db.run_sync(_verify, services, _field(form, "token"), ip=_ip(request))
+    verified = await services.db.run_sync(
+        _verify, services, _field(form, "token"), ip=client_ip(request)
+    )
     if not verified:
         return _link_invalid(request, "/verify-email/resend", "Send a new link")
     return _message(
@@ -138,7 +140,7 @@ async def reset_password(request: Request) -> Response:
         return render(
             request, "reset_request.html", {"email": email, "error": exc.detail}, status=400
         )
-    letter = await services.db.run_sync(_request_reset, services, email, ip=_ip(request))
+    letter = await services.db.run_sync(_request_reset, services, email, ip=client_ip(request))
     return _check_email(request, services, "reset", letter)
 
 
@@ -162,7 +164,7 @@ async def reset_password_confirm(request: Request) -> Response:
         return render(request, "reset_password.html", {**context, "error": exc.detail}, status=400)
     password_hash = await run_in_threadpool(services.passwords.hash, password)
     letter = await services.db.run_sync(
-        _reset, services, raw_token, password_hash=password_hash, ip=_ip(request)
+        _reset, services, raw_token, password_hash=password_hash, ip=client_ip(request)
     )
     if letter is None:
         return _link_invalid(request, "/reset-password", "Request a new link")
@@ -199,7 +201,7 @@ async def change_password(request: Request) -> Response:
         error = f"Too many attempts. Wait {_duration(retry_after, round_up=True)} and try again."
         headers = {"Retry-After": str(retry_after)}
         return _change_form(request, user.email, error=error, status=429, headers=headers)
-    ip = _ip(request)
+    ip = client_ip(request)
     if not await run_in_threadpool(services.passwords.verify, user.password_hash, current):
         await services.db.run_sync(
             _audit_own,
@@ -378,7 +380,7 @@ async def _refuse_ip(
     same for everyone, so it says nothing about accounts."""
     limit = services.settings.mail_rate_per_ip
     retry_after = await run_in_threadpool(
-        services.limiter.check, "mail-ip", _ip(request), limit, HOUR
+        services.limiter.check, "mail-ip", client_ip(request), limit, HOUR
     )
     if retry_after is None:
         return None
@@ -456,10 +458,6 @@ def _services(request: Request) -> Services:
 def _field(form: FormData, name: str) -> str:
     value = form.get(name)
     return value if isinstance(value, str) else ""
-
-
-def _ip(request: Request) -> str:
-    return request.client.host if request.client else ""
 
 
 def _valid_name(name: str) -> str:
