@@ -144,7 +144,7 @@ def cmd_users_create(args: argparse.Namespace, settings: Settings) -> None:
     from authserver import audit
     from authserver.users import models as users
 
-    password = users.validate_password(_read_password(args))
+    password = users.validate_password(_read_password(args), email=args.email, name=args.name)
     services = _services(settings)
 
     def create() -> dict[str, Any]:

@@ -85,12 +85,12 @@ def test_users_create_prints_the_record(env: Path, capsys, monkeypatch) -> None:
 
 def test_duplicate_email_is_one_line_and_exit_1(env: Path, capsys, monkeypatch) -> None:
     args = ["users", "create", "--email", "a@example.com", "--password-stdin"]
-    assert run(args, capsys, monkeypatch, stdin="password-one\n")[0] == 0
+    assert run(args, capsys, monkeypatch, stdin="amber falcon ledger one\n")[0] == 0
     status, _, err = run(
         ["users", "create", "--email", "A@example.com", "--password-stdin"],
         capsys,
         monkeypatch,
-        stdin="password-two\n",
+        stdin="amber falcon ledger two\n",
     )
     assert status == 1
     assert err.strip().count("\n") == 0
@@ -106,6 +106,22 @@ def test_short_password_is_refused(env: Path, capsys, monkeypatch) -> None:
     )
     assert status == 1
     assert "at least 8" in err
+
+
+@pytest.mark.parametrize("password", ["password", "12345678", "a@example.com"])
+def test_a_common_or_guessable_password_is_refused(
+    env: Path, capsys, monkeypatch, password: str
+) -> None:
+    """The one password policy holds for operators too (no override: an account an operator
+    made is guessed the same way as any other)."""
+    status, _, err = run(
+        ["users", "create", "--email", "a@example.com", "--password-stdin"],
+        capsys,
+        monkeypatch,
+        stdin=password + "\n",
+    )
+    assert status == 1
+    assert "too common or too easy to guess" in err
 
 
 def test_clients_create_prints_the_secret_once_and_stores_only_a_hash(
@@ -204,7 +220,7 @@ def test_orgs_create(env: Path, capsys, monkeypatch) -> None:
         ["users", "create", "--email", "o@example.com", "--password-stdin"],
         capsys,
         monkeypatch,
-        stdin="password-owner\n",
+        stdin="owner velvet quarry lantern\n",
     )
     status, out, _ = run(
         ["orgs", "create", "--name", "Acme", "--owner", "o@example.com", "--json"],

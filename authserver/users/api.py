@@ -227,9 +227,9 @@ async def change_my_password(request: Request) -> Response:
     session and the tokens bound to it survive; offline grants end too."""
     me = await caller(request, WRITE)
     body: PasswordChange = await rest.read_json(request, PasswordChange)
-    users.validate_password(body.new_password)
     services = request.app.state.services
     user = await services.db.run_sync(_user, me.user_id)
+    users.validate_password(body.new_password, email=user.email, name=user.name)
     settings, limiter = services.settings, services.limiter
     retry_after = await run_in_threadpool(
         limiter.check, "login-account", user.email, settings.login_rate_per_account, ACCOUNT_WINDOW
@@ -304,7 +304,7 @@ async def create_user(request: Request) -> Response:
     name = users.validate_name(body.name) if body.name else ""
     password_hash = None
     if body.password is not None:
-        users.validate_password(body.password)
+        users.validate_password(body.password, email=email, name=name)
         passwords = request.app.state.services.passwords
         password_hash = await run_in_threadpool(passwords.hash, body.password)
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Boolean, ForeignKey, String, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
+from zxcvbn import zxcvbn
 
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.errors import Conflict, Forbidden, Invalid
@@ -58,6 +59,14 @@ def get(user_id: str) -> User | None:
 EMAIL_MAX = 320
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024
+#: zxcvbn scores 0-4; 3 means more than 10^8 guesses ("safely unguessable" online, and a
+#: costly target for offline guessing against argon2id).
+PASSWORD_MIN_SCORE = 3
+#: zxcvbn's own limit; a longer password is judged by its beginning.
+ESTIMATED_LENGTH = 72
+PRODUCT_NAME = "authserver"
+TOO_GUESSABLE = "This password is too common or too easy to guess"
+PASSPHRASE_ADVICE = "use a longer passphrase of several unrelated words."
 
 
 def validate_email(email: str) -> str:
@@ -75,12 +84,24 @@ def validate_email(email: str) -> str:
     return normalized
 
 
-def validate_password(password: str) -> str:
-    """ASVS 6.2: length only, no composition rules, no truncation; long passphrases welcome."""
+def validate_password(password: str, *, email: str = "", name: str = "") -> str:
+    """The one password policy (sign-up, reset, change, the API and the CLI).
+
+    NIST SP 800-63B §3.1.1.2 and ASVS 6.2: a length floor and ceiling, no composition rules,
+    no truncation, and no password that is common or guessable, judged by the zxcvbn
+    estimator (common-password lists, keyboard walks, repeats, sequences, dates) with the
+    person's email and name and the product's name as words an attacker would try first.
+    """
     if len(password) < PASSWORD_MIN:
         raise Invalid(f"The password must be at least {PASSWORD_MIN} characters long.")
     if len(password) > PASSWORD_MAX:
         raise Invalid(f"The password must be at most {PASSWORD_MAX} characters long.")
+    context = [PRODUCT_NAME, email, *email.split("@"), *name.split()]
+    estimate = zxcvbn(password[:ESTIMATED_LENGTH], user_inputs=[w for w in context if w])
+    if estimate["score"] < PASSWORD_MIN_SCORE:
+        warning = str(estimate["feedback"].get("warning") or "").rstrip(".")
+        reason = f" ({warning[0].lower()}{warning[1:]})" if warning else ""
+        raise Invalid(f"{TOO_GUESSABLE}{reason}: {PASSPHRASE_ADVICE}")
     return password
 
 

@@ -66,7 +66,7 @@ async def signup(request: Request) -> Response:
     try:
         name = _valid_name(name)
         email = users.validate_email(email)
-        users.validate_password(password)
+        users.validate_password(password, email=email, name=name)
     except Invalid as exc:
         return _signup_form(request, name=name, email=email, error=exc.detail, status=400)
     password_hash = await run_in_threadpool(services.passwords.hash, password)
@@ -159,7 +159,7 @@ async def reset_password_confirm(request: Request) -> Response:
         return render(request, "reset_password.html", context)
     password = _field(form, "password")
     try:
-        users.validate_password(password)
+        users.validate_password(password, email=owner.email, name=owner.name)
     except Invalid as exc:
         return render(request, "reset_password.html", {**context, "error": exc.detail}, status=400)
     password_hash = await run_in_threadpool(services.passwords.hash, password)
@@ -190,7 +190,7 @@ async def change_password(request: Request) -> Response:
         return _change_form(request, user.email)
     current, new = _field(form, "current_password"), _field(form, "new_password")
     try:
-        users.validate_password(new)
+        users.validate_password(new, email=user.email, name=user.name)
     except Invalid as exc:
         return _change_form(request, user.email, error=exc.detail, status=400)
     settings, limiter = services.settings, services.limiter
