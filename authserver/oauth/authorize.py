@@ -17,6 +17,7 @@ always with 303, never 307 (RFC 9700 §4.12).
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,10 @@ CONSENT_NONCE_FIELD = "consent_nonce"
 CONSENT_NONCE_TTL = 24 * 3600
 ALREADY_ANSWERED = "This request was already answered. Go back to the application to continue."
 CONSENT_FORM_EXPIRED = "This consent form has expired. Go back to the application and try again."
+CONSENT_FORM_MISMATCH = (
+    "This answer does not belong to the request it was sent for. Nothing was allowed. "
+    "Go back to the application and try again."
+)
 #: The chooser lists at most this many of the user's organizations (the oldest ones).
 CHOOSER_LIMIT = 200
 NOT_YOUR_ORGANIZATION = "Choose one of your organizations to continue."
@@ -114,6 +119,8 @@ class AskConsent:
     unverified_host: str | None = field(default=None)
     organizations: list[OrganizationChoice] | None = None
     choose_only: bool = False
+    #: What the form's nonce is bound to (`_binding`).
+    binding: str = ""
 
 
 Outcome = ErrorPage | ToClient | SeeOther | AskConsent
@@ -219,30 +226,33 @@ def _interact(
         marker = _auth_after(services, client.id, now) if login is not None else None
         return SeeOther(_login_url(snapshot, marker))
     check_admin_scope(request.scope, end_user)
+    offered = _choices(end_user) if ORGANIZATION in request.scope.split() else None
+    binding = _binding(services, grant, end_user, offered)
     if step == "deny":
-        refused = _consume_nonce(services, nonce)
+        refused = _consume_nonce(services, nonce, binding)
         if refused is not None:
             return refused
         _record_consent("consent.denied", snapshot, client.id, end_user)
         raise AccessDeniedError()
     if step == "allow":
         acting = in_organization(end_user, organization, request.scope)
-        if acting is None:
+        if acting is None or (offered is not None and organization not in {c.id for c in offered}):
             return ErrorPage(NOT_YOUR_ORGANIZATION)
-        refused = _consume_nonce(services, nonce)
+        refused = _consume_nonce(services, nonce, binding)
         if refused is not None:
             return refused
         consent.remember(end_user.user.id, client.id, request.scope, now)
         _record_consent("consent.granted", snapshot, client.id, end_user, scope=request.scope)
         end_user = acting
     else:
-        choices = _choices(end_user) if ORGANIZATION in request.scope.split() else None
+        choices = offered
         asking = _needs_consent(request, end_user, prompts)
         if asking or (choices is not None and len(choices) != 1):
             if "none" in prompts:
                 raise ConsentRequiredError() if asking else InteractionRequiredError()
             if step == "show":
-                return _ask(snapshot, request, end_user, choices, choose_only=not asking)
+                ask = _ask(snapshot, request, end_user, choices, choose_only=not asking)
+                return replace(ask, binding=binding)
             return SeeOther("/consent?" + urlencode(snapshot.params))
         if step == "show":
             return SeeOther("/authorize?" + urlencode(snapshot.params))
@@ -391,15 +401,41 @@ def _nonce_serializer(services: Services) -> URLSafeTimedSerializer:
     )
 
 
-def _consume_nonce(services: Services, nonce: str | None) -> ErrorPage | None:
-    """None when `nonce` is a consent form's nonce, answered now for the first time; else the
-    page to show. Consumed with one atomic set-if-absent, so of parallel submits one wins."""
-    if not nonce or len(nonce) > 200:
+def _binding(
+    services: Services,
+    grant: AuthorizationCodeGrant,
+    end_user: EndUser,
+    offered: list[OrganizationChoice] | None,
+) -> str:
+    """A digest of what a consent form was shown for: the client, redirect URI and scope,
+    the organizations offered, the person and their browser session. The form's nonce
+    carries it, so an answer counts only for the very request it was shown for: a nonce
+    from one client's form posted to another client's `/consent` URL (or for a wider
+    scope, another person, another session) is refused (docs/security.md H65)."""
+    parts = [
+        grant.request.client.id,
+        grant.redirect_uri,
+        " ".join(sorted(set(grant.request.scope.split()))),
+        end_user.user.id,
+        end_user.session_id or "",
+        " ".join(sorted(c.id for c in offered)) if offered is not None else "-",
+    ]
+    return services.digester.digest(CONSENT_NONCE_FIELD + ".binding", "\n".join(parts))
+
+
+def _consume_nonce(services: Services, nonce: str | None, binding: str) -> ErrorPage | None:
+    """None when `nonce` is the nonce of a consent form shown for this very request
+    (`binding`), answered now for the first time; else the page to show. Consumed with one
+    atomic set-if-absent, so of parallel submits one wins."""
+    if not nonce or len(nonce) > 300:
         return ErrorPage(CONSENT_FORM_EXPIRED)
     try:
-        _nonce_serializer(services).loads(nonce, max_age=CONSENT_NONCE_TTL)
+        payload = _nonce_serializer(services).loads(nonce, max_age=CONSENT_NONCE_TTL)
     except BadData:
         return ErrorPage(CONSENT_FORM_EXPIRED)
+    bound = payload.get("b") if isinstance(payload, dict) else None
+    if not isinstance(bound, str) or not hmac.compare_digest(bound, binding):
+        return ErrorPage(CONSENT_FORM_MISMATCH)
     key = "consent-nonce:" + services.digester.digest(CONSENT_NONCE_FIELD, nonce)
     if not services.limiter.kv.set_if_absent(key, CONSENT_NONCE_TTL):
         return ErrorPage(ALREADY_ANSWERED)
@@ -456,7 +492,7 @@ def _consent_form(request: Request, services: Services, ask: AskConsent) -> Resp
         "csrf_field": CSRF_FIELD,
         "csrf_token": form_token,
         "nonce_field": CONSENT_NONCE_FIELD,
-        "nonce": _nonce_serializer(services).dumps(new_token()),
+        "nonce": _nonce_serializer(services).dumps({"n": new_token(), "b": ask.binding}),
     }
     response = request.app.state.templates.TemplateResponse(
         request, "consent.html", context, headers=NO_STORE

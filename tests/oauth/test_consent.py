@@ -4,7 +4,8 @@ prompt=consent, skipped for first-party clients, re-validated on every submit.""
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs, urlsplit
+from collections.abc import Callable
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -17,7 +18,14 @@ from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories
 from tests.conftest import ISSUER, count_rows
-from tests.oauth.conftest import CALLBACK, RP, Flow, authorization_params, location_params
+from tests.oauth.conftest import (
+    CALLBACK,
+    RP,
+    SCOPE,
+    Flow,
+    authorization_params,
+    location_params,
+)
 
 
 def to_consent(client: TestClient, rp: RP, **overrides: str | None) -> httpx.Response:
@@ -287,3 +295,101 @@ def test_a_consent_answer_needs_the_forms_nonce(
     assert response.status_code == 400
     assert count_rows(services.db, "authorization_codes") == 0
     assert "code" in location_params(answer(client, page, "allow"))
+
+
+def consent_url(rp: RP, **overrides: str | None) -> str:
+    return "/consent?" + urlencode(authorization_params(rp, **overrides))
+
+
+def test_a_nonce_is_bound_to_the_client_it_was_shown_for(
+    client: TestClient, services: Services, rp: RP, signed_in: LoginSession, make: factories.Factory
+) -> None:
+    """docs/security.md H65: the form shown for one client, answered at another client's
+    /consent URL with a wider scope (same person, valid CSRF token), issues nothing."""
+    other, _ = make.client(
+        name="Other App", redirect_uris=["https://other.example.com/cb"], scope=SCOPE
+    )
+    page = to_consent(client, rp, scope="openid")
+    target = consent_url(
+        RP(other, None, "https://other.example.com/cb"), scope="openid profile email"
+    )
+    refused = client.post(target, data=form_fields(page, "allow"))
+    assert refused.status_code == 400
+    assert "does not belong to the request" in refused.text
+    assert "location" not in refused.headers
+    assert count_rows(services.db, "authorization_codes") == 0
+    assert count_rows(services.db, "consents") == 0
+    assert "code" in location_params(answer(client, page, "allow"))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"scope": "openid profile email offline_access"},
+        {"scope": "openid"},
+        {"redirect_uri": "https://rp.example.com/other"},
+    ],
+)
+def test_a_nonce_is_bound_to_the_scope_and_redirect_uri(
+    client: TestClient,
+    services: Services,
+    make: factories.Factory,
+    signed_in: LoginSession,
+    changes: dict[str, str],
+) -> None:
+    created, secret = make.client(
+        name="Two Callbacks",
+        redirect_uris=[CALLBACK, "https://rp.example.com/other"],
+        scope=SCOPE,
+    )
+    two = RP(created, secret)
+    page = to_consent(client, two)
+    refused = client.post(consent_url(two, **changes), data=form_fields(page, "allow"))
+    assert refused.status_code == 400
+    assert "does not belong to the request" in refused.text
+    assert count_rows(services.db, "authorization_codes") == 0
+    assert count_rows(services.db, "consents") == 0
+
+
+def test_a_nonce_is_bound_to_the_person_and_session(
+    client: TestClient,
+    services: Services,
+    rp: RP,
+    user: User,
+    sign_in: Callable[..., LoginSession],
+    make: factories.Factory,
+) -> None:
+    """Shown to one person (or one session), answered in another: nothing issued."""
+    sign_in(user)
+    page = to_consent(client, rp)
+    sign_in(make.user(email="mallory@example.com"))
+    refused = answer(client, page, "allow")
+    assert refused.status_code == 400
+    sign_in(user)
+    refused = answer(client, page, "allow")
+    assert refused.status_code == 400
+    assert count_rows(services.db, "authorization_codes") == 0
+
+
+def test_a_nonce_is_bound_to_the_organizations_offered(
+    client: TestClient,
+    services: Services,
+    user: User,
+    signed_in: LoginSession,
+    make: factories.Factory,
+) -> None:
+    """The chooser offered one set of organizations; once that set changes the form is
+    stale, and an organization that was not offered is never taken."""
+    created, secret = make.client(
+        name="Org App", redirect_uris=[CALLBACK], scope="openid organization"
+    )
+    org_rp = RP(created, secret)
+    make.organization(user, name="Acme")
+    make.organization(user, name="Beta")
+    page = to_consent(client, org_rp, scope="openid organization")
+    offered = re.findall(r'<option value="([^"]+)"', page.text)
+    assert len(offered) == 2
+    make.organization(user, name="Gamma")
+    refused = answer(client, page, "allow", organization=offered[0])
+    assert refused.status_code == 400
+    assert count_rows(services.db, "authorization_codes") == 0

@@ -77,7 +77,11 @@ def test_reset_refuses_a_weak_password(
     assert submit(client, "/reset-password", email=EMAIL).status_code == 200
     link = inbox.link(EMAIL, "/reset-password/confirm")
     page = client.get(link)
-    form = {"csrf_token": csrf_token(page), "token": link.split("token=")[1], "password": "12345678"}
+    form = {
+        "csrf_token": csrf_token(page),
+        "token": link.split("token=")[1],
+        "password": "12345678",
+    }
     answer = client.post("/reset-password/confirm", data=form)
     assert answer.status_code == 400
     assert REFUSAL in answer.text
