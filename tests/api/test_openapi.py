@@ -141,3 +141,40 @@ def test_answers_match_the_document(fuzz: Fuzz) -> None:
 
         check()
     assert statuses[200] + statuses[201] + statuses[204] > 0, statuses
+
+
+OPENERS = ["[", '{"a":', '["[{",', '{"\\"}":']
+
+
+def nested_document(depth: int, openers: list[str], cut: int | None) -> bytes:
+    """JSON nested past any sane depth (arrays, objects, strings full of brackets between),
+    well-formed or cut short: bodies schemathesis does not generate on its own."""
+    opened = [openers[i % len(openers)] for i in range(depth)]
+    closers = ["]" if o.startswith("[") else "}" for o in reversed(opened)]
+    body = "".join(opened) + "1" + "".join(closers)
+    return body[: depth + (cut or len(body))].encode()
+
+
+def test_deeply_nested_bodies_are_a_400_for_every_operation(fuzz: Fuzz, client: TestClient) -> None:
+    """docs/security.md §0: every operation that reads a JSON body refuses deep nesting
+    with a problem, never a 500 (they all read it through `rest.read_json`). Depths stay
+    under the body size limit, which answers 413 before any of this."""
+    with_body = [op for op in api_table.OPERATIONS if op.request is not None]
+    assert with_body
+
+    @given(
+        op=st.sampled_from(with_body),
+        depth=st.integers(min_value=33, max_value=7_000),
+        openers=st.lists(st.sampled_from(OPENERS), min_size=1, max_size=4),
+        cut=st.none() | st.integers(min_value=0, max_value=50_000),
+    )
+    @settings(max_examples=EXAMPLES, deadline=None, database=None)
+    def check(op: rest.Operation, depth: int, openers: list[str], cut: int | None) -> None:
+        body = nested_document(depth, openers, cut)
+        path = rest.API_PREFIX + op.path.format(**{k: v[0] for k, v in fuzz.ids.items()})
+        headers = {**fuzz.headers, "content-type": "application/json"}
+        response = client.request(op.method, path, content=body, headers=headers)
+        assert response.status_code == 400, (op.path, response.status_code, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+
+    check()
