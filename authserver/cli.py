@@ -77,31 +77,18 @@ def _services(settings: Settings) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
-    import uvicorn
-
+    from authserver import serving
     from authserver.app import open_keystore
-    from authserver.observability import configure_logging
-    from authserver.serving import uvicorn_options
 
     open_keystore(settings)
     if not schema_is_current(settings.database_url):
         raise CliError("the database schema is not current: run `authserver migrate` first")
-    configure_logging(settings.log_format)
     print(f"authserver {__version__} serving issuer {settings.issuer}")
     print(f"  listening on http://{args.host}:{args.port}")
     print("  next: authserver users create --email you@example.com --password-stdin")
     print("        authserver clients create --name 'My app' --redirect-uri https://app/cb")
     sys.stdout.flush()
-    uvicorn.run(
-        "authserver.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        reload=args.reload,
-        log_level="warning",
-        **uvicorn_options(settings),
-    )
+    serving.run(settings, host=args.host, port=args.port, workers=args.workers, reload=args.reload)
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:

@@ -45,6 +45,27 @@ class BoundedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+def run(
+    settings: Settings, *, host: str, port: int, workers: int = 1, reload: bool = False
+) -> None:
+    """Serve the app (built from the environment in each worker) until stopped."""
+    import uvicorn
+
+    from authserver.observability import configure_logging
+
+    configure_logging(settings.log_format)
+    uvicorn.run(
+        "authserver.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        reload=reload,
+        log_level="warning",
+        **uvicorn_options(settings),
+    )
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `uvicorn.run` / `uvicorn.Config` from the settings."""
     proxies = list(settings.trusted_proxies)
