@@ -71,7 +71,8 @@ class Client(Base, ClientMixin):
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return any(
-            redirect_uri_matches(registered, redirect_uri) for registered in self.redirect_uris
+            redirect_uri_matches(registered, redirect_uri, any_loopback_port=self.is_public)
+            for registered in self.redirect_uris
         )
 
     def get_allowed_scope(self, scope: str | None) -> str | None:
@@ -122,13 +123,16 @@ def query(client_id: str | None) -> Client | None:
 _LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?(/.*)?", re.DOTALL)
 
 
-def redirect_uri_matches(registered: str, sent: str) -> bool:
+def redirect_uri_matches(registered: str, sent: str, *, any_loopback_port: bool) -> bool:
     """Exact string comparison (RFC 9700 §2.1, OAuth 2.1 §4.1.1): no case folding, no path
     normalisation, no added query. The one exception is RFC 8252 §7.3: a native app's
-    loopback redirect `http://127.0.0.1` or `http://[::1]` may use any port, with path
-    and query still byte-identical."""
+    (a public client's, `any_loopback_port`) loopback redirect `http://127.0.0.1` or
+    `http://[::1]` may use any port, with path and query still byte-identical. A
+    confidential client is a server with a fixed address: its port must match too."""
     if sent == registered:
         return True
+    if not any_loopback_port:
+        return False
     ours, theirs = _LOOPBACK.fullmatch(registered), _LOOPBACK.fullmatch(sent)
     if ours is None or theirs is None:
         return False

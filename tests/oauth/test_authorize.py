@@ -146,6 +146,22 @@ def test_loopback_redirect_may_use_any_port_but_nothing_else(
         assert_error_page(get_authorize(flow.client, public_rp, redirect_uri=sent))
 
 
+def test_a_confidential_clients_loopback_redirect_keeps_its_port(
+    flow: Flow, make: factories.Factory, user: User, signed_in: LoginSession
+) -> None:
+    """RFC 8252 §7.3 gives any-port loopback to native (public) apps only: a confidential
+    client registered with `http://127.0.0.1:8080/cb` gets codes there and nowhere else, so
+    another local process listening on some other port cannot receive them."""
+    client, secret = make.client(redirect_uris=["http://127.0.0.1:8080/cb"])
+    confidential = RP(client, secret, "http://127.0.0.1:8080/cb")
+    flow.allow(user, confidential)
+    ok = get_authorize(flow.client, confidential)
+    assert ok.status_code == 303
+    assert ok.headers["location"].startswith("http://127.0.0.1:8080/cb?code=")
+    for sent in ("http://127.0.0.1:53123/cb", "http://127.0.0.1/cb"):
+        assert_error_page(get_authorize(flow.client, confidential, redirect_uri=sent))
+
+
 def test_loopback_code_redeems_with_the_port_it_was_sent_to(
     flow: Flow, public_rp: RP, user: User, signed_in: LoginSession
 ) -> None:
