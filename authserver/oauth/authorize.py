@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from authlib.oauth2.base import OAuth2Error
-from authlib.oauth2.rfc6749 import AccessDeniedError
+from authlib.oauth2.rfc6749 import AccessDeniedError, UnsupportedResponseTypeError
 from authlib.oidc.core.errors import (
     ConsentRequiredError,
     InteractionRequiredError,
@@ -76,6 +76,8 @@ CONSENT_FORM_MISMATCH = (
     "This answer does not belong to the request it was sent for. Nothing was allowed. "
     "Go back to the application and try again."
 )
+UNSUPPORTED_RESPONSE_TYPE = "Only response_type=code (the authorization code flow) is supported."
+NO_RESPONSE_TYPE = "The response_type parameter is missing: send response_type=code."
 #: The chooser lists at most this many of the user's organizations (the oldest ones).
 CHOOSER_LIMIT = 200
 NOT_YOUR_ORGANIZATION = "Choose one of your organizations to continue."
@@ -445,6 +447,11 @@ def _consume_nonce(services: Services, nonce: str | None, binding: str) -> Error
 def _refusal(snapshot: RequestSnapshot, error: OAuth2Error) -> Outcome:
     """An error page unless Authlib trusted a redirect URI with the error."""
     description = error.get_error_description() or ""
+    if isinstance(error, UnsupportedResponseTypeError):
+        # Authlib passes its sentence as the response type and wraps it in another one.
+        description = (
+            UNSUPPORTED_RESPONSE_TYPE if snapshot.first("response_type") else NO_RESPONSE_TYPE
+        )
     if not error.redirect_uri:
         return ErrorPage(description or "The authorization request is invalid.")
     params = [("error", str(error.error))]

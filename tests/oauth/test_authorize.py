@@ -254,8 +254,10 @@ def test_repeated_redirect_uri_or_client_id_is_an_error_page(
 
 def test_missing_response_type_is_unsupported(client: TestClient, ready: RP) -> None:
     """SECURITY.md A7 (oidcc-response-type-missing)."""
-    assert_client_error(
-        get_authorize(client, ready, response_type=None), "unsupported_response_type"
+    response = get_authorize(client, ready, response_type=None)
+    assert_client_error(response, "unsupported_response_type")
+    assert location_params(response)["error_description"] == (
+        "The response_type parameter is missing: send response_type=code."
     )
 
 
@@ -266,6 +268,8 @@ def test_other_response_types_are_refused_without_tokens(
     """SECURITY.md A7: code only, never a token in a fragment."""
     response = get_authorize(client, ready, response_type=response_type)
     assert_client_error(response, "unsupported_response_type")
+    description = location_params(response)["error_description"]
+    assert description == "Only response_type=code (the authorization code flow) is supported."
     assert "#" not in response.headers["location"]
     assert "access_token" not in response.headers["location"]
 
