@@ -35,6 +35,15 @@ NEXT_MAX = 8192
 INTERNAL_TARGETS = ("/account", "/account/password")
 FAILED = "Incorrect email or password."
 TOO_MANY = "Too many sign-in attempts. Wait {minutes} and try again."
+#: `_open_session`'s answer for a right password whose email address is not verified yet.
+UNVERIFIED = "unverified"
+VERIFY_FIRST = {
+    "title": "Verify your email address first",
+    "text": "Your email address is not verified yet. Open the link in the message we sent "
+    "you, then sign in again. No message? Ask for a new link.",
+    "action": ("/verify-email/resend", "Send a new link"),
+    "alert": True,
+}
 
 
 async def current_login(request: Request) -> LoginSession | None:
@@ -176,6 +185,8 @@ async def _sign_in(request: Request) -> Response:
     if raw_sid is None:
         return _login_form(request, email=email, next_url=next_url, error=FAILED, status=400)
     await run_in_threadpool(services.limiter.forgive, "login-account", account, ACCOUNT_WINDOW)
+    if raw_sid is UNVERIFIED:
+        return render(request, "message.html", VERIFY_FIRST, status=403)
     response = RedirectResponse(next_url or LANDING, status_code=303)
     set_session_cookie(response, settings, raw_sid)
     return response
@@ -208,7 +219,8 @@ def _open_session(
 ) -> str | None:
     """Start a session for a checked password under a brand-new id (no fixation, H63); the
     browser's previous session, if any, ends. With no candidate, record the failure.
-    Returns the raw cookie value, or None."""
+    Returns the raw cookie value, or None; `UNVERIFIED` (and no session) for the right
+    password of an unverified address when `AUTHSERVER_REQUIRE_VERIFIED_EMAIL` is on."""
     user = users.get(candidate.user_id) if candidate and candidate.user_id else None
     if user is not None and (not user.is_active or user.password_hash != candidate.password_hash):
         user = None
@@ -231,6 +243,18 @@ def _open_session(
         return None
     if new_hash is not None and user.password_hash is not None:
         users.upgrade_hash(user.id, user.password_hash, new_hash)
+    if services.settings.require_verified_email and not user.email_verified:
+        audit.record(
+            "login.failed",
+            outcome="failure",
+            actor_type="user",
+            actor_id=user.id,
+            ip=ip,
+            target_type="user",
+            target_id=user.id,
+            reason="email_unverified",
+        )
+        return UNVERIFIED
     previous = sessions.find_active(services.digester, services.settings, previous_sid, touch=False)
     if previous is not None:
         sessions.end(previous.id)

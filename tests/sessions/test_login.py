@@ -328,3 +328,38 @@ def test_the_account_page_is_a_valid_return_target(client, make, sign_in) -> Non
     response = sign_in(client, user.email, next="/account")
     assert response.status_code == 303
     assert response.headers["location"] == "/account"
+
+
+def test_unverified_people_sign_in_by_default(
+    client: TestClient, make: factories.Factory, services: Services, sign_in: SignIn
+) -> None:
+    """`AUTHSERVER_REQUIRE_VERIFIED_EMAIL` is off by default: an unverified address signs in
+    (the claims say `email_verified: false`)."""
+    user = make.user(email="new@example.com")
+    assert not user.email_verified
+    assert sign_in(client, "new@example.com").status_code == 303
+    assert len(sessions_of(services, user.id)) == 1
+
+
+def test_with_required_verification_an_unverified_address_gets_no_session(
+    app_with, make: factories.Factory, services: Services, sign_in: SignIn
+) -> None:
+    client = app_with(require_verified_email=True)
+    user = make.user(email="new@example.com")
+    answer = sign_in(client, "new@example.com")
+    assert answer.status_code == 403
+    assert "Verify your email address" in answer.text
+    assert 'href="/verify-email/resend"' in answer.text
+    assert "set-cookie" not in answer.headers or "sid" not in answer.headers["set-cookie"]
+    assert sessions_of(services, user.id) == []
+    assert not is_signed_in(client)
+    (event,) = audit_events(services, "login.failed")
+    assert event.details["reason"] == "email_unverified"
+
+    wrong = sign_in(client, "new@example.com", "not the password at all")
+    assert wrong.status_code == 400
+    assert "Verify your email" not in wrong.text
+
+    update_user(services, user.id, email_verified=True)
+    assert sign_in(client, "new@example.com").status_code == 303
+    assert len(sessions_of(services, user.id)) == 1
