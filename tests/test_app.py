@@ -9,7 +9,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from authserver.app import create_app
-from authserver.settings import Settings
+from authserver.settings import ConfigError, Settings
 from tests.conftest import ISSUER
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k"}
@@ -174,3 +174,36 @@ def test_error_pages_are_not_cached(client: TestClient) -> None:
     assert client.get("/nowhere", headers={"accept": "text/html"}).headers["cache-control"] == (
         "no-store"
     )
+
+
+METRICS_TOKEN = "m3tr1cs-" + "k" * 24
+
+
+def test_a_metrics_token_guards_metrics(app_with) -> None:
+    """`AUTHSERVER_METRICS_TOKEN`: without the bearer token (or with another) nothing is
+    told; with it, the usual text."""
+    client = app_with(metrics_token=METRICS_TOKEN)
+    for headers in (
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": f"Basic {METRICS_TOKEN}"},
+        {"authorization": f"Bearer {METRICS_TOKEN}x"},
+        {"authorization": f"Bearer {METRICS_TOKEN[:-1]}"},
+    ):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 401
+        assert "authserver_http_requests" not in refused.text
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+    answered = client.get("/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"})
+    assert answered.status_code == 200
+    assert "authserver_http_requests" in answered.text
+
+
+def test_the_metrics_token_setting_is_checked() -> None:
+    with pytest.raises(ConfigError, match="AUTHSERVER_METRICS_TOKEN"):
+        Settings.from_mapping({"AUTHSERVER_METRICS_TOKEN": "short"})
+    with pytest.raises(ConfigError, match="AUTHSERVER_TRUSTED_PROXIES"):
+        Settings.from_mapping({"AUTHSERVER_TRUSTED_PROXIES": "10.0.0.1, proxy.internal"})
+    settings = Settings.from_mapping({"AUTHSERVER_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,::1"})
+    assert settings.trusted_proxies == ("10.0.0.1", "192.168.0.0/16", "::1")
+    assert Settings.from_mapping({}).trusted_proxies == ()

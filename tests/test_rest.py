@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -12,8 +13,8 @@ from starlette.testclient import TestClient
 from authserver import rest
 from authserver.app import create_app
 from authserver.settings import Settings
-from tests.conftest import ISSUER
-from tests.factories import bearer
+from tests.conftest import API, ISSUER
+from tests.factories import Person, bearer
 
 
 @dataclass
@@ -166,3 +167,19 @@ def test_page_size_outside_1_to_200_is_a_400(value: str) -> None:
     request = Plain({"type": "http", "query_string": f"page_size={value}".encode()})
     with pytest.raises(rest.Invalid):
         rest.page_size(request)
+
+
+def test_api_answers_are_never_stored(
+    client: TestClient, person: Callable[..., Person], admin: Person
+) -> None:
+    """Personal data (everyone's email at GET /users) stays out of caches: every answer
+    under /api/v1, problems included, says `no-store`; the public document may be cached."""
+    alice = person("alice@example.com")
+    for path, token in (("/users", admin.token), ("/users/me", alice.token)):
+        response = client.get(API + path, headers=bearer(token))
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
+    problem = client.get(API + "/users", headers=bearer(alice.token))
+    assert problem.status_code == 403
+    assert problem.headers["cache-control"] == "no-store"
+    assert "no-store" not in client.get(API + "/openapi.json").headers.get("cache-control", "")
