@@ -76,7 +76,11 @@ def build_services(settings: Settings) -> Services:
     limiter = RateLimiter(kv.open_kv(settings.redis_url))
     return Services(
         settings=settings,
-        db=Database(settings.database_url),
+        db=Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout,
+        ),
         keystore=keystore,
         digester=digester,
         passwords=Passwords(

@@ -84,17 +84,30 @@ def current_session() -> Session:
     return session
 
 
-def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
+#: Seconds a request waits for a pooled connection before it is answered 503 (errors.py).
+POOL_TIMEOUT = 5
+
+
+def create_db_engine(
+    url: str, *, pool_size: int = 10, pool_timeout: float = POOL_TIMEOUT
+) -> Engine:
     """An engine tuned for the backend.
 
     SQLite gets WAL (readers never block the writer), foreign keys, a busy timeout, and
     `BEGIN IMMEDIATE` so that a transaction takes the write lock up front: deferred
     transactions that upgrade from read to write fail at once with "database is locked"
     instead of waiting, which turns races into 500s.
+
+    Both get a bounded pool (`pool_size` plus as many overflow connections) and wait at most
+    `pool_timeout` seconds for a connection: when every connection is busy, a request ends
+    in a 503 with Retry-After instead of queueing for SQLAlchemy's default 30 s.
     """
+    pool = {"pool_size": pool_size, "max_overflow": pool_size, "pool_timeout": pool_timeout}
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -111,17 +124,17 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=5, pool_pre_ping=True
-    )
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 class Database:
     """The engine and the unit-of-work boundary; one per app, kept on `app.state`."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, pool_timeout: float = POOL_TIMEOUT
+    ) -> None:
         self.url = url
-        self.engine = create_db_engine(url)
+        self.engine = create_db_engine(url, pool_size=pool_size, pool_timeout=pool_timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -207,6 +207,12 @@ class Settings:
     require_verified_email: bool = _setting(
         False, _bool, "people sign in only after verifying their email address"
     )
+    db_pool_size: int = _setting(
+        10, _positive_int, "database connections per worker (as many again in overflow)"
+    )
+    db_pool_timeout: int = _setting(
+        5, _positive_int, "seconds a request waits for a database connection before a 503"
+    )
 
     @classmethod
     def from_env(
