@@ -3,6 +3,7 @@ with the same words on every page and in the API (NIST SP 800-63B §3.1.1.2, ASV
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -70,6 +71,14 @@ def test_signup_refuses_a_weak_password(
     assert count_rows(services.db, "users") == 0
 
 
+def assert_refused_and_unchanged(answer: httpx.Response, services: Services) -> None:
+    assert answer.status_code == 400
+    assert REFUSAL in answer.text
+    user = user_by_email(services, EMAIL)
+    assert user is not None
+    assert services.passwords.verify(user.password_hash, factories.PASSWORD)
+
+
 def test_reset_refuses_a_weak_password(
     client: TestClient, make: factories.Factory, inbox: Inbox, services: Services
 ) -> None:
@@ -83,11 +92,7 @@ def test_reset_refuses_a_weak_password(
         "password": "12345678",
     }
     answer = client.post("/reset-password/confirm", data=form)
-    assert answer.status_code == 400
-    assert REFUSAL in answer.text
-    user = user_by_email(services, EMAIL)
-    assert user is not None
-    assert services.passwords.verify(user.password_hash, factories.PASSWORD)
+    assert_refused_and_unchanged(answer, services)
 
 
 def test_the_change_page_refuses_a_weak_password(
@@ -102,11 +107,7 @@ def test_the_change_page_refuses_a_weak_password(
         "new_password": "qwertyui",
     }
     answer = client.post("/account/password", data=form)
-    assert answer.status_code == 400
-    assert REFUSAL in answer.text
-    user = user_by_email(services, EMAIL)
-    assert user is not None
-    assert services.passwords.verify(user.password_hash, factories.PASSWORD)
+    assert_refused_and_unchanged(answer, services)
 
 
 def test_the_api_gives_the_same_answer(
