@@ -1,7 +1,7 @@
 """Fixed-window rate limits on the kv backend: sign-in now, token and registration next.
 
 A limit counts an attempt *before* the work it guards, so fifty parallel guesses are fifty
-counts, not fifty checks of a counter nobody has raised yet (SECURITY.md I71, Keycloak
+counts, not fifty checks of a counter nobody has raised yet (docs/security.md I71, Keycloak
 #31726). Windows are aligned to the wall clock so every instance sharing Redis agrees on them,
 and keys are hashed so emails and IPs never sit in Redis in the clear.
 """

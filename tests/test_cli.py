@@ -264,7 +264,7 @@ def test_help_for_every_command(capsys) -> None:
 
 
 def test_serve_refuses_an_unmigrated_database(tmp_path: Path, monkeypatch, capsys) -> None:
-    """SECURITY.md L96: a schema that does not match stops start-up."""
+    """docs/security.md L96: a schema that does not match stops start-up."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTHSERVER_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
     assert main(["serve"]) == 1
@@ -306,7 +306,7 @@ def wait_until_up(base: str, process: subprocess.Popen[str]) -> None:
 
 
 def test_a_real_server_restarts_with_the_same_keys(tmp_path: Path) -> None:
-    """SECURITY.md L92/L93: first start makes keys; a restart loads them (same kids)."""
+    """docs/security.md L92/L93: first start makes keys; a restart loads them (same kids)."""
     migrate_env = {**os.environ, "AUTHSERVER_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
     subprocess.run(
         [sys.executable, "-m", "authserver.cli", "migrate"],

@@ -1,4 +1,4 @@
-"""The kv backends and the fixed-window limiter (SECURITY.md I71, I73, items 94 and 100)."""
+"""The kv backends and the fixed-window limiter (docs/security.md I71, I73, items 94 and 100)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Authorization codes: stored as digests, single use, enforced by the database.
 
 A code is consumed by one conditional UPDATE in the same transaction as the tokens it buys
-(SECURITY.md K81, L89): of any number of concurrent redemptions exactly one touches the row,
+(docs/security.md K81, L89): of any number of concurrent redemptions exactly one touches the row,
 and if storing the tokens fails the consumption rolls back with them. Consumed codes are
 kept (not deleted) so that a replay can be recognised and answered by revocation.
 """

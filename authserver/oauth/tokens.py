@@ -102,7 +102,7 @@ JWT_MAX_LENGTH = 8192
 #: `iat` may be this far in the future (another instance's clock): FAPI 2.0 §5.3.1.1.
 CLOCK_SKEW = 60
 #: A JWT we issued has exactly these header members; anything else (`jwk`, `jku`, `x5u`,
-#: `crit`, ...) means someone else made it (SECURITY.md F51).
+#: `crit`, ...) means someone else made it (docs/security.md F51).
 HEADER_MEMBERS = {"alg", "typ", "kid"}
 #: The scope under which the user picks one organization for the grant (SPEC §5).
 ORGANIZATION = "organization"
@@ -185,7 +185,7 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
 def decode_own_jwt(keystore: KeyStore, raw: str | None, *, typ: str) -> dict[str, Any] | None:
     """The claims of a JWT this server signed, or None; claims are the caller's to check.
 
-    SECURITY.md F51: bounded size; a header of only `alg`, `typ`, `kid`; the algorithm
+    docs/security.md F51: bounded size; a header of only `alg`, `typ`, `kid`; the algorithm
     from our allowlist (never `none`, never HMAC, so a public key cannot serve as a MAC
     secret) and equal to that of our published key named by `kid`.
     """

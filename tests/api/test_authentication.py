@@ -1,4 +1,4 @@
-"""Every identity operation refuses callers without the right token (SECURITY.md J74, §0).
+"""Every identity operation refuses callers without the right token (docs/security.md J74, §0).
 
 The cases come from the operation table itself, so an operation added later is covered
 without anyone remembering to list it here.
@@ -151,7 +151,7 @@ def test_a_clients_own_token_acts_for_nobody(
 
 
 def test_a_malformed_authorization_header_is_400(api: Api, alice: Person) -> None:
-    """SECURITY.md §0: malformed → 400 `invalid_request`, never a 500."""
+    """docs/security.md §0: malformed → 400 `invalid_request`, never a 500."""
     for header in ("Basic abc", "Bearer", "Bearer a b", f"Token {alice.token}"):
         response = api.call("GET", "/users/me", headers={"Authorization": header})
         assert is_problem(response, 400), header

@@ -18,7 +18,7 @@ NATIVE_CALLBACK = "com.example.app:/oauth/callback"
 
 
 def test_consent_redirects_to_a_private_use_scheme(live_server: LiveServer, page: Page) -> None:
-    """SECURITY.md A3-A4 in a browser: the answer leaves for the app, nothing blocks it."""
+    """docs/security.md A3-A4 in a browser: the answer leaves for the app, nothing blocks it."""
     user = live_server.make.user(email="native@example.com")
     client, _ = live_server.make.client(
         name="Native App", redirect_uris=[NATIVE_CALLBACK], auth_method="none"
