@@ -16,9 +16,9 @@ from authserver.kv import KV
 
 
 class RateLimiter:
-    def __init__(self, kv: KV, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, kv: KV, clock: Callable[[], float] | None = None) -> None:
         self.kv = kv
-        self._clock = clock
+        self._clock = clock or time.time
 
     def check(self, kind: str, key: str, limit: int, window: int) -> int | None:
         """Count one attempt for `key`; when that makes more than `limit` in this `window`

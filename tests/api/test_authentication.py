@@ -137,17 +137,24 @@ def test_a_token_without_the_scope_is_403_insufficient_scope(
 
 @pytest.mark.parametrize("op", MINE, ids=case_id)
 def test_a_clients_own_token_acts_for_nobody(
-    api: Api, op: rest.Operation, tokens: factories.TokenFactory, bob: Person
+    api: Api,
+    op: rest.Operation,
+    tokens: factories.TokenFactory,
+    bob: Person,
+    services: Services,
 ) -> None:
     """J74/J78: a token that speaks for a client alone (no user) is refused by every identity
-    operation, even claiming `admin` with the right audience, unless an operator registered
-    the client for `admin` (tests/api/test_automation.py)."""
+    operation with 403, even claiming `admin` with the right audience, and changes nothing,
+    unless an operator registered the client for `admin` (tests/api/test_automation.py)."""
     scopes = "admin " + " ".join(op.scopes)
     unregistered, _ = tokens.factory.client(
         grant_types=["client_credentials"], redirect_uris=[], scope="users:read"
     )
     token = tokens.access_token(None, scopes, client=unregistered).token
-    assert send(api, op, token, bob).status_code in {401, 403}
+    before = rows(services)
+    response = send(api, op, token, bob)
+    assert is_problem(response, 403)
+    assert rows(services) == before
 
 
 def test_a_malformed_authorization_header_is_400(api: Api, alice: Person) -> None:

@@ -263,6 +263,49 @@ def test_pkce_verifier_is_checked_at_the_token_endpoint(flow: Flow, ready: RP) -
     assert flow.exchange(ready, code).status_code == 200
 
 
+#: RFC 7636 Appendix B: this verifier's S256 challenge, as the RFC prints it.
+RFC7636_VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+RFC7636_CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+@pytest.fixture(params=["confidential", "public"])
+def any_rp(
+    request: pytest.FixtureRequest, flow: Flow, rp: RP, public_rp: RP, user: User,
+    signed_in: LoginSession,
+) -> RP:  # fmt: skip
+    chosen = rp if request.param == "confidential" else public_rp
+    flow.allow(user, chosen)
+    return chosen
+
+
+def test_rfc7636_appendix_b_vector_redeems(flow: Flow, any_rp: RP) -> None:
+    """docs/security.md B28: the server computes S256 as the RFC does, checked against the
+    RFC's own numbers rather than the suite's helper."""
+    code = flow.code(any_rp, code_challenge=RFC7636_CHALLENGE)
+    response = flow.exchange(any_rp, code, verifier=RFC7636_VERIFIER)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "verifier",
+    [
+        RFC7636_VERIFIER[:-1] + "j",  # one character off
+        RFC7636_VERIFIER.upper(),  # case matters
+        RFC7636_VERIFIER + "A",  # one character longer
+        RFC7636_CHALLENGE,  # the challenge itself, as `plain` would take it
+    ],
+)
+def test_wrong_verifier_is_invalid_grant_for_every_client_type(
+    flow: Flow, any_rp: RP, verifier: str
+) -> None:
+    """docs/security.md B28: a well-formed verifier that does not hash to the challenge is
+    `invalid_grant` for public and confidential clients alike, issues nothing, and leaves
+    the code for the holder of the right verifier."""
+    code = flow.code(any_rp, code_challenge=RFC7636_CHALLENGE)
+    assert_oauth_error(flow.exchange(any_rp, code, verifier=verifier), "invalid_grant")
+    assert flow.exchange(any_rp, code, verifier=RFC7636_VERIFIER).status_code == 200
+
+
 def test_verifier_for_a_code_without_challenge_is_a_downgrade(
     flow: Flow, ready: RP, user: User, signed_in: LoginSession, services: Services
 ) -> None:
