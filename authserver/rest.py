@@ -400,7 +400,7 @@ def _path_params(path: str) -> list[str]:
 
 TIMESTAMP = {"type": "string", "format": "date-time"}
 #: The query parameters of every listing (see `Listing`).
-PAGINATION = {
+PAGINATION: dict[str, dict[str, Any]] = {
     "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
     "cursor": {"type": "string"},
 }

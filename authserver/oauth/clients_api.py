@@ -199,7 +199,7 @@ RESOURCE_SERVER = {
     "type": "boolean",
     "description": "May introspect access tokens issued to any client (needs a secret).",
 }
-CLIENT = {
+CLIENT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": [

@@ -14,7 +14,7 @@ from authlib.oidc.core import AuthorizationCodeMixin
 from sqlalchemy import ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.security import Digester
 
 
@@ -136,7 +136,7 @@ def redeem(code_id: str, now: datetime) -> bool:
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def purge(now: datetime) -> int:
@@ -145,4 +145,4 @@ def purge(now: datetime) -> int:
     result = current_session().execute(
         delete(AuthorizationCode).where(AuthorizationCode.expires_at < cutoff)
     )
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)

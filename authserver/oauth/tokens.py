@@ -18,7 +18,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc import jwt
@@ -27,7 +27,7 @@ from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import audit, db
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.keystore import ALGORITHMS, JWS_REGISTRY, KeyStore
 from authserver.oauth import clients
 from authserver.organizations import models as orgs
@@ -292,7 +292,7 @@ def revoke_family(family_id: str, reason: str, now: datetime) -> bool:
         .values(revoked_at=now, revoked_reason=reason)
         .execution_options(synchronize_session="fetch")
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def revoke_issued_from_code(code_id: str, now: datetime) -> TokenFamily | None:
@@ -319,7 +319,7 @@ def revoke_user_families(
         .values(revoked_at=now or db.utcnow(), revoked_reason=reason)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)
 
 
 # -- refresh tokens ------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def mark_rotated(token_id: str, now: datetime) -> bool:
         .values(rotated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def reload(presented: PresentedRefreshToken) -> PresentedRefreshToken:
@@ -461,7 +461,7 @@ def revoke_access_token(jti: str, now: datetime) -> bool:
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def purge(now: datetime) -> dict[str, int]:
@@ -474,9 +474,9 @@ def purge(now: datetime) -> dict[str, int]:
     )
     access = session.execute(delete(AccessToken).where(AccessToken.expires_at < now))
     return {
-        "token_families": int(families.rowcount or 0),
-        "refresh_tokens": int(refresh.rowcount or 0),
-        "access_tokens": int(access.rowcount or 0),
+        "token_families": int(rowcount(families) or 0),
+        "refresh_tokens": int(rowcount(refresh) or 0),
+        "access_tokens": int(rowcount(access) or 0),
     }
 
 
@@ -484,5 +484,5 @@ def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)

@@ -210,7 +210,11 @@ def _open_session(
     browser's previous session, if any, ends. With no candidate, record the failure.
     Returns the raw cookie value, or None."""
     user = users.get(candidate.user_id) if candidate and candidate.user_id else None
-    if user is not None and (not user.is_active or user.password_hash != candidate.password_hash):
+    if (
+        user is not None
+        and candidate is not None
+        and (not user.is_active or user.password_hash != candidate.password_hash)
+    ):
         user = None
     if user is None:
         known = users.find_by_email(email)

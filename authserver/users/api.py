@@ -145,7 +145,7 @@ def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str
 
 def end_everything(
     access: AppAccess, user_id: str, *, reason: str, keep_session_id: str | None = None
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """End a user's sessions and revoke their token families (all but `keep_session_id`'s),
     so that nothing signed in before survives a reactivation or a password change."""
     ended = sessions.end_all_for_user(user_id, except_session_id=keep_session_id)
@@ -378,7 +378,7 @@ async def update_user(request: Request) -> Response:
         for field, value in changes.items():
             setattr(user, field, value)
         if changes:
-            flags = {field: value for field, value in changes.items() if field != "name"}
+            flags: dict[str, Any] = {f: v for f, v in changes.items() if f != "name"}
             actor.record("user.updated", "user", user.id, fields=sorted(changes), **flags)
         if body.is_active is False and user.is_active:
             _deactivate(actor, user, access)

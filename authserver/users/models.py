@@ -9,7 +9,7 @@ from sqlalchemy import Boolean, ForeignKey, String, delete, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.errors import Conflict, Forbidden, Invalid
 from authserver.security import Digester, Passwords, new_token
 
@@ -115,7 +115,7 @@ def as_dict(user: User) -> dict[str, object]:
 
 def purge_email_tokens(now: datetime) -> int:
     result = current_session().execute(delete(EmailToken).where(EmailToken.expires_at < now))
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ def revoke_links(user_id: str, purpose: str, *, now: datetime | None = None) -> 
         )
         .values(used_at=now or utcnow())
     )
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)
 
 
 def set_password(user: User, password_hash: str) -> None:

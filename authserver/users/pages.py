@@ -109,7 +109,7 @@ async def resend_verification(request: Request) -> Response:
         return render(request, "resend_verification.html", {"email": ""})
     form = await _form(request, services)
     email = _field(form, "email")
-    typed = {"email": email}
+    typed: dict[str, object] = {"email": email}
     refused = await _refuse_ip(request, services, "resend_verification.html", typed)
     if refused is not None:
         return refused
