@@ -132,7 +132,7 @@ EVENT = {
         "details": {"type": "object"},
     },
 }  # fmt: skip
-FILTER = {"type": "string", "maxLength": FILTER_MAX}
+FILTER: dict[str, Any] = {"type": "string", "maxLength": FILTER_MAX}
 
 OPERATIONS = [
     rest.Operation(

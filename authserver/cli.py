@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -48,7 +49,8 @@ def migrate(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
-def schema_is_current(database_url: str) -> bool:
+def schema_revisions(database_url: str) -> tuple[set[str], set[str]]:
+    """(the revisions the database is at, the latest revisions of the code)."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
     from sqlalchemy import create_engine
@@ -60,7 +62,46 @@ def schema_is_current(database_url: str) -> bool:
             current = MigrationContext.configure(connection).get_current_heads()
     finally:
         engine.dispose()
-    return set(current) == set(script.get_heads())
+    return set(current), set(script.get_heads())
+
+
+def schema_is_current(database_url: str) -> bool:
+    current, latest = schema_revisions(database_url)
+    return current == latest
+
+
+def _safe_url(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+#: Bind addresses that mean "every interface"; the issuer then names the loopback one.
+ALL_INTERFACES = {"0.0.0.0", "::"}  # noqa: S104
+
+
+def _issuer_configured() -> bool:
+    """Whether AUTHSERVER_ISSUER is set, in the environment or in .env (as Settings reads)."""
+    from dotenv import dotenv_values
+
+    if os.environ.get("AUTHSERVER_ISSUER"):
+        return True
+    return Path(".env").is_file() and bool(dotenv_values(".env").get("AUTHSERVER_ISSUER"))
+
+
+def default_issuer(host: str, port: int) -> str:
+    """The issuer of a server nobody configured one for: where it listens, so discovery
+    points at this server and not at a port where nothing answers."""
+    from authserver.settings import LOOPBACK_HOSTS
+
+    if host in ALL_INTERFACES:
+        host = "127.0.0.1"
+    if host not in LOOPBACK_HOSTS:
+        raise CliError(
+            f"set AUTHSERVER_ISSUER to the https URL clients reach when serving on {host}",
+            EXIT_CONFIG,
+        )
+    return f"http://{'[::1]' if host == '::1' else host}:{port}"
 
 
 def _emit(args: argparse.Namespace, record: dict[str, Any], summary: str) -> None:
@@ -79,8 +120,16 @@ def _services(settings: Settings) -> Any:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from authserver import serving
     from authserver.app import open_keystore
+    from authserver.keystore import MANIFEST
 
-    open_keystore(settings)
+    derive_issuer = not _issuer_configured()
+    if derive_issuer:
+        settings = settings.replace(issuer=default_issuer(args.host, args.port))
+    first_start = not (settings.keys_dir / MANIFEST).exists()
+    store = open_keystore(settings)
+    if first_start:
+        made = ", ".join(f"{info.alg} {info.kid}" for info in store.keys())
+        print(f"created signing keys in {settings.keys_dir}/: {made}")
     if not schema_is_current(settings.database_url):
         raise CliError("the database schema is not current: run `authserver migrate` first")
     print(f"authserver {__version__} serving issuer {settings.issuer}")
@@ -88,12 +137,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     print("  next: authserver users create --email you@example.com --password-stdin")
     print("        authserver clients create --name 'My app' --redirect-uri https://app/cb")
     sys.stdout.flush()
+    if derive_issuer:
+        # The app factory (in every worker) reads the issuer from the environment.
+        os.environ["AUTHSERVER_ISSUER"] = settings.issuer
     serving.run(settings, host=args.host, port=args.port, workers=args.workers, reload=args.reload)
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    before, _ = schema_revisions(settings.database_url)
     migrate(settings.database_url)
-    print("database is at the latest revision")
+    after, _ = schema_revisions(settings.database_url)
+    where = _safe_url(settings.database_url)
+    if before == after:
+        print(f"{where}: already at revision {', '.join(sorted(after))}, nothing to do")
+    else:
+        start = ", ".join(sorted(before)) or "an empty database"
+        print(f"{where}: migrated from {start} to revision {', '.join(sorted(after))}")
 
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
@@ -141,6 +200,8 @@ def cmd_users_create(args: argparse.Namespace, settings: Settings) -> None:
             password_hash=services.passwords.hash(password),
             is_admin=args.admin,
         )
+        if args.verified:
+            users.mark_email_verified(user)
         audit.record("user.created", actor_type="cli", target_type="user", target_id=user.id)
         return users.as_dict(user)
 
@@ -270,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     users_create.add_argument("--email", required=True)
     users_create.add_argument("--name", default="")
     users_create.add_argument("--admin", action="store_true", help="may hold the admin scope")
+    users_create.add_argument(
+        "--verified",
+        action="store_true",
+        help="mark the email address as verified (you vouch for it; no link is sent)",
+    )
     users_create.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )

@@ -149,7 +149,7 @@ def render_error(
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if exc.status_code < 500 else STATUS_TITLES[500]
-    return render_error(request, exc.status_code, detail, exc.headers)
+    return render_error(request, exc.status_code, detail, dict(exc.headers or {}))
 
 
 async def handle_app_error(request: Request, exc: Exception) -> Response:

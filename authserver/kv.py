@@ -3,7 +3,7 @@
 Counters (rate limits) and set-if-absent markers (replay caches) must hold across instances, so
 with `redis_url` they live in Redis. When Redis stops answering, each call falls back to this
 process's memory: limits keep holding per process (weaker, never off), sign-in does not fail,
-and one warning per outage tells the operator (SECURITY.md 73, 94).
+and one warning per outage tells the operator (docs/security.md I73, L94).
 """
 
 from __future__ import annotations

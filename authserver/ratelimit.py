@@ -1,7 +1,7 @@
 """Fixed-window rate limits on the kv backend: sign-in now, token and registration next.
 
 A limit counts an attempt *before* the work it guards, so fifty parallel guesses are fifty
-counts, not fifty checks of a counter nobody has raised yet (SECURITY.md I71, Keycloak
+counts, not fifty checks of a counter nobody has raised yet (docs/security.md I71, Keycloak
 #31726). Windows are aligned to the wall clock so every instance sharing Redis agrees on them,
 and keys are hashed so emails and IPs never sit in Redis in the clear.
 """
@@ -16,9 +16,9 @@ from authserver.kv import KV
 
 
 class RateLimiter:
-    def __init__(self, kv: KV, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, kv: KV, clock: Callable[[], float] | None = None) -> None:
         self.kv = kv
-        self._clock = clock
+        self._clock = clock or time.time
 
     def check(self, kind: str, key: str, limit: int, window: int) -> int | None:
         """Count one attempt for `key`; when that makes more than `limit` in this `window`

@@ -128,7 +128,7 @@ async def read_json(request: Request, model: type[Any]) -> Any:
     """The JSON body as an instance of the dataclass `model`.
 
     Unknown members are refused rather than ignored, so `{"is_admin": true}` can never slip
-    into an update (mass assignment, SECURITY.md J77); wrong types are a 400, never a 500.
+    into an update (mass assignment, docs/security.md J77); wrong types are a 400, never a 500.
     """
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
@@ -218,7 +218,7 @@ class Listing:
     """Keyset pagination for one listing (`?page_size=&cursor=`).
 
     A cursor names the listing it was made for, e.g. `sessions:<user id>`, and is refused
-    anywhere else, so one user's cursor never pages through another's rows (SECURITY.md J75).
+    anywhere else, so one user's cursor never pages through another's rows (docs/security.md J75).
     Fetch `limit` rows from just past `after` (the last row already shown, in the listing's
     own order), then let `page` answer with `size` of them and a cursor if more follow.
     """
@@ -407,7 +407,7 @@ def _path_params(path: str) -> list[str]:
 
 TIMESTAMP = {"type": "string", "format": "date-time"}
 #: The query parameters of every listing (see `Listing`).
-PAGINATION = {
+PAGINATION: dict[str, dict[str, Any]] = {
     "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
     "cursor": {"type": "string"},
 }

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -24,7 +26,7 @@ from sqlalchemy import select, text
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver import rest
+from authserver import ratelimit, rest
 from authserver.app import Services, create_app
 from authserver.audit import AuditEvent
 from authserver.db import Database, current_session
@@ -118,6 +120,17 @@ def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
     with database.engine.begin() as connection:
         for table in reversed(Base.metadata.sorted_tables):
             connection.execute(table.delete())
+
+
+@pytest.fixture(autouse=True)
+def _rate_limit_windows_start_with_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rate-limit windows are aligned to the wall clock; a test that makes `limit + 1`
+    attempts would see the count reset if a window ended mid-test. The limiters' clock runs
+    at real speed from the start of a day, so every window (a divisor of a day) is whole."""
+    started = time.time()
+    midnight = started - started % 86400
+    clock = SimpleNamespace(time=lambda: midnight + (time.time() - started))
+    monkeypatch.setattr(ratelimit, "time", clock)
 
 
 @pytest.fixture(autouse=True)

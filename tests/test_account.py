@@ -1,7 +1,7 @@
 """/account: sessions with `End session`, apps with `Revoke`, organizations, password link.
 
 Browser-level checks over HTTP: the page needs a live session, every button is a CSRF-checked
-POST (SECURITY.md H64), another person's ids answer 404 (J75), output is escaped, and what a
+POST (docs/security.md H64), another person's ids answer 404 (J75), output is escaped, and what a
 button ends is ended everywhere (J79, ASVS 10.7.3).
 """
 

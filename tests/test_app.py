@@ -28,7 +28,7 @@ def test_ready_checks_the_database(client: TestClient) -> None:
 
 
 def test_ready_fails_when_the_database_is_unreachable(settings: Settings) -> None:
-    """SECURITY.md L88: readiness fails while the database is down."""
+    """docs/security.md L88: readiness fails while the database is down."""
     down = settings.replace(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
     with TestClient(create_app(down), base_url=ISSUER) as client:
         response = client.get("/ready")
@@ -37,7 +37,7 @@ def test_ready_fails_when_the_database_is_unreachable(settings: Settings) -> Non
 
 
 def test_both_discovery_documents_carry_the_same_metadata(client: TestClient) -> None:
-    """SECURITY.md F49: issuer byte-equal, S256 only, code only, no `none` algorithm."""
+    """docs/security.md F49: issuer byte-equal, S256 only, code only, no `none` algorithm."""
     oidc = client.get("/.well-known/openid-configuration")
     oauth = client.get("/.well-known/oauth-authorization-server")
     assert oidc.status_code == oauth.status_code == 200
@@ -51,7 +51,7 @@ def test_both_discovery_documents_carry_the_same_metadata(client: TestClient) ->
 
 
 def test_jwks_publishes_public_keys_only(client: TestClient) -> None:
-    """SECURITY.md F50: no private members, unique kids, RSA of at least 2048 bits."""
+    """docs/security.md F50: no private members, unique kids, RSA of at least 2048 bits."""
     response = client.get("/jwks.json")
     assert response.status_code == 200
     keys = response.json()["keys"]
@@ -99,7 +99,7 @@ def test_wrong_method_is_405(client: TestClient) -> None:
 
 
 def test_unexpected_errors_are_a_generic_500(settings: Settings) -> None:
-    """SECURITY.md §0: a generic body, no stack trace or SQL."""
+    """docs/security.md §0: a generic body, no stack trace or SQL."""
     app = create_app(settings)
 
     def explode(request: object) -> Response:
@@ -114,7 +114,7 @@ def test_unexpected_errors_are_a_generic_500(settings: Settings) -> None:
 
 
 def test_security_headers_on_every_response(client: TestClient) -> None:
-    """SECURITY.md H66 (HSTS only under https, see the next test)."""
+    """docs/security.md H66 (HSTS only under https, see the next test)."""
     response = client.get("/nowhere")
     csp = response.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp
@@ -143,7 +143,7 @@ def test_request_id_is_echoed_or_made(client: TestClient) -> None:
 
 
 def test_oversized_bodies_and_urls_are_refused(client: TestClient) -> None:
-    """SECURITY.md M99: >64 KB body → 413, URL >8 KB → 414."""
+    """docs/security.md M99: >64 KB body → 413, URL >8 KB → 414."""
     assert client.post("/health", content=b"x" * (65 * 1024)).status_code == 413
     assert client.get("/health?q=" + "a" * 9000).status_code == 414
 
@@ -158,7 +158,7 @@ def test_metrics_count_requests_by_endpoint(client: TestClient) -> None:
 
 
 def test_discovery_advertises_only_algorithms_that_have_a_key(client: TestClient, services) -> None:
-    """SECURITY.md F49: no algorithm is advertised that nothing can sign with."""
+    """docs/security.md F49: no algorithm is advertised that nothing can sign with."""
     algs = client.get("/.well-known/openid-configuration").json()[
         "id_token_signing_alg_values_supported"
     ]

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ import jwt
 import pytest
 from sqlalchemy import create_engine, text
 
-from authserver.cli import main
+from authserver.cli import default_issuer, main
 
 
 @pytest.fixture
@@ -280,7 +281,7 @@ def test_help_for_every_command(capsys) -> None:
 
 
 def test_serve_refuses_an_unmigrated_database(tmp_path: Path, monkeypatch, capsys) -> None:
-    """SECURITY.md L96: a schema that does not match stops start-up."""
+    """docs/security.md L96: a schema that does not match stops start-up."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTHSERVER_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
     assert main(["serve"]) == 1
@@ -293,12 +294,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve(folder: Path, port: int) -> subprocess.Popen[str]:
+def serve(folder: Path, port: int, *, issuer: bool = True) -> subprocess.Popen[str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")},
         "AUTHSERVER_DATABASE_URL": f"sqlite:///{folder / 'serve.db'}",
-        "AUTHSERVER_ISSUER": f"http://127.0.0.1:{port}",
     }
+    if issuer:
+        env["AUTHSERVER_ISSUER"] = f"http://127.0.0.1:{port}"
     return subprocess.Popen(
         [sys.executable, "-m", "authserver.cli", "serve", "--port", str(port)],
         cwd=folder,
@@ -322,7 +324,7 @@ def wait_until_up(base: str, process: subprocess.Popen[str]) -> None:
 
 
 def test_a_real_server_restarts_with_the_same_keys(tmp_path: Path) -> None:
-    """SECURITY.md L92/L93: first start makes keys; a restart loads them (same kids)."""
+    """docs/security.md L92/L93: first start makes keys; a restart loads them (same kids)."""
     migrate_env = {**os.environ, "AUTHSERVER_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
     subprocess.run(
         [sys.executable, "-m", "authserver.cli", "migrate"],
@@ -349,3 +351,88 @@ def test_a_real_server_restarts_with_the_same_keys(tmp_path: Path) -> None:
     assert kids[0] == kids[1]
     assert len(kids[0]) == 2
     assert (tmp_path / "keys" / "secret.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_without_a_configured_issuer_discovery_points_where_the_server_listens(
+    tmp_path: Path,
+) -> None:
+    """`tasks.py run --port 9000` without AUTHSERVER_ISSUER: the issuer is the address the
+    server listens on, and the first start says which keys it made."""
+    migrate_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")},
+        "AUTHSERVER_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "authserver.cli", "migrate"],
+        cwd=tmp_path, env=migrate_env, check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = serve(tmp_path, port, issuer=False)
+    try:
+        wait_until_up(base, process)
+        discovery = httpx.get(f"{base}/.well-known/openid-configuration").json()
+        assert discovery["issuer"] == base
+        assert discovery["token_endpoint"] == f"{base}/token"
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    assert f"serving issuer {base}" in output
+    assert "created signing keys in keys/: RS256 " in output
+
+
+@pytest.mark.parametrize(
+    ("host", "issuer"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:9000"),
+        ("localhost", "http://localhost:9000"),
+        ("0.0.0.0", "http://127.0.0.1:9000"),  # noqa: S104
+        ("::1", "http://[::1]:9000"),
+    ],
+)
+def test_the_default_issuer_follows_host_and_port(host: str, issuer: str) -> None:
+    assert default_issuer(host, 9000) == issuer
+
+
+def test_serving_elsewhere_without_an_issuer_is_one_line_and_exit_2(
+    env: Path, capsys, monkeypatch
+) -> None:
+    status, _, err = run(["serve", "--host", "192.0.2.7"], capsys, monkeypatch)
+    assert status == 2
+    assert err == (
+        "authserver: set AUTHSERVER_ISSUER to the https URL clients reach when serving on "
+        "192.0.2.7\n"
+    )
+
+
+def test_migrate_says_what_it_did(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTHSERVER_DATABASE_URL", f"sqlite:///{tmp_path / 'm.db'}")
+    status, out, _ = run(["migrate"], capsys, monkeypatch)
+    assert status == 0
+    assert out.startswith(f"sqlite:///{tmp_path / 'm.db'}: migrated from an empty database to ")
+    status, out, _ = run(["migrate"], capsys, monkeypatch)
+    assert status == 0
+    assert "already at revision" in out
+    assert "nothing to do" in out
+
+
+def test_version_is_the_installed_package_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"authserver {metadata.version('authserver')}\n"
+
+
+def test_users_create_verified_marks_the_address_verified(env: Path, capsys, monkeypatch) -> None:
+    for email, extra in (("v@example.com", ["--verified"]), ("u@example.com", [])):
+        status, out, _ = run(
+            ["users", "create", "--email", email, "--password-stdin", "--json", *extra],
+            capsys, monkeypatch, stdin="a long enough password\n",
+        )  # fmt: skip
+        assert status == 0
+        assert json.loads(out)["email_verified"] is bool(extra)
+    assert query(env, "SELECT email, email_verified FROM users ORDER BY email") == [
+        ("u@example.com", 0),
+        ("v@example.com", 1),
+    ]

@@ -12,7 +12,7 @@ from authserver.models import Base, User
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(tmp_path: Path) -> None:
-    """SECURITY.md K87: WAL and busy_timeout, so concurrent writers wait instead of failing."""
+    """docs/security.md K87: WAL and busy_timeout, so concurrent writers wait instead of failing."""
     database = Database(f"sqlite:///{tmp_path / 'x.db'}")
     with database.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -1,4 +1,4 @@
-"""The kv backends and the fixed-window limiter (SECURITY.md I71, I73, items 94 and 100)."""
+"""The kv backends and the fixed-window limiter (docs/security.md I71, I73, items 94 and 100)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from authserver.app import Services
 from authserver.kv import LocalKV, RedisKV, open_kv
 from authserver.ratelimit import RateLimiter
 from tests.conftest import IN_CI, TEST_REDIS_URL
@@ -270,3 +271,10 @@ def test_redis_backed_limiter(redis_url: str) -> None:
     assert answers[:2] == [None, None]
     assert answers[2] is not None
     assert 1 <= answers[2] <= 60
+
+
+def test_app_limiters_start_each_test_at_the_start_of_a_window(services: Services) -> None:
+    """The suite's clock alignment (tests/conftest.py) reaches the app's limiter, so tests
+    that spend a whole budget never see a window roll over midway."""
+    remaining = services.limiter._bucket("x", "k", 900)[1]
+    assert remaining > 900 - 60

@@ -57,7 +57,7 @@ def test_a_live_token_with_the_scope_is_accepted(api, make, tokens) -> None:
 
 
 def test_no_token_is_401_with_a_bare_challenge(api) -> None:
-    """SECURITY.md §0 / J74: no token → 401 `WWW-Authenticate: Bearer` without an error code."""
+    """docs/security.md §0 / J74: no token → 401 `WWW-Authenticate: Bearer`, no error code."""
     response = api.get("/api/v1/whoami")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="api"'
@@ -68,7 +68,7 @@ def test_no_token_is_401_with_a_bare_challenge(api) -> None:
     "variant", ["id_token_typ", "other_audience", "revoked", "expired", "garbage", "session_ended"]
 )
 def test_unusable_tokens_are_invalid_token(api, make, tokens, services, variant) -> None:
-    """SECURITY.md J74/F52: ID tokens, foreign audiences, revoked, expired, garbage → 401."""
+    """docs/security.md J74/F52: ID tokens, foreign audiences, revoked, expired, garbage → 401."""
     from authserver.db import utcnow
     from authserver.oauth import tokens as token_store
     from authserver.sessions import models as sessions
@@ -117,7 +117,7 @@ def test_malformed_authorization_header_is_400(api) -> None:
     ],
 )
 def test_json_bodies_are_checked_member_by_member(api, body: str, status: int) -> None:
-    """SECURITY.md J77: unknown (read-only) members are refused, not ignored."""
+    """docs/security.md J77: unknown (read-only) members are refused, not ignored."""
     response = api.patch("/api/v1/echo", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status
     if status == 400:
@@ -153,7 +153,7 @@ def test_lone_surrogates_in_json_are_a_400(api) -> None:
 
 
 def test_head_is_answered_like_get(api, make, tokens) -> None:
-    """SECURITY.md J80: HEAD goes through the same authorization as GET, never a 500."""
+    """docs/security.md J80: HEAD goes through the same authorization as GET, never a 500."""
     assert api.head("/api/v1/whoami").status_code == 401
     issued = tokens.access_token(make.user(), "users:read")
     assert api.head("/api/v1/whoami", headers=bearer(issued.token)).status_code == 200

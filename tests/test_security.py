@@ -1,4 +1,4 @@
-"""Secrets and passwords (SECURITY.md I69-I70, §0 entropy)."""
+"""Secrets and passwords (docs/security.md I69-I70, §0 entropy)."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ def test_digests_are_keyed_and_separated_by_purpose() -> None:
 
 
 def test_passwords_are_argon2id_with_visible_parameters() -> None:
-    """SECURITY.md I69: the stored hash names argon2id and its parameters."""
+    """docs/security.md I69: the stored hash names argon2id and its parameters."""
     stored = Passwords(**FAST).hash("correct horse battery staple")
     assert stored.startswith("$argon2id$v=19$m=8,t=1,p=1$")
 
 
 def test_long_passwords_are_not_truncated() -> None:
-    """SECURITY.md I70: 128 characters work; a difference at character 73 matters."""
+    """docs/security.md I70: 128 characters work; a difference at character 73 matters."""
     passwords = Passwords(**FAST)
     long_password = "a" * 128
     stored = passwords.hash(long_password)
@@ -40,13 +40,13 @@ def test_long_passwords_are_not_truncated() -> None:
 
 
 def test_verify_without_a_hash_says_no() -> None:
-    """SECURITY.md I72: unknown accounts run a dummy verify and fail."""
+    """docs/security.md I72: unknown accounts run a dummy verify and fail."""
     assert not Passwords(**FAST).verify(None, "anything")
     assert not Passwords(**FAST).verify("not-a-hash", "anything")
 
 
 def test_rehash_needed_when_parameters_rise() -> None:
-    """SECURITY.md I69: raised parameters are applied on the next successful sign-in."""
+    """docs/security.md I69: raised parameters are applied on the next successful sign-in."""
     stored = Passwords(**FAST).hash("pw-pw-pw-pw")
     stronger = Passwords(time_cost=2, memory_cost=16, parallelism=1)
     assert stronger.verify(stored, "pw-pw-pw-pw")

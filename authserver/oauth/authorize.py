@@ -3,7 +3,7 @@
 GET or POST /authorize: validate (Authlib) → sign-in needed? → consent needed? → code.
 The authorization request travels in the URL: the login page gets it back as `next`, the
 consent page as its own query string, and every step validates it again with Authlib, so a
-page never trusts a hidden field (SECURITY.md H65). Nothing is stored until the code.
+page never trusts a hidden field (docs/security.md H65). Nothing is stored until the code.
 
 The `organization` scope makes the user pick one of their organizations on the consent
 page, also when consent itself is remembered or skipped (unless they have exactly one):
@@ -64,10 +64,10 @@ REAUTHENTICATION_PROMPTS = {"login", "select_account"}
 #: `id_token_hint` for someone else): the moment of asking, signed with a key derived from
 #: the root secret and bound to the client. The request coming back is answered only for a
 #: session that signed in at or after that moment; a marker that fails to verify asks for a
-#: fresh sign-in again (SECURITY.md A15).
+#: fresh sign-in again (docs/security.md A15).
 AUTH_AFTER = "auth_after"
 #: The consent form's single-use nonce: a second submit of one rendered form is refused, so
-#: a double click or a replayed POST gets no second code (SECURITY.md H65, K84).
+#: a double click or a replayed POST gets no second code (docs/security.md H65, K84).
 CONSENT_NONCE_FIELD = "consent_nonce"
 CONSENT_NONCE_TTL = 24 * 3600
 ALREADY_ANSWERED = "This request was already answered. Go back to the application to continue."
@@ -140,7 +140,7 @@ async def consent_page(request: Request) -> Response:
     validates the request again. Each rendered form carries a single-use nonce that an
     answer (Allow or Deny) consumes atomically in the kv backend, so of two submits of the
     same form (a double click, parallel requests, a replay) only the first gets an answer and
-    the others a 400 page: a double submit gives one code (SECURITY.md H65, K84).
+    the others a 400 page: a double submit gives one code (docs/security.md H65, K84).
     """
     if request.method == "GET":
         return await _handle(request, step="show", with_body=False)

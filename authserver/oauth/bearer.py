@@ -43,7 +43,7 @@ def make_verifier(keystore: KeyStore, settings: Settings) -> TokenVerifier:
 
 
 def _still_admin(claims: dict[str, Any]) -> bool:
-    """`admin` counts only while its holder may hold it (SECURITY.md J78): a person who is
+    """`admin` counts only while its holder may hold it (docs/security.md J78): a person who is
     still an active administrator, or a client an operator still registers with `admin`
     (automation through client_credentials). Checked on every request, not at issue time."""
     if claims["sub"] != claims["client_id"]:

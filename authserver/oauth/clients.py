@@ -106,7 +106,7 @@ CLIENT_ID_MAX = 64
 def plausible_client_id(client_id: str | None) -> bool:
     """Whether `client_id` could name a client at all: 1 to 64 printable characters. NUL and
     other control characters (from an HTTP Basic header or a form field) never reach the
-    database, where PostgreSQL would refuse them with an error (SECURITY.md B30)."""
+    database, where PostgreSQL would refuse them with an error (docs/security.md B30)."""
     if not client_id or len(client_id) > CLIENT_ID_MAX:
         return False
     return client_id.isprintable()

@@ -1,7 +1,7 @@
 """`/api/v1/clients`: the administrators' CRUD of OAuth clients and secret rotation.
 
 Every operation needs the `admin` scope: an administrator's token (the person is read again
-in each request's transaction, so a demoted administrator stops at once, SECURITY.md J78) or
+in each request's transaction, so a demoted administrator stops at once, docs/security.md J78) or
 the token of a client an operator registered with `admin`, for automation.
 A client secret leaves the server exactly twice,
 in the answer to its creation and to its rotation (with `Cache-Control: no-store`); only its
@@ -199,7 +199,7 @@ RESOURCE_SERVER = {
     "type": "boolean",
     "description": "May introspect access tokens issued to any client (needs a secret).",
 }
-CLIENT = {
+CLIENT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": [

@@ -1,7 +1,7 @@
 """Authorization codes: stored as digests, single use, enforced by the database.
 
 A code is consumed by one conditional UPDATE in the same transaction as the tokens it buys
-(SECURITY.md K81, L89): of any number of concurrent redemptions exactly one touches the row,
+(docs/security.md K81, L89): of any number of concurrent redemptions exactly one touches the row,
 and if storing the tokens fails the consumption rolls back with them. Consumed codes are
 kept (not deleted) so that a replay can be recognised and answered by revocation.
 """
@@ -14,7 +14,7 @@ from authlib.oidc.core import AuthorizationCodeMixin
 from sqlalchemy import ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.security import Digester
 
 
@@ -136,7 +136,7 @@ def redeem(code_id: str, now: datetime) -> bool:
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def purge(now: datetime) -> int:
@@ -145,4 +145,4 @@ def purge(now: datetime) -> int:
     result = current_session().execute(
         delete(AuthorizationCode).where(AuthorizationCode.expires_at < cutoff)
     )
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)

@@ -14,7 +14,7 @@ from sqlalchemy import ForeignKey, String, UniqueConstraint, select, tuple_, upd
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.oauth.clients import Client
 from authserver.oauth.tokens import TokenFamily
 from authserver.rest import API_SCOPES
@@ -128,4 +128,4 @@ def revoke(consent: Consent, now: datetime) -> int:
         .values(revoked_at=now, revoked_reason="consent_revoked")
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)

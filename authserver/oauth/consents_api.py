@@ -4,7 +4,7 @@ Consents belong to the account, so they use the account's scopes: `users:read` t
 `users:write` to revoke. Revoking forgets the consent (the next authorization asks again)
 and revokes every token family the person granted that client, so its refresh tokens fail
 and its access tokens turn inactive (ASVS 10.4.9, 10.7.3). Another person's consent id
-answers 404 like an unknown one (SECURITY.md J75).
+answers 404 like an unknown one (docs/security.md J75).
 """
 
 from __future__ import annotations

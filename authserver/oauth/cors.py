@@ -8,7 +8,7 @@ says where the app runs. At /token and /revoke only public clients qualify, sinc
 secret has no business in a browser. The check runs before the request does anything: a
 form POST is a "simple" CORS request that the browser sends without asking first, so a
 refused origin must not get as far as redeeming a code. The authorization endpoint, the
-introspection endpoint and the HTML pages never answer cross-origin (SECURITY.md A21).
+introspection endpoint and the HTML pages never answer cross-origin (docs/security.md A21).
 
 Preflights are answered for any origin: the browser sends no credentials or body with
 them, so the client is unknown until the real request arrives, which is where the rule

@@ -1,7 +1,7 @@
-"""Authlib's grants, made as strict as SECURITY.md promises, and thin over codes and tokens.
+"""Authlib's grants, made as strict as docs/security.md promises, and thin over codes and tokens.
 
 Authlib redeems a code as read → issue → delete and ships no refresh rotation (§6 of
-SECURITY.md); here a code is consumed by one conditional UPDATE in the token transaction,
+docs/security.md); here a code is consumed by one conditional UPDATE in the token transaction,
 a replay revokes what the code bought, and refresh tokens rotate with reuse detection and
 a short retry window. Grants are bound to one app's settings by `bind`.
 """
@@ -42,7 +42,7 @@ USER_SCOPES = {"openid", "profile", "email", "offline_access", ORGANIZATION}
 ADMIN_SCOPE = "admin"
 NONCE_MAX = 512
 #: `max_age` as OIDC Core §3.1.2.1 allows it: ASCII digits only (`str.isdigit` also takes
-#: `²` or `①`, which `int` refuses), and short enough to convert cheaply (SECURITY.md A15).
+#: `²` or `①`, which `int` refuses), and short enough to convert cheaply (docs/security.md A15).
 MAX_AGE = re.compile(r"[0-9]{1,9}")
 
 
@@ -53,7 +53,7 @@ def bind(grant_cls: type[Any], settings: Settings, digester: Digester) -> type[A
 
 
 class PKCE(CodeChallenge):
-    """RFC 7636 with our policy (SECURITY.md A8, B28): S256 required from every client.
+    """RFC 7636 with our policy (docs/security.md A8, B28): S256 required from every client.
 
     Authlib defaults to `plain` and only enforces PKCE for public clients. Here a request
     without `code_challenge`, with `plain`, or with no method (which RFC 7636 §4.3 would
@@ -200,7 +200,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
         A used code presented by its client is a replay (OAuth 2.1 §4.1.3): the tokens it
         bought are revoked. A code of another client is just `invalid_grant` and changes
-        nothing (SECURITY.md B27).
+        nothing (docs/security.md B27).
         """
         found = codes.find(self.digester, code)
         if found is None or found.client_id != client.id:
@@ -214,7 +214,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         kept so that a replay can be recognised."""
 
     def authenticate_user(self, authorization_code: codes.AuthorizationCode) -> EndUser | None:
-        """The code's user, unless deleted or disabled since (SECURITY.md B33), no longer
+        """The code's user, unless deleted or disabled since (docs/security.md B33), no longer
         in the organization they chose, or signed out of the browser session the code was
         issued in (the user ended it between /authorize and /token)."""
         user = users.get(authorization_code.user_id)
@@ -237,7 +237,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         """Consume the code first, in this transaction: if anything later fails the
-        consumption rolls back with it (SECURITY.md L89); if another request consumed it
+        consumption rolls back with it (docs/security.md L89); if another request consumed it
         in between, this one is the replay."""
         code = self.request.authorization_code
         if not codes.redeem(code.id, self.now):

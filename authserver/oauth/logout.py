@@ -1,4 +1,4 @@
-"""RP-Initiated Logout 1.0 at /logout (SECURITY.md H68, ASVS 10.6.2).
+"""RP-Initiated Logout 1.0 at /logout (docs/security.md H68, ASVS 10.6.2).
 
 A relying party sends the browser here, by GET or by form POST, with `id_token_hint`,
 `post_logout_redirect_uri`, `state` and `client_id`. An ID token we signed, for the session

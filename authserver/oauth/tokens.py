@@ -18,7 +18,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc import jwt
@@ -27,7 +27,7 @@ from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import audit, db, jsonsafe
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.keystore import ALGORITHMS, JWS_REGISTRY, KeyStore
 from authserver.oauth import clients
 from authserver.organizations import models as orgs
@@ -102,7 +102,7 @@ JWT_MAX_LENGTH = 8192
 #: `iat` may be this far in the future (another instance's clock): FAPI 2.0 §5.3.1.1.
 CLOCK_SKEW = 60
 #: A JWT we issued has exactly these header members; anything else (`jwk`, `jku`, `x5u`,
-#: `crit`, ...) means someone else made it (SECURITY.md F51).
+#: `crit`, ...) means someone else made it (docs/security.md F51).
 HEADER_MEMBERS = {"alg", "typ", "kid"}
 #: The scope under which the user picks one organization for the grant (SPEC §5).
 ORGANIZATION = "organization"
@@ -185,7 +185,7 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
 def decode_own_jwt(keystore: KeyStore, raw: str | None, *, typ: str) -> dict[str, Any] | None:
     """The claims of a JWT this server signed, or None; claims are the caller's to check.
 
-    SECURITY.md F51: bounded size; a header of only `alg`, `typ`, `kid`; the algorithm
+    docs/security.md F51: bounded size; a header of only `alg`, `typ`, `kid`; the algorithm
     from our allowlist (never `none`, never HMAC, so a public key cannot serve as a MAC
     secret) and equal to that of our published key named by `kid`.
     """
@@ -292,7 +292,7 @@ def revoke_family(family_id: str, reason: str, now: datetime) -> bool:
         .values(revoked_at=now, revoked_reason=reason)
         .execution_options(synchronize_session="fetch")
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def revoke_issued_from_code(code_id: str, now: datetime) -> TokenFamily | None:
@@ -319,7 +319,7 @@ def revoke_user_families(
         .values(revoked_at=now or db.utcnow(), revoked_reason=reason)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)
 
 
 # -- refresh tokens ------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def mark_rotated(token_id: str, now: datetime) -> bool:
         .values(rotated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def reload(presented: PresentedRefreshToken) -> PresentedRefreshToken:
@@ -461,7 +461,7 @@ def revoke_access_token(jti: str, now: datetime) -> bool:
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def purge(now: datetime) -> dict[str, int]:
@@ -474,9 +474,9 @@ def purge(now: datetime) -> dict[str, int]:
     )
     access = session.execute(delete(AccessToken).where(AccessToken.expires_at < now))
     return {
-        "token_families": int(families.rowcount or 0),
-        "refresh_tokens": int(refresh.rowcount or 0),
-        "access_tokens": int(access.rowcount or 0),
+        "token_families": int(rowcount(families) or 0),
+        "refresh_tokens": int(rowcount(refresh) or 0),
+        "access_tokens": int(rowcount(access) or 0),
     }
 
 
@@ -484,5 +484,5 @@ def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)

@@ -2,7 +2,7 @@
 
 Handlers parse, call `models` in one transaction (the access check, the change and its audit
 record commit together) and shape the answer. The rules live in `models`: a non-member gets
-404 for anything of an organization (SECURITY.md J75-76), roles decide the rest, and the
+404 for anything of an organization (docs/security.md J75-76), roles decide the rest, and the
 last owner stays. Tokens need `organizations:read` or `organizations:write` and must speak
 for a person; an administrator's token with `admin` may act on every organization while
 that person is still an administrator (J78).

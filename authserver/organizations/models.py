@@ -2,7 +2,7 @@
 
 Every function runs in the caller's unit of work and takes plain values. Who may see an
 organization is decided in one place, `access`: anyone who is not a member gets the same
-NotFound whether the organization exists or not, so ids cannot be probed (SECURITY.md J75).
+NotFound whether the organization exists or not, so ids cannot be probed (docs/security.md J75).
 The last-owner rule is checked under a lock on the organization's owner rows, in the
 transaction that makes the change, so two concurrent demotions cannot both pass it.
 """
@@ -112,7 +112,7 @@ def role_of(organization_id: str, user_id: str) -> str | None:
 
 def access(organization_id: str, user_id: str | None, *, admin: bool = False) -> Access:
     """The caller's access to an organization, or NotFound: one answer for "no such
-    organization" and "not yours", so a non-member learns nothing (SECURITY.md J75)."""
+    organization" and "not yours", so a non-member learns nothing (docs/security.md J75)."""
     if not _plausible(organization_id, ID_MAX):
         raise NotFound(NOT_FOUND)
     organization = current_session().get(Organization, organization_id)

@@ -1,7 +1,7 @@
 """`/api/v1/sessions`: the browser sessions a person is signed in with, and ending them.
 
 A person sees and ends only their own sessions (`sessions:read` / `sessions:write`); another
-person's session id answers 404 like an unknown one (SECURITY.md J75, J79). Administrators
+person's session id answers 404 like an unknown one (docs/security.md J75, J79). Administrators
 (`admin`) list and end anyone's under `/users/{user_id}/sessions`. Ending a session signs
 that browser out on its next request, and the refresh and access tokens issued in it stop
 working by reference: their token family checks that its session is alive (ASVS 7.4.5).

@@ -8,7 +8,7 @@ from sqlalchemy import ColumnElement, ForeignKey, String, delete, or_, select, t
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import web
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.security import Digester, new_token
 from authserver.settings import Settings
 from authserver.users.models import User
@@ -42,7 +42,7 @@ def purge(now: datetime) -> int:
         LoginSession.expires_at < now,
     )
     result = current_session().execute(delete(LoginSession).where(expired))
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)
 
 
 SID_PURPOSE = "session"
@@ -124,7 +124,7 @@ def end(session_id: str, *, now: datetime | None = None) -> bool:
         .where(LoginSession.id == session_id, LoginSession.ended_at.is_(None))
         .values(ended_at=now or utcnow())
     )
-    return bool(result.rowcount)
+    return bool(rowcount(result))
 
 
 def end_all_for_user(
@@ -140,7 +140,7 @@ def end_all_for_user(
     result = current_session().execute(
         update(LoginSession).where(*conditions).values(ended_at=now or utcnow())
     )
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)
 
 
 def _live(now: datetime) -> ColumnElement[bool]:
@@ -177,4 +177,4 @@ def end_for_user(user_id: str, session_id: str, *, now: datetime | None = None) 
         .values(ended_at=now)
         .execution_options(synchronize_session="fetch")
     )
-    return bool(result.rowcount)
+    return bool(rowcount(result))

@@ -91,7 +91,7 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def set_session_cookie(response: Response, settings: Settings, raw_sid: str) -> None:
-    """SECURITY.md H61: `__Host-` under https, HttpOnly, Secure, Path=/, and SameSite=Lax (an
+    """docs/security.md H61: `__Host-` under https, HttpOnly, Secure, Path=/, and SameSite=Lax (an
     RP's top-level redirect back to /authorize must still carry it). No Max-Age: the server
     decides when a session ends; the browser forgets the cookie when it closes."""
     response.set_cookie(
@@ -116,7 +116,7 @@ def clear_session_cookie(response: Response, settings: Settings) -> None:
 
 def safe_next(value: str | None) -> str | None:
     """`value` when it is this server's own /authorize request or the account page, else
-    None (SECURITY.md H67).
+    None (docs/security.md H67).
 
     Only a same-origin path is accepted, so the sign-in page cannot be an open redirector:
     `//evil.com`, `https://evil.com`, `/\\evil.com`, `%2F%2Fevil.com` and `javascript:` all
@@ -195,7 +195,7 @@ async def _sign_in(request: Request) -> Response:
 def _over_limit(services: Services, ip: str, account: str) -> int | None:
     """Seconds to wait, or None. Every attempt counts against both limits before the password
     is checked, so parallel guesses cannot slip through, and a right password over the
-    account limit is refused like a wrong one: the limit is no oracle (SECURITY.md I71). The
+    account limit is refused like a wrong one: the limit is no oracle (docs/security.md I71). The
     account lock is soft: it lifts when the window ends, so a victim waits minutes, not days.
     Refused by the IP limit, an attempt does not count against the account."""
     limiter, settings = services.limiter, services.settings
@@ -222,7 +222,11 @@ def _open_session(
     Returns the raw cookie value, or None; `UNVERIFIED` (and no session) for the right
     password of an unverified address when `AUTHSERVER_REQUIRE_VERIFIED_EMAIL` is on."""
     user = users.get(candidate.user_id) if candidate and candidate.user_id else None
-    if user is not None and (not user.is_active or user.password_hash != candidate.password_hash):
+    if (
+        user is not None
+        and candidate is not None
+        and (not user.is_active or user.password_hash != candidate.password_hash)
+    ):
         user = None
     if user is None:
         known = users.find_by_email(email)

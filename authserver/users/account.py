@@ -2,7 +2,7 @@
 
 It shows the browser sessions (with `End session`), the applications they allowed (with
 `Revoke`), their organizations and a way to change the password (SPEC §6; ASVS 10.7.3).
-Every button is a CSRF-checked POST (SECURITY.md H64) that redirects back here (303), so the
+Every button is a CSRF-checked POST (docs/security.md H64) that redirects back here (303), so the
 page works without JavaScript and a reload never repeats an action. The changes go through
 the same functions as the API, so a revoked consent or an ended session ends the same tokens.
 """

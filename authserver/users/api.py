@@ -2,7 +2,7 @@
 
 `/users/me` needs `users:read` or `users:write`; the other routes need `admin`, and the
 administrator behind the token is read again on every request, so a demoted or disabled
-admin loses the power at once (SECURITY.md J78). Each change commits with its audit record
+admin loses the power at once (docs/security.md J78). Each change commits with its audit record
 in one transaction. Ending what a person was signed in with happens in the same place for
 every path: sessions end and token families are revoked, so refresh tokens fail and access
 tokens turn inactive by reference.
@@ -80,7 +80,7 @@ class Caller:
 
 async def caller(request: Request, scopes: tuple[str, ...]) -> Caller:
     """The person behind the request's token. Every identity operation acts for a person,
-    so a client's own token is refused even with `admin` (SECURITY.md J74)."""
+    so a client's own token is refused even with `admin` (docs/security.md J74)."""
     principal = await rest.authenticate(request, scopes)
     user_id = principal.require_user()
     return Caller(user_id, client_ip(request), principal)
@@ -123,7 +123,7 @@ async def admin(request: Request) -> Admin:
 
 async def as_admin(request: Request, actor: Admin, work: Callable[[], T]) -> T:
     """Run `work` in one unit of work that first reads the administrator behind a person's
-    token again, so a demoted or disabled admin loses the power at once (SECURITY.md J78)."""
+    token again, so a demoted or disabled admin loses the power at once (docs/security.md J78)."""
 
     def unit() -> T:
         if isinstance(actor, Caller):
@@ -142,7 +142,7 @@ def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str
 
 def end_everything(
     access: AppAccess, user_id: str, *, reason: str, keep_session_id: str | None = None
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """End a user's sessions and revoke their token families (all but `keep_session_id`'s),
     so that nothing signed in before survives a reactivation or a password change."""
     ended = sessions.end_all_for_user(user_id, except_session_id=keep_session_id)
@@ -223,7 +223,7 @@ async def delete_me(request: Request) -> Response:
 
 async def change_my_password(request: Request) -> Response:
     """The current password proves the person is present, and a wrong one counts against
-    the same per-account limit as signing in (SECURITY.md I71). Afterwards only the calling
+    the same per-account limit as signing in (docs/security.md I71). Afterwards only the calling
     session and the tokens bound to it survive; offline grants end too."""
     me = await caller(request, WRITE)
     body: PasswordChange = await rest.read_json(request, PasswordChange)
@@ -375,7 +375,7 @@ async def update_user(request: Request) -> Response:
         for field, value in changes.items():
             setattr(user, field, value)
         if changes:
-            flags = {field: value for field, value in changes.items() if field != "name"}
+            flags: dict[str, Any] = {f: v for f, v in changes.items() if f != "name"}
             actor.record("user.updated", "user", user.id, fields=sorted(changes), **flags)
         if body.is_active is False and user.is_active:
             _deactivate(actor, user, access)

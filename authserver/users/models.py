@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 from zxcvbn import zxcvbn
 
-from authserver.db import Base, current_session, new_id, utcnow
+from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.errors import Conflict, Forbidden, Invalid
 from authserver.security import Digester, Passwords, new_token
 
@@ -136,7 +136,7 @@ def as_dict(user: User) -> dict[str, object]:
 
 def purge_email_tokens(now: datetime) -> int:
     result = current_session().execute(delete(EmailToken).where(EmailToken.expires_at < now))
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def check_password(passwords: Passwords, candidate: Candidate, password: str) ->
 
     Exactly one argon2 verification runs whatever the account's state (a dummy hash stands in
     for unknown, inactive and password-less accounts), so neither the answer nor its timing
-    tells them apart (SECURITY.md I72); passwords are compared whole (I70).
+    tells them apart (docs/security.md I72); passwords are compared whole (I70).
     """
     stored = candidate.password_hash if len(password) <= PASSWORD_MAX else None
     if not passwords.verify(stored, password) or stored is None:
@@ -241,7 +241,7 @@ def redeem_link(
     """Use up a link and return its active user, or None when it is unknown, used or expired.
 
     One conditional UPDATE that must touch one row: of two racing requests exactly one wins,
-    with no read-then-write window (the pattern of SECURITY.md K81).
+    with no read-then-write window (the pattern of docs/security.md K81).
     """
     if not _readable_token(raw_token):
         return None
@@ -272,7 +272,7 @@ def revoke_links(user_id: str, purpose: str, *, now: datetime | None = None) -> 
         )
         .values(used_at=now or utcnow())
     )
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)
 
 
 def set_password(user: User, password_hash: str) -> None:
@@ -316,7 +316,7 @@ def page(
 def acting_admin(user_id: str | None) -> User:
     """The administrator an `admin` token speaks for, read again on every request: the
     scope was checked when the token was issued, and demoting or disabling an admin must
-    take effect on the next request, not when the token expires (SECURITY.md J78)."""
+    take effect on the next request, not when the token expires (docs/security.md J78)."""
     user = get(user_id) if user_id else None
     if user is None or not user.is_active or not user.is_admin:
         raise Forbidden("This operation is for administrators.")

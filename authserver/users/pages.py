@@ -1,7 +1,7 @@
 """Self-service account pages: sign-up, email verification, password reset and change.
 
 Every page that takes an email address gives one answer whether or not an account uses it,
-so none of them tells a visitor who is registered (SECURITY.md I72); what differs goes only
+so none of them tells a visitor who is registered (docs/security.md I72); what differs goes only
 into the mailbox. Emailed links are single-use digests in `email_tokens`: opening one shows
 a form, and only its POST spends the link, so mail scanners that prefetch links spend nothing.
 Mail leaves after the response, once the transaction has committed (`outbound.deliver`).
@@ -111,7 +111,7 @@ async def resend_verification(request: Request) -> Response:
         return render(request, "resend_verification.html", {"email": ""})
     form = await _form(request, services)
     email = _field(form, "email")
-    typed = {"email": email}
+    typed: dict[str, object] = {"email": email}
     refused = await _refuse_ip(request, services, "resend_verification.html", typed)
     if refused is not None:
         return refused
@@ -178,7 +178,7 @@ async def reset_password_confirm(request: Request) -> Response:
 
 
 async def change_password(request: Request) -> Response:
-    """A signed-in person changes their password; their other sessions end (SECURITY.md H64:
+    """A signed-in person changes their password; their other sessions end (docs/security.md H64:
     CSRF-protected; I71: a wrong current password counts like a failed sign-in)."""
     services = _services(request)
     form = await _form(request, services) if request.method == "POST" else None

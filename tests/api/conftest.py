@@ -1,6 +1,6 @@
 """Two people for the identity API, paths under `/api/v1`, grants that hold real refresh
 tokens, and a snapshot of every row the API could touch, so a refused request can be shown
-to have changed nothing (SECURITY.md §0 "Nothing changed").
+to have changed nothing (docs/security.md §0 "Nothing changed").
 
 The administrator, `person`, `Api` and `is_problem` are shared: see `tests/conftest.py`."""
 

@@ -1,4 +1,4 @@
-"""Every identity operation refuses callers without the right token (SECURITY.md J74, §0).
+"""Every identity operation refuses callers without the right token (docs/security.md J74, §0).
 
 The cases come from the operation table itself, so an operation added later is covered
 without anyone remembering to list it here.
@@ -137,21 +137,28 @@ def test_a_token_without_the_scope_is_403_insufficient_scope(
 
 @pytest.mark.parametrize("op", MINE, ids=case_id)
 def test_a_clients_own_token_acts_for_nobody(
-    api: Api, op: rest.Operation, tokens: factories.TokenFactory, bob: Person
+    api: Api,
+    op: rest.Operation,
+    tokens: factories.TokenFactory,
+    bob: Person,
+    services: Services,
 ) -> None:
     """J74/J78: a token that speaks for a client alone (no user) is refused by every identity
-    operation, even claiming `admin` with the right audience, unless an operator registered
-    the client for `admin` (tests/api/test_automation.py)."""
+    operation with 403, even claiming `admin` with the right audience, and changes nothing,
+    unless an operator registered the client for `admin` (tests/api/test_automation.py)."""
     scopes = "admin " + " ".join(op.scopes)
     unregistered, _ = tokens.factory.client(
         grant_types=["client_credentials"], redirect_uris=[], scope="users:read"
     )
     token = tokens.access_token(None, scopes, client=unregistered).token
-    assert send(api, op, token, bob).status_code in {401, 403}
+    before = rows(services)
+    response = send(api, op, token, bob)
+    assert is_problem(response, 403)
+    assert rows(services) == before
 
 
 def test_a_malformed_authorization_header_is_400(api: Api, alice: Person) -> None:
-    """SECURITY.md §0: malformed → 400 `invalid_request`, never a 500."""
+    """docs/security.md §0: malformed → 400 `invalid_request`, never a 500."""
     for header in ("Basic abc", "Bearer", "Bearer a b", f"Token {alice.token}"):
         response = api.call("GET", "/users/me", headers={"Authorization": header})
         assert is_problem(response, 400), header

@@ -1,7 +1,7 @@
 """An operator-trusted client administering through client_credentials (issue 4, SPEC §7).
 
 The `admin` scope reaches a client only through its registration, and it counts only while
-the registration still carries it (SECURITY.md J78), checked on every request.
+the registration still carries it (docs/security.md J78), checked on every request.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_a_client_registered_for_admin_administers_users(
 def test_admin_stops_counting_when_the_registration_drops_it(
     client: TestClient, make: Factory, services
 ) -> None:
-    """SECURITY.md J78: the next request after the operator's change is refused."""
+    """docs/security.md J78: the next request after the operator's change is refused."""
     bot_id, secret = automation(make, scope="admin users:read")
     token = client_token(client, bot_id, secret, "admin")["access_token"]
     headers = {"Authorization": f"Bearer {token}"}

@@ -1,4 +1,4 @@
-"""SECURITY.md J75-J80 for the identity API: a second person, and every operation tried
+"""docs/security.md J75-J80 for the identity API: a second person, and every operation tried
 across people, through every verb and path variant. Nothing leaks, nothing changes.
 
 Mirrors the conformance suite's `run-security-tests.py` pattern: Bob has everything Alice

@@ -4,7 +4,7 @@ For each way (an admin deactivating the account, the person ending the session, 
 the password, revoking the consent), an application holding a refresh token and an access
 token from a grant made in another browser session finds the refresh refused at /token, the
 access token inactive at /introspect, and both the API's verifier and the family check say
-no (SECURITY.md J78, J79; ASVS 7.4.5, 10.4.9).
+no (docs/security.md J78, J79; ASVS 7.4.5, 10.4.9).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`/api/v1/sessions`: my browser sessions and ending them (SECURITY.md J79, ASVS 7.4.5)."""
+"""`/api/v1/sessions`: my browser sessions and ending them (docs/security.md J79, ASVS 7.4.5)."""
 
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def test_a_bad_name_is_400(api: Api, alice: Person, services: Services, name: st
 def test_mass_assignment_is_refused(
     api: Api, alice: Person, services: Services, body: dict[str, Any]
 ) -> None:
-    """SECURITY.md J77: read-only or unknown members are refused whole, nothing changes;
+    """docs/security.md J77: read-only or unknown members are refused whole, nothing changes;
     the email address is not editable here (changing it would need re-verification)."""
     before = rows(services)
     assert is_problem(api.call("PATCH", "/users/me", alice.token, body), 400)
@@ -189,7 +189,7 @@ def test_change_my_password(
 def test_a_wrong_current_password_changes_nothing(
     api: Api, alice: Person, services: Services
 ) -> None:
-    """SECURITY.md I71: counted like a failed sign-in, and audited without the password."""
+    """docs/security.md I71: counted like a failed sign-in, and audited without the password."""
     before = rows(services)
     response = change(api, alice, "not my password")
     assert is_problem(response, 400)

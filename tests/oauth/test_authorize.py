@@ -1,4 +1,4 @@
-"""The authorization endpoint: SECURITY.md A (client and redirect URI checks, PKCE, scope,
+"""The authorization endpoint: docs/security.md A (client and redirect URI checks, PKCE, scope,
 prompt and max_age, response modes, iss) over HTTP."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def ready(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> RP:
 def test_unknown_or_missing_client_is_an_error_page(
     client: TestClient, ready: RP, client_id: str | None
 ) -> None:
-    """SECURITY.md A1: never a redirect without a known client."""
+    """docs/security.md A1: never a redirect without a known client."""
     assert_error_page(get_authorize(client, ready, client_id=client_id))
 
 
@@ -96,7 +96,7 @@ REDIRECT_VARIANTS = [
 def test_redirect_uri_variants_are_an_error_page_and_store_nothing(
     client: TestClient, services: Services, ready: RP, redirect_uri: str
 ) -> None:
-    """SECURITY.md A2: exact string match, nothing stored, never redirected to."""
+    """docs/security.md A2: exact string match, nothing stored, never redirected to."""
     response = get_authorize(client, ready, redirect_uri=redirect_uri)
     assert_error_page(response)
     assert count_rows(services.db, "authorization_codes") == 0
@@ -105,7 +105,7 @@ def test_redirect_uri_variants_are_an_error_page_and_store_nothing(
 def test_unregistered_redirect_with_prompt_none_is_still_an_error_page(
     client: TestClient, rp: RP
 ) -> None:
-    """SECURITY.md A14: client and redirect URI are checked before prompt=none answers."""
+    """docs/security.md A14: client and redirect URI are checked before prompt=none answers."""
     response = get_authorize(client, rp, redirect_uri="https://evil.example/cb", prompt="none")
     assert_error_page(response)
 
@@ -113,7 +113,7 @@ def test_unregistered_redirect_with_prompt_none_is_still_an_error_page(
 def test_registered_query_must_match_byte_for_byte(
     make: factories.Factory, flow: Flow, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md A3 (oidcc-redirect-uri-query-OK, -mismatch, -added)."""
+    """docs/security.md A3 (oidcc-redirect-uri-query-OK, -mismatch, -added)."""
     registered = "https://app.example.com/cb?a=1"
     client, secret = make.client(redirect_uris=[registered], scope="openid")
     rp = RP(client, secret, registered)
@@ -129,7 +129,7 @@ def test_registered_query_must_match_byte_for_byte(
 def test_loopback_redirect_may_use_any_port_but_nothing_else(
     flow: Flow, public_rp: RP, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md A4: RFC 8252 §7.3 loopback port exception, path and query still exact."""
+    """docs/security.md A4: RFC 8252 §7.3 loopback port exception, path and query still exact."""
     flow.allow(user, public_rp)
     ok = get_authorize(flow.client, public_rp, redirect_uri="http://127.0.0.1:53123/cb")
     assert ok.status_code == 303
@@ -184,7 +184,7 @@ def test_loopback_code_redeems_with_the_port_it_was_sent_to(
 def test_omitted_redirect_uri_needs_exactly_one_registered(
     make: factories.Factory, flow: Flow, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md A5 (oidcc-ensure-redirect-uri-in-authorization-request)."""
+    """docs/security.md A5 (oidcc-ensure-redirect-uri-in-authorization-request)."""
     two, secret = make.client(redirect_uris=[CALLBACK, "https://app.example.com/other"])
     flow.allow(user, RP(two, secret))
     assert_error_page(get_authorize(flow.client, RP(two, secret), redirect_uri=None))
@@ -204,7 +204,7 @@ def test_omitted_redirect_uri_needs_exactly_one_registered(
 def test_disabled_client_is_an_error_page(
     client: TestClient, services: Services, ready: RP
 ) -> None:
-    """SECURITY.md A22: a disabled client does not exist for the protocol."""
+    """docs/security.md A22: a disabled client does not exist for the protocol."""
 
     def disable() -> None:
         from authserver.oauth import clients
@@ -220,7 +220,7 @@ def test_disabled_client_is_an_error_page(
 def test_client_without_the_code_grant_gets_unauthorized_client(
     make: factories.Factory, flow: Flow, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md A22."""
+    """docs/security.md A22."""
     client, secret = make.client(
         redirect_uris=[CALLBACK], grant_types=["client_credentials"], scope="api"
     )
@@ -233,7 +233,7 @@ def test_client_without_the_code_grant_gets_unauthorized_client(
 
 @pytest.mark.parametrize("name", ["state", "code_challenge", "scope", "response_mode", "nonce"])
 def test_repeated_parameter_is_invalid_request(client: TestClient, ready: RP, name: str) -> None:
-    """SECURITY.md A6: RFC 6749 §3.1, parameters MUST NOT be included more than once."""
+    """docs/security.md A6: RFC 6749 §3.1, parameters MUST NOT be included more than once."""
     query = urlencode(authorization_params(ready)) + "&" + urlencode({name: "S"})
     response = client.get(f"/authorize?{query}")
     assert response.status_code == 303
@@ -246,14 +246,14 @@ def test_repeated_parameter_is_invalid_request(client: TestClient, ready: RP, na
 def test_repeated_redirect_uri_or_client_id_is_an_error_page(
     client: TestClient, ready: RP, name: str
 ) -> None:
-    """SECURITY.md A6: with two redirect URIs there is no trusted place for the error."""
+    """docs/security.md A6: with two redirect URIs there is no trusted place for the error."""
     params = authorization_params(ready)
     query = urlencode(params) + "&" + urlencode({name: params[name]})
     assert_error_page(client.get(f"/authorize?{query}"))
 
 
 def test_missing_response_type_is_unsupported(client: TestClient, ready: RP) -> None:
-    """SECURITY.md A7 (oidcc-response-type-missing)."""
+    """docs/security.md A7 (oidcc-response-type-missing)."""
     response = get_authorize(client, ready, response_type=None)
     assert_client_error(response, "unsupported_response_type")
     assert location_params(response)["error_description"] == (
@@ -265,7 +265,7 @@ def test_missing_response_type_is_unsupported(client: TestClient, ready: RP) -> 
 def test_other_response_types_are_refused_without_tokens(
     client: TestClient, ready: RP, response_type: str
 ) -> None:
-    """SECURITY.md A7: code only, never a token in a fragment."""
+    """docs/security.md A7: code only, never a token in a fragment."""
     response = get_authorize(client, ready, response_type=response_type)
     assert_client_error(response, "unsupported_response_type")
     description = location_params(response)["error_description"]
@@ -291,7 +291,7 @@ def test_other_response_types_are_refused_without_tokens(
 def test_pkce_s256_is_required_and_well_formed(
     client: TestClient, ready: RP, overrides: dict[str, str | None]
 ) -> None:
-    """SECURITY.md A8: S256 required from every client; plain, S512, bad length or
+    """docs/security.md A8: S256 required from every client; plain, S512, bad length or
     characters refused (RFC 7636 §4.1-4.2)."""
     assert_client_error(get_authorize(client, ready, **overrides), "invalid_request")
 
@@ -299,7 +299,7 @@ def test_pkce_s256_is_required_and_well_formed(
 def test_public_clients_need_pkce_too(
     flow: Flow, public_rp: RP, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md A8 (OAuth 2.1 §4.1.2.1)."""
+    """docs/security.md A8 (OAuth 2.1 §4.1.2.1)."""
     flow.allow(user, public_rp)
     response = get_authorize(
         flow.client, public_rp, code_challenge=None, code_challenge_method=None
@@ -309,7 +309,7 @@ def test_public_clients_need_pkce_too(
 
 
 def test_unknown_parameters_and_shuffled_scope_succeed(client: TestClient, ready: RP) -> None:
-    """SECURITY.md A9 (…-unknown-parameter-succeeds, oidcc-alternate-happy-flow) and A19."""
+    """docs/security.md A9 (…-unknown-parameter-succeeds, oidcc-alternate-happy-flow) and A19."""
     params = authorization_params(
         ready,
         scope="email profile openid",
@@ -329,7 +329,7 @@ def test_unknown_parameters_and_shuffled_scope_succeed(client: TestClient, ready
 def test_scope_outside_the_clients_is_invalid_scope(
     client: TestClient, ready: RP, scope: str | None
 ) -> None:
-    """SECURITY.md A10: never silently narrowed or broadened (ASVS 10.4.11)."""
+    """docs/security.md A10: never silently narrowed or broadened (ASVS 10.4.11)."""
     assert_client_error(get_authorize(client, ready, scope=scope), "invalid_scope")
 
 
@@ -343,7 +343,7 @@ def test_admin_scope_needs_an_admin(
 
 
 def test_success_carries_code_state_and_iss_only(client: TestClient, ready: RP) -> None:
-    """SECURITY.md A11, RFC 9207 §2; 303 and never cached (A23)."""
+    """docs/security.md A11, RFC 9207 §2; 303 and never cached (A23)."""
     response = get_authorize(client, ready)
     assert response.status_code == 303
     assert response.headers["cache-control"] == "no-store"
@@ -355,14 +355,14 @@ def test_success_carries_code_state_and_iss_only(client: TestClient, ready: RP) 
 
 
 def test_state_may_be_omitted_or_long(client: TestClient, ready: RP) -> None:
-    """SECURITY.md A11: no state → none back; a 1,500-char state comes back verbatim."""
+    """docs/security.md A11: no state → none back; a 1,500-char state comes back verbatim."""
     assert "state" not in location_params(get_authorize(client, ready, state=None))
     long_state = "s" * 1000 + "~._-" * 125
     assert location_params(get_authorize(client, ready, state=long_state))["state"] == long_state
 
 
 def test_markup_in_parameters_is_url_encoded(client: TestClient, ready: RP) -> None:
-    """SECURITY.md A12."""
+    """docs/security.md A12."""
     payload = '"><svg onload=alert(1)>'
     response = get_authorize(client, ready, state=payload, nonce=payload, login_hint=payload)
     assert "<svg" not in response.headers["location"]
@@ -370,14 +370,14 @@ def test_markup_in_parameters_is_url_encoded(client: TestClient, ready: RP) -> N
 
 
 def test_nonce_is_optional_and_bounded(client: TestClient, ready: RP) -> None:
-    """SECURITY.md A13: no nonce is fine for the code flow; 64 chars work; huge is refused."""
+    """docs/security.md A13: no nonce is fine for the code flow; 64 chars work; huge is refused."""
     assert "code" in location_params(get_authorize(client, ready, nonce=None))
     assert "code" in location_params(get_authorize(client, ready, nonce="n" * 64))
     assert_client_error(get_authorize(client, ready, nonce="n" * 513), "invalid_request")
 
 
 def test_post_authorize_works_like_get(client: TestClient, ready: RP) -> None:
-    """SECURITY.md A17 (oidcc-ensure-post-request-succeeds)."""
+    """docs/security.md A17 (oidcc-ensure-post-request-succeeds)."""
     response = client.post("/authorize", data=authorization_params(ready))
     assert response.status_code == 303
     assert set(location_params(response)) == {"code", "state", "iss"}
@@ -390,12 +390,12 @@ def test_post_authorize_works_like_get(client: TestClient, ready: RP) -> None:
 def test_request_objects_are_refused_not_ignored(
     client: TestClient, ready: RP, name: str, error: str
 ) -> None:
-    """SECURITY.md A20."""
+    """docs/security.md A20."""
     assert_client_error(get_authorize(client, ready, **{name: "eyJhbGciOiJub25lIn0.e30."}), error)
 
 
 def test_no_cors_on_the_authorization_endpoint(client: TestClient, ready: RP) -> None:
-    """SECURITY.md A21 (RFC 9700 §2.6)."""
+    """docs/security.md A21 (RFC 9700 §2.6)."""
     headers = {"Origin": "https://evil.example"}
     for response in (
         client.get("/authorize", params=authorization_params(ready), headers=headers),
@@ -405,7 +405,7 @@ def test_no_cors_on_the_authorization_endpoint(client: TestClient, ready: RP) ->
 
 
 def test_malformed_query_is_an_error_page(client: TestClient, ready: RP) -> None:
-    """SECURITY.md L95: invalid UTF-8 and NUL never reach Authlib or the database."""
+    """docs/security.md L95: invalid UTF-8 and NUL never reach Authlib or the database."""
     assert_error_page(client.get(f"/authorize?client_id={ready.id}&state=%ff%fe"))
     assert_error_page(client.get(f"/authorize?client_id={ready.id}&state=a%00b"))
     assert_error_page(client.get(f"/authorize?client_id={ready.id}&response_type=co%22de"))
@@ -428,14 +428,14 @@ def test_without_a_session_the_user_is_sent_to_sign_in(client: TestClient, rp: R
 
 
 def test_prompt_none_without_a_session_is_login_required(client: TestClient, rp: RP) -> None:
-    """SECURITY.md A14 (oidcc-prompt-none-not-logged-in)."""
+    """docs/security.md A14 (oidcc-prompt-none-not-logged-in)."""
     assert_client_error(get_authorize(client, rp, prompt="none"), "login_required")
 
 
 def test_prompt_none_with_session_and_consent_is_silent(
     flow: Flow, ready: RP, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md A15 (oidcc-prompt-none-logged-in): same sub and auth_time."""
+    """docs/security.md A15 (oidcc-prompt-none-logged-in): same sub and auth_time."""
     first = flow.tokens(ready, user)
     second = flow.tokens(ready, user, prompt="none")
     claims = [
@@ -448,7 +448,7 @@ def test_prompt_none_with_session_and_consent_is_silent(
 def test_prompt_none_without_consent_is_consent_required(
     client: TestClient, rp: RP, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md A15."""
+    """docs/security.md A15."""
     assert_client_error(get_authorize(client, rp, prompt="none"), "consent_required")
 
 
@@ -462,7 +462,7 @@ def test_contradictory_or_unknown_prompt_is_invalid_request(
 def test_prompt_login_sends_a_signed_in_user_to_sign_in_again(
     client: TestClient, ready: RP
 ) -> None:
-    """SECURITY.md A15 (oidcc-prompt-login): `prompt=login` leaves `next`, so the request
+    """docs/security.md A15 (oidcc-prompt-login): `prompt=login` leaves `next`, so the request
     coming back after sign-in does not loop."""
     response = get_authorize(client, ready, prompt="login consent")
     assert response.status_code == 303
@@ -480,7 +480,7 @@ def test_max_age_older_than_the_sign_in_asks_again(
     sign_in: Callable[..., LoginSession],
     now: datetime,
 ) -> None:
-    """SECURITY.md A15 (oidcc-max-age-1, oidcc-max-age-10000)."""
+    """docs/security.md A15 (oidcc-max-age-1, oidcc-max-age-10000)."""
     flow.allow(user, rp)
     sign_in(user, auth_time=now - timedelta(seconds=30))
     stale = get_authorize(flow.client, rp, max_age="1")
@@ -501,7 +501,7 @@ def test_malformed_max_age_is_invalid_request(client: TestClient, ready: RP) -> 
 
 @pytest.mark.parametrize("max_age", ["²", "①", "٣", "1" * 5000, "1234567890", " 1", "1.5", "0x10"])
 def test_max_age_must_be_ascii_digits(client: TestClient, ready: RP, max_age: str) -> None:
-    """SECURITY.md A15: with a live session, a `max_age` that `str.isdigit` accepts but `int`
+    """docs/security.md A15: with a live session, a `max_age` that `str.isdigit` accepts but `int`
     refuses (or converts slowly) is `invalid_request` back to the client, never a 500."""
     assert_client_error(get_authorize(client, ready, max_age=max_age), "invalid_request")
 
@@ -538,7 +538,7 @@ def test_reauthentication_is_enforced_on_the_next_url(
     now: datetime,
     asked: dict[str, str],
 ) -> None:
-    """SECURITY.md A15 (oidcc-prompt-login, oidcc-max-age-1): `next` drops `prompt=login` and
+    """docs/security.md A15 (oidcc-prompt-login, oidcc-max-age-1): `next` drops `prompt=login` and
     `max_age`, but loading it with the old session is not a way around them: it asks for
     sign-in again; after a real sign-in the code carries a later `auth_time`."""
     flow.allow(user, rp)
@@ -573,7 +573,7 @@ def test_reauthentication_is_enforced_on_the_next_url(
 def test_a_tampered_auth_after_marker_asks_for_a_fresh_sign_in(
     client: TestClient, ready: RP, marker: str
 ) -> None:
-    """SECURITY.md A15: a marker that does not verify is read as "sign in again", and the
+    """docs/security.md A15: a marker that does not verify is read as "sign in again", and the
     sign-in page gets a fresh, valid one."""
     response = get_authorize(client, ready, auth_after=marker)
     assert response.status_code == 303
@@ -585,7 +585,7 @@ def test_a_tampered_auth_after_marker_asks_for_a_fresh_sign_in(
 def test_an_auth_after_marker_of_another_client_asks_for_a_fresh_sign_in(
     flow: Flow, ready: RP, make: factories.Factory, user: User
 ) -> None:
-    """SECURITY.md A15: a valid marker is bound to the client it was made for."""
+    """docs/security.md A15: a valid marker is bound to the client it was made for."""
     other, secret = make.client(name="Other", redirect_uris=[CALLBACK], scope=ready.client.scope)
     other_rp = RP(other, secret)
     flow.allow(user, other_rp)
@@ -600,7 +600,7 @@ def test_an_auth_after_marker_of_another_client_asks_for_a_fresh_sign_in(
 def test_a_long_state_survives_sign_in(
     client: TestClient, rp: RP, user: User, allow: Callable[..., None]
 ) -> None:
-    """SECURITY.md A11: an authorization request as long as the app accepts (a 6,000-char
+    """docs/security.md A11: an authorization request as long as the app accepts (a 6,000-char
     `state`) comes back from the sign-in page whole, not dropped for the landing page."""
     allow(user, rp)
     long_state = "s" * 3000 + "~._-" * 750
@@ -620,7 +620,7 @@ def test_id_token_hint_of_another_user_with_prompt_none_is_login_required(
     user: User,
     sign_in: Callable[..., LoginSession],
 ) -> None:
-    """SECURITY.md A16."""
+    """docs/security.md A16."""
     other = make.user()
     flow.allow(other, ready)
     sign_in(other)
@@ -635,7 +635,7 @@ def test_id_token_hint_of_another_user_with_prompt_none_is_login_required(
 
 
 def test_forged_id_token_hint_is_refused(flow: Flow, ready: RP, user: User) -> None:
-    """SECURITY.md A16, F51: alg none or a stripped signature is no hint."""
+    """docs/security.md A16, F51: alg none or a stripped signature is no hint."""
     real = flow.tokens(ready, user)["id_token"]
     header, payload, _ = real.split(".")
     none_header = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
@@ -677,7 +677,7 @@ def test_unsupported_response_mode_is_invalid_request_in_the_query(
 
 
 def test_pages_send_no_referrer(client: TestClient, rp: RP) -> None:
-    """SECURITY.md A23."""
+    """docs/security.md A23."""
     response = get_authorize(client, rp, redirect_uri="https://evil.example/")
     assert response.headers["referrer-policy"] == "no-referrer"
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]

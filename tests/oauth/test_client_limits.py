@@ -1,4 +1,4 @@
-"""Per-client budgets at /token, /revoke and /introspect (SPEC §8; SECURITY.md M100)."""
+"""Per-client budgets at /token, /revoke and /introspect (SPEC §8; docs/security.md M100)."""
 
 from __future__ import annotations
 

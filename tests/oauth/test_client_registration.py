@@ -1,4 +1,4 @@
-"""Redirect URIs a client may register (SECURITY.md §1, G56; RFC 8252 §7.3 loopback)."""
+"""Redirect URIs a client may register (docs/security.md §1, G56; RFC 8252 §7.3 loopback)."""
 
 from __future__ import annotations
 
@@ -44,13 +44,13 @@ def test_acceptable_redirect_uris(uri: str) -> None:
     ],
 )
 def test_refused_redirect_uris(uri: str) -> None:
-    """SECURITY.md G56: fragments, script schemes, wildcards, non-loopback http, relative."""
+    """docs/security.md G56: fragments, script schemes, wildcards, non-loopback http, relative."""
     with pytest.raises(Invalid):
         validate_redirect_uri(uri)
 
 
 def test_private_key_jwt_is_refused_until_it_can_authenticate() -> None:
-    """SECURITY.md B30: a `private_key_jwt` client could never pass client authentication
+    """docs/security.md B30: a `private_key_jwt` client could never pass client authentication
     (only secrets and public clients are implemented), so registration refuses it clearly;
     the CLI and the API both register through `validate_registration`."""
     with pytest.raises(Invalid, match="not supported yet"):

@@ -118,7 +118,7 @@ def test_allow_issues_a_code_and_remembers_the_scopes(
 def test_deny_sends_access_denied_and_stores_nothing(
     client: TestClient, services: Services, rp: RP, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md A18."""
+    """docs/security.md A18."""
     response = answer(client, to_consent(client, rp), "deny")
     assert response.status_code == 303
     assert response.headers["location"].startswith(CALLBACK + "?")
@@ -151,7 +151,7 @@ def test_skip_consent_clients_never_show_the_page(
 def test_dynamically_registered_clients_always_ask_and_show_where_they_send_you(
     flow: Flow, services: Services, rp: RP, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md §1 consent (ASVS 10.4.7) and A18: unverified clients always ask."""
+    """docs/security.md §1 consent (ASVS 10.4.7) and A18: unverified clients always ask."""
 
     def mark_dynamic() -> None:
         found = clients.get(rp.id)
@@ -168,7 +168,7 @@ def test_dynamically_registered_clients_always_ask_and_show_where_they_send_you(
 def test_csrf_is_required(
     client: TestClient, services: Services, rp: RP, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md H64: no token, a foreign Origin → 403, nothing stored."""
+    """docs/security.md H64: no token, a foreign Origin → 403, nothing stored."""
     page = to_consent(client, rp)
     action = form_action(page)
     assert client.post(action, data={"decision": "allow"}).status_code == 403
@@ -185,7 +185,7 @@ def test_csrf_is_required(
 def test_submit_revalidates_the_request_and_ignores_posted_fields(
     client: TestClient, services: Services, rp: RP, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md H65: hidden fields are not read; an edited query is validated again."""
+    """docs/security.md H65: hidden fields are not read; an edited query is validated again."""
     page = to_consent(client, rp, scope="openid")
     response = answer(client, page, "allow", scope="openid email offline_access", client_id="x")
     assert "code" in location_params(response)
@@ -231,7 +231,7 @@ def test_consent_page_when_nothing_is_needed_goes_back_to_authorize(
 def test_client_name_is_escaped(
     make: factories.Factory, client: TestClient, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md A12, G59: markup in a client name is shown, not run."""
+    """docs/security.md A12, G59: markup in a client name is shown, not run."""
     hostile, secret = make.client(name='"><svg onload=alert(1)>', redirect_uris=[CALLBACK])
     page = to_consent(client, RP(hostile, secret))
     assert "<svg" not in page.text
@@ -268,7 +268,7 @@ def test_a_consent_form_is_answered_once(
     first: str,
     second: str,
 ) -> None:
-    """SECURITY.md H65, K84: double submit → one code. The second submit of the same
+    """docs/security.md H65, K84: double submit → one code. The second submit of the same
     rendered form is a 400 page saying so, and issues nothing."""
     page = to_consent(client, rp)
     answered = answer(client, page, first)
@@ -284,7 +284,7 @@ def test_a_consent_form_is_answered_once(
 def test_a_consent_answer_needs_the_forms_nonce(
     client: TestClient, services: Services, rp: RP, signed_in: LoginSession, nonce: str | None
 ) -> None:
-    """SECURITY.md H65: an answer without the rendered form's nonce gets no code."""
+    """docs/security.md H65: an answer without the rendered form's nonce gets no code."""
     page = to_consent(client, rp)
     data = form_fields(page, "allow")
     if nonce is None:

@@ -1,6 +1,6 @@
 """CORS for browser-based apps: /token, /revoke and /userinfo answer the pages of a public
 client's own redirect origins and no one else; the other endpoints never answer
-cross-origin (SECURITY.md A21, RFC 9700 §2.6)."""
+cross-origin (docs/security.md A21, RFC 9700 §2.6)."""
 
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ def test_userinfo_challenge_is_readable_cross_origin(client: TestClient) -> None
 
 
 def test_introspection_never_answers_cross_origin(client: TestClient, rp: RP) -> None:
-    """SECURITY.md A21: introspection is for resource servers, not pages."""
+    """docs/security.md A21: introspection is for resource servers, not pages."""
     posted = client.post(
         "/introspect", data={"token": "x"}, auth=rp.basic, headers={"Origin": EVIL}
     )

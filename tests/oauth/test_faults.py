@@ -1,4 +1,4 @@
-"""Faults: SECURITY.md L (88-90). A failure between consuming a code (or refresh token) and
+"""Faults: docs/security.md L (88-90). A failure between consuming a code (or refresh token) and
 storing what it buys rolls both back; a database that is down gets 503, not a token."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_fault_after_consuming_a_code_leaves_it_redeemable_once(
     monkeypatch: pytest.MonkeyPatch,
     point: tuple[Any, str],
 ) -> None:
-    """SECURITY.md L89: one transaction, so either everything or nothing."""
+    """docs/security.md L89: one transaction, so either everything or nothing."""
     code = flow.code(ready)
     with monkeypatch.context() as patch:
         patch.setattr(*point, boom)
@@ -81,7 +81,7 @@ def test_fault_during_rotation_keeps_the_old_refresh_token(
     monkeypatch: pytest.MonkeyPatch,
     point: tuple[Any, str],
 ) -> None:
-    """SECURITY.md L90: the old token is consumed iff its successor is stored."""
+    """docs/security.md L90: the old token is consumed iff its successor is stored."""
     issued = flow.tokens(ready, user)
     before = {t: count_rows(services.db, t) for t in ("refresh_tokens", "access_tokens")}
     with monkeypatch.context() as patch:
@@ -105,7 +105,7 @@ def database_down(settings: Settings) -> Iterator[TestClient]:
 
 
 def test_database_down_is_503_without_a_token(database_down: TestClient, rp: RP) -> None:
-    """SECURITY.md L88: 503 + Retry-After + no-store at /token; an error page at
+    """docs/security.md L88: 503 + Retry-After + no-store at /token; an error page at
     /authorize, which cannot check the client without the database."""
     response = database_down.post(
         "/token", data={"grant_type": "client_credentials"}, auth=rp.basic
@@ -133,7 +133,7 @@ def test_database_down_is_503_without_a_token(database_down: TestClient, rp: RP)
 def test_garbage_bodies_never_500(
     client: TestClient, signed_in: LoginSession, body: bytes, content_type: str
 ) -> None:
-    """SECURITY.md L95: invalid UTF-8, NUL, other encodings, wrong JSON types → 4xx."""
+    """docs/security.md L95: invalid UTF-8, NUL, other encodings, wrong JSON types → 4xx."""
     for path in ("/authorize", "/consent?client_id=x", "/token", "/revoke", "/introspect",
                  "/userinfo"):  # fmt: skip
         response = client.post(path, content=body, headers={"Content-Type": content_type})

@@ -1,14 +1,23 @@
-"""Concurrency: SECURITY.md K (81-83), on SQLite and on PostgreSQL.
+"""Concurrency: docs/security.md K (81-84), on SQLite and on PostgreSQL.
 
 Twenty requests go through the ASGI app at once (httpx's ASGI transport on one event loop,
 Authlib and the database in the threadpool), so single use is decided by the database.
+
+On SQLite every transaction begins `IMMEDIATE`, so whole requests queue behind one writer
+and the endpoint-level races pass even without the conditional UPDATE behind single use:
+only PostgreSQL (`.ci/run`, or `AUTHSERVER_TEST_DATABASE_URL`) interleaves them. The
+`..._consumers_...` tests therefore race the guards themselves: threads, each with its own
+connection and transaction, consume one code or rotate one refresh token at once, and
+exactly one may win on every backend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -17,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from authserver.app import Services, create_app
+from authserver.db import utcnow
+from authserver.oauth import codes, tokens
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users.models import User
@@ -57,23 +68,65 @@ def token_request(rp: RP, **data: str) -> dict[str, Any]:
 def test_one_code_redeemed_twenty_times_at_once(
     app: Starlette, flow: Flow, ready: RP, services: Services
 ) -> None:
-    """SECURITY.md K81: exactly one 200, the rest invalid_grant, no 5xx, at most one
+    """docs/security.md K81: exactly one 200, the rest invalid_grant, no 5xx, at most one
     family (and the losers' replays revoke it, as a replay must)."""
     code = flow.code(ready)
     request = token_request(
         ready, grant_type="authorization_code", code=code, redirect_uri=CALLBACK,
         code_verifier=VERIFIER,
     )  # fmt: skip
-    results = outcomes(post_all(app, [request] * PARALLEL))
-    assert results == Counter({"ok": 1, "400 invalid_grant": PARALLEL - 1})
+    responses = post_all(app, [request] * PARALLEL)
+    assert outcomes(responses) == Counter({"ok": 1, "400 invalid_grant": PARALLEL - 1})
     assert count_rows(services.db, "token_families") == 1
     assert count_rows(services.db, "access_tokens") == 1
+    winner = next(r.json() for r in responses if r.status_code == 200)
+    assert flow.introspect(ready, winner["access_token"]) == {"active": False}
+    assert flow.introspect(ready, winner["refresh_token"]) == {"active": False}
+    assert flow.userinfo(winner["access_token"]).status_code == 401
+
+
+def race(attempt: Callable[[], bool]) -> list[bool]:
+    """Run `attempt` on PARALLEL threads released together; each call is its own
+    transaction on its own connection."""
+    barrier = threading.Barrier(PARALLEL)
+
+    def contender() -> bool:
+        barrier.wait(timeout=10)
+        return attempt()
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return list(pool.map(lambda _: contender(), range(PARALLEL)))
+
+
+def test_one_of_many_consumers_of_a_code_wins(flow: Flow, ready: RP, services: Services) -> None:
+    """docs/security.md K81: the conditional UPDATE lets exactly one transaction consume a
+    code, whatever the others read before."""
+    code = services.db.call(codes.find, services.digester, flow.code(ready))
+    assert code is not None
+    assert code.used_at is None
+    wins = race(lambda: services.db.call(codes.redeem, code.id, utcnow()))
+    assert wins.count(True) == 1
+
+
+def test_one_of_many_consumers_of_a_refresh_token_wins(
+    flow: Flow, ready: RP, user: User, services: Services
+) -> None:
+    """docs/security.md K82: rotating a refresh token is one conditional UPDATE; one
+    transaction retires it, every other is told it lost."""
+    issued = flow.tokens(ready, user)
+    presented = services.db.call(
+        tokens.find_refresh_token, services.digester, issued["refresh_token"]
+    )
+    assert presented is not None
+    token_id = presented.row.id
+    wins = race(lambda: services.db.call(tokens.mark_rotated, token_id, utcnow()))
+    assert wins.count(True) == 1
 
 
 def test_one_refresh_token_used_twenty_times_at_once(
     app: Starlette, flow: Flow, ready: RP, user: User, services: Services
 ) -> None:
-    """SECURITY.md K82: inside the retry window every winner gets the same successor;
+    """docs/security.md K82: inside the retry window every winner gets the same successor;
     the family holds one live refresh token; no 5xx."""
     issued = flow.tokens(ready, user)
     request = token_request(
@@ -97,7 +150,7 @@ def strict_app(settings: Settings) -> Iterator[Starlette]:
 def test_without_a_window_parallel_refreshes_are_reuse(
     strict_app: Starlette, flow: Flow, ready: RP, user: User
 ) -> None:
-    """SECURITY.md K82 with the window off: one winner, the others are reuse, and reuse
+    """docs/security.md K82 with the window off: one winner, the others are reuse, and reuse
     detection then revokes the family deterministically."""
     issued = flow.tokens(ready, user)
     request = token_request(
@@ -113,7 +166,7 @@ def test_without_a_window_parallel_refreshes_are_reuse(
 def test_refresh_racing_revocation_ends_revoked(
     app: Starlette, flow: Flow, ready: RP, user: User
 ) -> None:
-    """SECURITY.md K83: whatever the order, nothing issued stays active after the revoke."""
+    """docs/security.md K83: whatever the order, nothing issued stays active after the revoke."""
     issued = flow.tokens(ready, user)
     refresh = token_request(
         ready, grant_type="refresh_token", refresh_token=issued["refresh_token"]
@@ -132,7 +185,7 @@ def test_refresh_racing_revocation_ends_revoked(
 def test_parallel_consent_submits_do_not_fail(
     app: Starlette, client: TestClient, rp: RP, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md K84, H65: concurrent Allow clicks of one form race without a 500, and
+    """docs/security.md K84, H65: concurrent Allow clicks of one form race without a 500, and
     exactly one gets a code; the others are told the request was already answered."""
     import re
     from urllib.parse import urlsplit

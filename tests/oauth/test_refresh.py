@@ -1,5 +1,5 @@
 """Refresh tokens: rotation, reuse detection, the retry window, binding to client, scope
-and session. SECURITY.md C (35-41); Authlib ships none of this, so all of it is ours."""
+and session. docs/security.md C (35-41); Authlib ships none of this, so all of it is ours."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def issued(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> dict[str,
 
 
 def test_refresh_rotates_and_keeps_the_identity(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
-    """SECURITY.md C35 (OIDC Core §12.2): new tokens, same sub/iss/aud, original auth_time."""
+    """docs/security.md C35 (OIDC Core §12.2): new tokens, same sub/iss/aud, original auth_time."""
     response = flow.refresh(rp, issued["refresh_token"])
     assert response.status_code == 200, response.text
     assert response.headers["cache-control"] == "no-store"
@@ -51,7 +51,7 @@ def test_refresh_rotates_and_keeps_the_identity(flow: Flow, rp: RP, issued: dict
 def test_rotated_token_reused_revokes_the_family(
     flow: Flow, rp: RP, issued: dict[str, Any], services: Services, frozen: Callable[[float], None]
 ) -> None:
-    """SECURITY.md C36 (RFC 9700 §4.14.2): outside the retry window a rotated token is
+    """docs/security.md C36 (RFC 9700 §4.14.2): outside the retry window a rotated token is
     reuse; its latest successor and every access token of the family die with it."""
     first = issued["refresh_token"]
     successor = flow.refresh(rp, first).json()
@@ -110,7 +110,7 @@ def test_window_of_zero_makes_any_second_use_reuse(
 def test_refresh_token_is_bound_to_its_client(
     make: factories.Factory, flow: Flow, rp: RP, issued: dict[str, Any], services: Services
 ) -> None:
-    """SECURITY.md C37 (oidcc-refresh-token): nothing changes, A's token still works."""
+    """docs/security.md C37 (oidcc-refresh-token): nothing changes, A's token still works."""
     other_client, other_secret = make.client(redirect_uris=[CALLBACK])
     other = RP(other_client, other_secret)
     before = count_rows(services.db, "refresh_tokens")
@@ -122,7 +122,7 @@ def test_refresh_token_is_bound_to_its_client(
 def test_confidential_client_must_authenticate_to_refresh(
     flow: Flow, rp: RP, issued: dict[str, Any]
 ) -> None:
-    """SECURITY.md C38."""
+    """docs/security.md C38."""
     response = flow.client.post(
         "/token",
         data={
@@ -135,7 +135,7 @@ def test_confidential_client_must_authenticate_to_refresh(
 
 
 def test_scope_may_narrow_but_not_broaden(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
-    """SECURITY.md C39: the family keeps the original scope."""
+    """docs/security.md C39: the family keeps the original scope."""
     assert_oauth_error(
         flow.refresh(rp, issued["refresh_token"], scope="openid offline_access"), "invalid_scope"
     )
@@ -181,7 +181,7 @@ def test_expired_refresh_token_is_invalid_grant(
     frozen: Callable[[float], None],
     elapsed: Callable[[Settings], int],
 ) -> None:
-    """SECURITY.md C40 (ASVS 10.4.8): idle and absolute expiry."""
+    """docs/security.md C40 (ASVS 10.4.8): idle and absolute expiry."""
     body = flow.tokens(rp, user, scope=SCOPE)
     frozen(elapsed(services.settings))
     assert_oauth_error(flow.refresh(rp, body["refresh_token"]), "invalid_grant")
@@ -207,7 +207,7 @@ def test_refresh_within_idle_time_keeps_the_chain_alive(
 def test_disabled_user_and_disabled_client_stop_refreshing(
     flow: Flow, rp: RP, issued: dict[str, Any], user: User, services: Services
 ) -> None:
-    """SECURITY.md C40."""
+    """docs/security.md C40."""
 
     def set_active(active: bool) -> None:
         found = users.get(user.id)
@@ -229,7 +229,7 @@ def test_disabled_user_and_disabled_client_stop_refreshing(
 
 @pytest.mark.parametrize("value", ["garbage", "x" * 5000, "\u00e9t\u00e9"])
 def test_garbage_refresh_token_is_invalid_grant(flow: Flow, rp: RP, value: str) -> None:
-    """SECURITY.md C40, L95."""
+    """docs/security.md C40, L95."""
     assert_oauth_error(flow.refresh(rp, value), "invalid_grant")
 
 
@@ -241,7 +241,7 @@ def test_missing_refresh_token_is_invalid_request(flow: Flow, rp: RP) -> None:
 def test_clients_without_rotation_keep_their_token(
     flow: Flow, rp: RP, user: User, signed_in: LoginSession, services: Services
 ) -> None:
-    """SECURITY.md §1: rotation is a per-client policy (FAPI 2.0 forbids it)."""
+    """docs/security.md §1: rotation is a per-client policy (FAPI 2.0 forbids it)."""
 
     def no_rotation() -> None:
         found = clients.get(rp.id)

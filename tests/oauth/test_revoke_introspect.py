@@ -1,4 +1,4 @@
-"""Revocation (RFC 7009) and introspection (RFC 7662): SECURITY.md E (44-48)."""
+"""Revocation (RFC 7009) and introspection (RFC 7662): docs/security.md E (44-48)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def revoke(flow: Flow, rp: RP, token: str, **extra: str) -> httpx.Response:
 def test_revoking_a_refresh_token_kills_its_family(
     flow: Flow, rp: RP, issued: dict[str, Any], services: Services
 ) -> None:
-    """SECURITY.md E44 (RFC 7009 §2.1 SHOULD: the grant's access tokens too)."""
+    """docs/security.md E44 (RFC 7009 §2.1 SHOULD: the grant's access tokens too)."""
     response = revoke(flow, rp, issued["refresh_token"])
     assert response.status_code == 200
     assert response.json() == {}
@@ -53,7 +53,7 @@ def test_revoking_a_refresh_token_kills_its_family(
 
 
 def test_revoking_an_access_token_kills_only_it(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
-    """SECURITY.md E44."""
+    """docs/security.md E44."""
     assert revoke(flow, rp, issued["access_token"]).status_code == 200
     assert flow.userinfo(issued["access_token"]).status_code == 401
     assert flow.introspect(rp, issued["access_token"]) == {"active": False}
@@ -64,7 +64,7 @@ def test_revoking_an_access_token_kills_only_it(flow: Flow, rp: RP, issued: dict
 def test_unknown_token_is_200_and_changes_nothing(
     flow: Flow, rp: RP, issued: dict[str, Any], value: str
 ) -> None:
-    """SECURITY.md E45 (RFC 7009 §2.2)."""
+    """docs/security.md E45 (RFC 7009 §2.2)."""
     response = revoke(flow, rp, value)
     if value == "":
         assert_oauth_error(response, "invalid_request")
@@ -77,7 +77,7 @@ def test_unknown_token_is_200_and_changes_nothing(
 def test_any_hint_still_finds_the_token(
     flow: Flow, rp: RP, issued: dict[str, Any], hint: str
 ) -> None:
-    """SECURITY.md E45: the hint only says where to look first."""
+    """docs/security.md E45: the hint only says where to look first."""
     assert revoke(flow, rp, issued["refresh_token"], token_type_hint=hint).status_code == 200
     assert flow.introspect(rp, issued["refresh_token"]) == {"active": False}
 
@@ -85,14 +85,14 @@ def test_any_hint_still_finds_the_token(
 def test_another_clients_token_is_refused_and_stays_active(
     flow: Flow, rp: RP, other: RP, issued: dict[str, Any]
 ) -> None:
-    """SECURITY.md E46: node-oidc-provider's answer, 400 invalid_request."""
+    """docs/security.md E46: node-oidc-provider's answer, 400 invalid_request."""
     for token in (issued["refresh_token"], issued["access_token"]):
         assert_oauth_error(revoke(flow, other, token), "invalid_request")
         assert flow.introspect(rp, token)["active"] is True
 
 
 def test_revocation_needs_client_authentication(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
-    """SECURITY.md E46 (ASVS 10.4.10)."""
+    """docs/security.md E46 (ASVS 10.4.10)."""
     response = flow.client.post("/revoke", data={"token": issued["refresh_token"]})
     assert_oauth_error(response, "invalid_client", 401)
     wrong = flow.client.post(
@@ -118,7 +118,7 @@ def test_public_client_revokes_with_its_client_id(
 def test_introspection_needs_an_authenticated_caller(
     flow: Flow, rp: RP, public_rp: RP, issued: dict[str, Any]
 ) -> None:
-    """SECURITY.md E47 (RFC 7662 §2.1, against token scanning)."""
+    """docs/security.md E47 (RFC 7662 §2.1, against token scanning)."""
     bare = flow.client.post("/introspect", data={"token": issued["access_token"]})
     assert_oauth_error(bare, "invalid_client", 401)
     public = flow.client.post(
@@ -130,7 +130,7 @@ def test_introspection_needs_an_authenticated_caller(
 def test_active_tokens_are_described(
     flow: Flow, rp: RP, issued: dict[str, Any], user: User, services: Services
 ) -> None:
-    """SECURITY.md E48: active, scope, client_id, sub, exp, iat, iss, token_type, aud."""
+    """docs/security.md E48: active, scope, client_id, sub, exp, iat, iss, token_type, aud."""
     response = flow.client.post(
         "/introspect", data={"token": issued["access_token"]}, auth=rp.basic
     )
@@ -158,7 +158,7 @@ def test_inactive_tokens_say_only_that(
     services: Services,
     frozen: Callable[[float], None],
 ) -> None:
-    """SECURITY.md E48: garbage, another client's, rotated, session-ended, user-disabled and
+    """docs/security.md E48: garbage, another client's, rotated, session-ended, user-disabled and
     expired tokens are `{"active": false}` and nothing more."""
     inactive = {"active": False}
     assert flow.introspect(rp, "garbage") == inactive
@@ -186,7 +186,7 @@ def test_inactive_tokens_say_only_that(
 
 
 def test_introspecting_an_id_token_is_inactive(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
-    """SECURITY.md F52: an ID token is not an access token."""
+    """docs/security.md F52: an ID token is not an access token."""
     assert flow.introspect(rp, issued["id_token"]) == {"active": False}
 
 
@@ -201,7 +201,7 @@ def resource_server(make: factories.Factory) -> RP:
 def test_a_resource_server_introspects_access_tokens_of_any_client(
     flow: Flow, rp: RP, resource_server: RP, issued: dict[str, Any], user: User
 ) -> None:
-    """SECURITY.md E48 "(not permitted)": an API the operator registered as a resource
+    """docs/security.md E48 "(not permitted)": an API the operator registered as a resource
     server is permitted for access tokens, and sees revocation at once."""
     described = flow.introspect(resource_server, issued["access_token"])
     assert set(described) >= ACTIVE_MEMBERS
@@ -216,7 +216,7 @@ def test_a_resource_server_introspects_access_tokens_of_any_client(
 def test_a_resource_server_learns_nothing_of_refresh_tokens_and_revokes_nothing(
     flow: Flow, rp: RP, resource_server: RP, issued: dict[str, Any]
 ) -> None:
-    """SECURITY.md E46, E48: refresh tokens never go to resource servers, and introspection
+    """docs/security.md E46, E48: refresh tokens never go to resource servers, and introspection
     rights are not revocation rights."""
     assert flow.introspect(resource_server, issued["refresh_token"]) == {"active": False}
     assert_oauth_error(revoke(flow, resource_server, issued["access_token"]), "invalid_request")

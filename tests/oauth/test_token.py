@@ -1,4 +1,4 @@
-"""The token endpoint with authorization codes and client authentication: SECURITY.md B."""
+"""The token endpoint with authorization codes and client authentication: docs/security.md B."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def ready(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> RP:
 def test_code_exchange_returns_verifiable_tokens(
     flow: Flow, ready: RP, user: User, signed_in: LoginSession, services: Services
 ) -> None:
-    """SECURITY.md B24 (oidcc-server, oidcc-idtoken-signature), RFC 9068 access token."""
+    """docs/security.md B24 (oidcc-server, oidcc-idtoken-signature), RFC 9068 access token."""
     response = flow.exchange(ready, flow.code(ready))
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
@@ -98,7 +98,7 @@ def test_code_exchange_returns_verifiable_tokens(
 
 
 def test_refresh_token_is_high_entropy_and_url_safe(flow: Flow, ready: RP, user: User) -> None:
-    """SECURITY.md B34 (RFC 6749 App. A.17)."""
+    """docs/security.md B34 (RFC 6749 App. A.17)."""
     body = flow.tokens(ready, user)
     assert re.fullmatch(r"[A-Za-z0-9_-]{43,}", body["refresh_token"])
 
@@ -191,7 +191,7 @@ def test_public_client_redeems_with_pkce_alone(
 def test_code_replay_fails_and_revokes_what_it_bought(
     flow: Flow, ready: RP, services: Services
 ) -> None:
-    """SECURITY.md B25 (oidcc-codereuse; ASVS 10.4.2)."""
+    """docs/security.md B25 (oidcc-codereuse; ASVS 10.4.2)."""
     code = flow.code(ready)
     first = flow.exchange(ready, code).json()
     assert_oauth_error(flow.exchange(ready, code), "invalid_grant")
@@ -217,7 +217,7 @@ def _events(name: str) -> list[dict[str, Any]]:
 def test_code_replay_after_thirty_seconds(
     flow: Flow, ready: RP, frozen: Callable[[float], None]
 ) -> None:
-    """SECURITY.md B25 (oidcc-codereuse-30seconds)."""
+    """docs/security.md B25 (oidcc-codereuse-30seconds)."""
     code = flow.code(ready)
     first = flow.exchange(ready, code).json()
     frozen(30)
@@ -228,7 +228,7 @@ def test_code_replay_after_thirty_seconds(
 def test_expired_code_is_invalid_grant(
     flow: Flow, ready: RP, services: Services, frozen: Callable[[float], None]
 ) -> None:
-    """SECURITY.md B26: 60 s lifetime (settings.code_ttl)."""
+    """docs/security.md B26: 60 s lifetime (settings.code_ttl)."""
     code = flow.code(ready)
     frozen(services.settings.code_ttl + 1)
     assert_oauth_error(flow.exchange(ready, code), "invalid_grant")
@@ -238,7 +238,7 @@ def test_expired_code_is_invalid_grant(
 def test_code_is_bound_to_its_client(
     make: factories.Factory, flow: Flow, ready: RP, services: Services
 ) -> None:
-    """SECURITY.md B27: another client's valid credentials get nothing, and change nothing."""
+    """docs/security.md B27: another client's valid credentials get nothing, and change nothing."""
     other_client, other_secret = make.client(redirect_uris=[CALLBACK])
     other = RP(other_client, other_secret)
     code = flow.code(ready)
@@ -248,7 +248,7 @@ def test_code_is_bound_to_its_client(
 
 
 def test_pkce_verifier_is_checked_at_the_token_endpoint(flow: Flow, ready: RP) -> None:
-    """SECURITY.md B28: missing → 400, wrong → invalid_grant, malformed → 400; a failed
+    """docs/security.md B28: missing → 400, wrong → invalid_grant, malformed → 400; a failed
     attempt does not burn the code for its rightful holder."""
     code = flow.code(ready)
     missing = flow.client.post(
@@ -263,10 +263,53 @@ def test_pkce_verifier_is_checked_at_the_token_endpoint(flow: Flow, ready: RP) -
     assert flow.exchange(ready, code).status_code == 200
 
 
+#: RFC 7636 Appendix B: this verifier's S256 challenge, as the RFC prints it.
+RFC7636_VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+RFC7636_CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+@pytest.fixture(params=["confidential", "public"])
+def any_rp(
+    request: pytest.FixtureRequest, flow: Flow, rp: RP, public_rp: RP, user: User,
+    signed_in: LoginSession,
+) -> RP:  # fmt: skip
+    chosen = rp if request.param == "confidential" else public_rp
+    flow.allow(user, chosen)
+    return chosen
+
+
+def test_rfc7636_appendix_b_vector_redeems(flow: Flow, any_rp: RP) -> None:
+    """docs/security.md B28: the server computes S256 as the RFC does, checked against the
+    RFC's own numbers rather than the suite's helper."""
+    code = flow.code(any_rp, code_challenge=RFC7636_CHALLENGE)
+    response = flow.exchange(any_rp, code, verifier=RFC7636_VERIFIER)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "verifier",
+    [
+        RFC7636_VERIFIER[:-1] + "j",  # one character off
+        RFC7636_VERIFIER.upper(),  # case matters
+        RFC7636_VERIFIER + "A",  # one character longer
+        RFC7636_CHALLENGE,  # the challenge itself, as `plain` would take it
+    ],
+)
+def test_wrong_verifier_is_invalid_grant_for_every_client_type(
+    flow: Flow, any_rp: RP, verifier: str
+) -> None:
+    """docs/security.md B28: a well-formed verifier that does not hash to the challenge is
+    `invalid_grant` for public and confidential clients alike, issues nothing, and leaves
+    the code for the holder of the right verifier."""
+    code = flow.code(any_rp, code_challenge=RFC7636_CHALLENGE)
+    assert_oauth_error(flow.exchange(any_rp, code, verifier=verifier), "invalid_grant")
+    assert flow.exchange(any_rp, code, verifier=RFC7636_VERIFIER).status_code == 200
+
+
 def test_verifier_for_a_code_without_challenge_is_a_downgrade(
     flow: Flow, ready: RP, user: User, signed_in: LoginSession, services: Services
 ) -> None:
-    """SECURITY.md B28 (RFC 9700 §4.8.2). /authorize never issues such a code; one made
+    """docs/security.md B28 (RFC 9700 §4.8.2). /authorize never issues such a code; one made
     behind its back must still not be redeemable with a made-up verifier."""
     now = db.utcnow()
     services.db.call(
@@ -294,7 +337,7 @@ def test_verifier_for_a_code_without_challenge_is_a_downgrade(
 def test_redirect_uri_must_repeat_the_authorization_requests(
     flow: Flow, ready: RP, redirect_uri: str | None
 ) -> None:
-    """SECURITY.md B29 (RFC 6749 §4.1.3)."""
+    """docs/security.md B29 (RFC 6749 §4.1.3)."""
     code = flow.code(ready)
     data = {"grant_type": "authorization_code", "code": code, "code_verifier": VERIFIER}
     if redirect_uri is not None:
@@ -303,7 +346,7 @@ def test_redirect_uri_must_repeat_the_authorization_requests(
 
 
 def test_disabled_user_cannot_redeem(flow: Flow, ready: RP, user: User, services: Services) -> None:
-    """SECURITY.md B33."""
+    """docs/security.md B33."""
     code = flow.code(ready)
 
     def disable() -> None:
@@ -327,7 +370,7 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
 def test_wrong_secret_in_basic_is_401_with_a_basic_challenge(
     flow: Flow, ready: RP, services: Services
 ) -> None:
-    """SECURITY.md B30 (RFC 6749 §5.2)."""
+    """docs/security.md B30 (RFC 6749 §5.2)."""
     code = flow.code(ready)
     response = flow.client.post(
         "/token",
@@ -373,7 +416,7 @@ def test_client_authentication_failures(
     error: str,
     status: int,
 ) -> None:
-    """SECURITY.md B30 and L95: one method per request, every failure 401 invalid_client
+    """docs/security.md B30 and L95: one method per request, every failure 401 invalid_client
     (400 invalid_request for two methods at once), garbage never a 500."""
     secret = ready.secret or ""
 
@@ -407,7 +450,7 @@ def test_client_authentication_failures(
 def test_control_characters_in_a_client_id_are_invalid_client(
     flow: Flow, ready: RP, endpoint: str, data: dict[str, str], headers: dict[str, str]
 ) -> None:
-    """SECURITY.md B30: NUL or another control character in a client id (the Basic user,
+    """docs/security.md B30: NUL or another control character in a client id (the Basic user,
     form-url-decoded, or the `client_id` field) is 401 `invalid_client` at every
     authenticated endpoint, refused before any query (PostgreSQL refuses NUL in text with
     an error: a 500). A raw NUL in the form body is already `invalid_request` when read."""
@@ -419,7 +462,7 @@ def test_control_characters_in_a_client_id_are_invalid_client(
 def test_a_code_from_a_session_that_ended_is_invalid_grant(
     flow: Flow, ready: RP, services: Services, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md B33 (the code's browser session ended between /authorize and /token, e.g.
+    """docs/security.md B33 (the code's browser session ended between /authorize and /token, e.g.
     the user signed out): the code buys nothing."""
     code = flow.code(ready)
     services.db.call(sessions.end, signed_in.id)
@@ -429,7 +472,7 @@ def test_a_code_from_a_session_that_ended_is_invalid_grant(
 
 
 def test_basic_credentials_are_form_url_decoded(flow: Flow, ready: RP) -> None:
-    """SECURITY.md B30 (RFC 6749 §2.3.1)."""
+    """docs/security.md B30 (RFC 6749 §2.3.1)."""
     code = flow.code(ready)
     encoded = "".join(f"%{ord(ch):02X}" for ch in ready.secret or "")
     response = flow.client.post(
@@ -455,7 +498,7 @@ def test_registered_method_is_enforced(
 
 
 def test_grant_type_problems(flow: Flow, ready: RP) -> None:
-    """SECURITY.md B31."""
+    """docs/security.md B31."""
     assert_oauth_error(flow.client.post("/token", data={}, auth=ready.basic), "invalid_request")
     for grant_type in ("password", "implicit", "urn:example:unknown", "authorization code"):
         response = flow.client.post(
@@ -470,7 +513,7 @@ def test_grant_type_problems(flow: Flow, ready: RP) -> None:
 def test_grant_not_registered_for_the_client_is_unauthorized_client(
     make: factories.Factory, flow: Flow, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md B31 (ASVS 10.4.4)."""
+    """docs/security.md B31 (ASVS 10.4.4)."""
     client, secret = make.client(redirect_uris=[CALLBACK], grant_types=["authorization_code"])
     rp = RP(client, secret)
     body = flow.tokens(rp, user)
@@ -480,7 +523,7 @@ def test_grant_not_registered_for_the_client_is_unauthorized_client(
 
 
 def test_request_shape_is_strict(flow: Flow, ready: RP) -> None:
-    """SECURITY.md B32: repeated parameters, JSON, query-only parameters, GET."""
+    """docs/security.md B32: repeated parameters, JSON, query-only parameters, GET."""
     code = flow.code(ready)
     repeated = (
         f"grant_type=authorization_code&code={code}&code={code}"
@@ -516,7 +559,7 @@ def test_request_shape_is_strict(flow: Flow, ready: RP) -> None:
 def test_audit_records_issuance_without_token_values(
     flow: Flow, ready: RP, user: User, services: Services
 ) -> None:
-    """SECURITY.md §0: the audit trail names who and what, never a token."""
+    """docs/security.md §0: the audit trail names who and what, never a token."""
     body = flow.tokens(ready, user)
     events = services.db.call(_events, "token.issued")
     assert [event["actor"] for event in events] == [ready.id]

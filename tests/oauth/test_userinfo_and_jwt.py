@@ -1,4 +1,4 @@
-"""UserInfo, bearer-token verification, client_credentials and discovery: SECURITY.md D42
+"""UserInfo, bearer-token verification, client_credentials and discovery: docs/security.md D42
 and F (49, 51-54)."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def assert_invalid_token(response: Any) -> None:
 def test_userinfo_returns_claims_of_granted_scopes(
     flow: Flow, issued: dict[str, Any], user: User
 ) -> None:
-    """SECURITY.md F54 (oidcc-userinfo-get, -post-header, oidcc-scope-profile/-email)."""
+    """docs/security.md F54 (oidcc-userinfo-get, -post-header, oidcc-scope-profile/-email)."""
     expected = {
         "sub": user.id,
         "name": "Erin Example",
@@ -91,7 +91,7 @@ def test_userinfo_with_openid_only_is_just_sub(
 
 
 def test_userinfo_without_a_token_is_a_bare_challenge(client: TestClient) -> None:
-    """SECURITY.md F54, RFC 6750 §3.1: no credentials, no error code."""
+    """docs/security.md F54, RFC 6750 §3.1: no credentials, no error code."""
     response = client.get("/userinfo")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == f'Bearer realm="{ISSUER}"'
@@ -100,7 +100,7 @@ def test_userinfo_without_a_token_is_a_bare_challenge(client: TestClient) -> Non
 
 
 def test_userinfo_refuses_tokens_outside_the_header(flow: Flow, issued: dict[str, Any]) -> None:
-    """SECURITY.md F54 (OAuth 2.1 §5.1; FAPI 2.0 RS)."""
+    """docs/security.md F54 (OAuth 2.1 §5.1; FAPI 2.0 RS)."""
     query = flow.client.get("/userinfo", params={"access_token": issued["access_token"]})
     assert query.status_code == 400
     assert 'error="invalid_request"' in query.headers["www-authenticate"]
@@ -111,7 +111,7 @@ def test_userinfo_refuses_tokens_outside_the_header(flow: Flow, issued: dict[str
 def test_userinfo_without_openid_scope_is_insufficient_scope(
     make: factories.Factory, flow: Flow, user: User, signed_in: LoginSession
 ) -> None:
-    """SECURITY.md F54."""
+    """docs/security.md F54."""
     client, secret = make.client(redirect_uris=[CALLBACK], scope="profile")
     rp = RP(client, secret)
     body = flow.tokens(rp, user, scope="profile", nonce=None)
@@ -122,7 +122,7 @@ def test_userinfo_without_openid_scope_is_insufficient_scope(
 
 
 def test_id_token_is_not_a_bearer_token(flow: Flow, issued: dict[str, Any]) -> None:
-    """SECURITY.md F52: typ confusion (ASVS 9.2.2)."""
+    """docs/security.md F52: typ confusion (ASVS 9.2.2)."""
     assert_invalid_token(flow.userinfo(issued["id_token"]))
 
 
@@ -192,7 +192,7 @@ def _attacker_signed(token: str, **header_extra: Any) -> str:
 def test_forged_bearer_tokens_are_invalid_token(
     flow: Flow, issued: dict[str, Any], services: Services, forge: Callable[[Services, str], str]
 ) -> None:
-    """SECURITY.md F51: explicit key set and algorithm allowlist; no header we did not
+    """docs/security.md F51: explicit key set and algorithm allowlist; no header we did not
     write; bounded input; never a 500."""
     assert_invalid_token(flow.userinfo(forge(services, issued["access_token"])))
 
@@ -205,7 +205,7 @@ def test_a_token_past_the_header_limit_is_431(flow: Flow, size: int) -> None:
 
 
 def test_unknown_crit_header_is_refused(services: Services, issued: dict[str, Any]) -> None:
-    """SECURITY.md F51 (CVE-2025-59420): we never write `crit`, so we never accept it."""
+    """docs/security.md F51 (CVE-2025-59420): we never write `crit`, so we never accept it."""
     header, payload, _ = parts(issued["access_token"])
     signing_input = f"{b64({**header, 'crit': ['x-rule'], 'x-rule': 1})}.{b64(payload)}"
     private = services.keystore.signing_key("RS256").private_key
@@ -216,7 +216,7 @@ def test_unknown_crit_header_is_refused(services: Services, issued: dict[str, An
 
 @pytest.mark.parametrize(("skew", "accepted"), [(10, True), (120, False)])
 def test_iat_in_the_future(services: Services, skew: int, accepted: bool) -> None:
-    """SECURITY.md F52: ≤10 s ahead accepted (another instance's clock), >60 s refused."""
+    """docs/security.md F52: ≤10 s ahead accepted (another instance's clock), >60 s refused."""
     now = db.utcnow()
     claims = {
         "iss": ISSUER, "sub": "u", "aud": services.settings.api_audience, "client_id": "c",
@@ -229,7 +229,7 @@ def test_iat_in_the_future(services: Services, skew: int, accepted: bool) -> Non
 
 
 def test_wrong_issuer_or_audience_is_invalid(flow: Flow, services: Services) -> None:
-    """SECURITY.md F52: right key, wrong iss or aud → refused."""
+    """docs/security.md F52: right key, wrong iss or aud → refused."""
     now = int(db.utcnow().timestamp())
     base = {"sub": "u", "client_id": "c", "jti": "j", "iat": now, "exp": now + 600,
             "scope": "openid"}  # fmt: skip
@@ -254,7 +254,7 @@ def service_rp(make: factories.Factory) -> RP:
 def test_client_credentials_issue_an_access_token_only(
     flow: Flow, service_rp: RP, services: Services
 ) -> None:
-    """SECURITY.md D42: no refresh token, no ID token; the client is subject and audience."""
+    """docs/security.md D42: no refresh token, no ID token; the client is subject and audience."""
     response = flow.client.post(
         "/token", data={"grant_type": "client_credentials", "scope": "api"}, auth=service_rp.basic
     )
@@ -275,7 +275,7 @@ def test_client_credentials_issue_an_access_token_only(
 def test_client_credentials_scope_must_be_the_clients_and_not_a_users(
     flow: Flow, service_rp: RP, scope: str
 ) -> None:
-    """SECURITY.md D42."""
+    """docs/security.md D42."""
     response = flow.client.post(
         "/token", data={"grant_type": "client_credentials", "scope": scope}, auth=service_rp.basic
     )
@@ -283,7 +283,7 @@ def test_client_credentials_scope_must_be_the_clients_and_not_a_users(
 
 
 def test_public_clients_cannot_use_client_credentials(flow: Flow, public_rp: RP) -> None:
-    """SECURITY.md D42 (OAuth 2.1 §4.2)."""
+    """docs/security.md D42 (OAuth 2.1 §4.2)."""
     response = flow.client.post(
         "/token", data={"grant_type": "client_credentials", "client_id": public_rp.id}
     )
@@ -303,7 +303,7 @@ def https_client(settings: Settings) -> Any:
 
 
 def test_discovery_documents_validate_and_list_every_endpoint(https_client: TestClient) -> None:
-    """SECURITY.md F49 (oidcc-discovery-endpoint-verification), validated with Authlib's
+    """docs/security.md F49 (oidcc-discovery-endpoint-verification), validated with Authlib's
     RFC 8414 and OpenID Provider metadata classes (they demand https, hence the issuer)."""
     issuer = "https://id.example.com"
     oidc = https_client.get("/.well-known/openid-configuration").json()
@@ -328,7 +328,7 @@ def test_discovery_documents_validate_and_list_every_endpoint(https_client: Test
 def test_tokens_carry_the_discovered_issuer(
     client: TestClient, flow: Flow, issued: dict[str, Any]
 ) -> None:
-    """SECURITY.md F49: `iss` byte-equal to the document's issuer."""
+    """docs/security.md F49: `iss` byte-equal to the document's issuer."""
     issuer = client.get("/.well-known/openid-configuration").json()["issuer"]
     for token in (issued["access_token"], issued["id_token"]):
         assert jwt.decode(token, options={"verify_signature": False})["iss"] == issuer

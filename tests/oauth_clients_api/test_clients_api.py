@@ -1,6 +1,6 @@
 """`/api/v1/clients`: administrators' client CRUD and secret rotation (SPEC §7).
 
-Cited: SECURITY.md J74 (tokens and scopes), J77 (mass assignment), J78 (a demoted admin
+Cited: docs/security.md J74 (tokens and scopes), J77 (mass assignment), J78 (a demoted admin
 stops at once), and the storage rule that a secret is kept only as a keyed digest and is
 shown once.
 """

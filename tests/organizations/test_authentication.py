@@ -1,4 +1,4 @@
-"""Every organization endpoint refuses unusable tokens (SECURITY.md J74): none → 401 with a
+"""Every organization endpoint refuses unusable tokens (docs/security.md J74): none → 401 with a
 bare challenge, an ID token or a token for another audience → 401 `invalid_token`, a
 missing scope → 403 `insufficient_scope`, a client acting alone → 403. Always problem+json,
 and nothing changes."""

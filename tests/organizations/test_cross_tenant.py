@@ -1,4 +1,4 @@
-"""The cross-tenant suite (SECURITY.md J75-77, J80): Alice, owner of Acme, tries every
+"""The cross-tenant suite (docs/security.md J75-77, J80): Alice, owner of Acme, tries every
 organization endpoint against Bob's Bobco and its members, by id, by enumeration, by filter,
 with Bob's cursors, with other verbs and with path variants. She learns nothing (the answer
 for Bobco is the answer for an id that does not exist) and changes nothing (the rows are

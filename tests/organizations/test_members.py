@@ -1,5 +1,5 @@
 """Members: add by email, list, change role, remove, leave; the role rules and the last-owner
-rule (SPEC §7, SECURITY.md J77-78)."""
+rule (SPEC §7, docs/security.md J77-78)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sign-in rate limits over HTTP (SECURITY.md I71, I73, item 100)."""
+"""Sign-in rate limits over HTTP (docs/security.md I71, I73, item 100)."""
 
 from __future__ import annotations
 

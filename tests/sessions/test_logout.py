@@ -1,4 +1,5 @@
-"""RP-Initiated Logout at /logout (SECURITY.md H68; conformance oidcc-rp-initiated-logout-*)."""
+"""RP-Initiated Logout at /logout (docs/security.md H68; conformance
+oidcc-rp-initiated-logout-*)."""
 
 from __future__ import annotations
 

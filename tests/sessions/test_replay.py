@@ -1,4 +1,4 @@
-"""A captured session cookie stops working when the session does (SECURITY.md H62), and no
+"""A captured session cookie stops working when the session does (docs/security.md H62), and no
 cookie or form field, however odd, gets a 500 (item 95)."""
 
 from __future__ import annotations

@@ -206,6 +206,32 @@ def test_a_verification_link_is_no_reset_link(
     assert client.get(f"/reset-password/confirm?token={token}").status_code == 400
 
 
+def test_reset_post_with_a_wrong_purpose_token_changes_nothing(
+    app: Starlette, client: TestClient, services: Services, inbox: Inbox
+) -> None:
+    """docs/security.md H64: a verification token posted to the reset form, with a valid
+    CSRF token, is a 400; the password, the verification state and the link all stay."""
+    submit(client, "/signup", name="Grace", email=EMAIL, password=factories.PASSWORD)
+    link = inbox.link(EMAIL, "/verify-email")
+    token = link.split("token=")[1]
+    page = client.get("/reset-password")
+
+    refused = client.post(
+        "/reset-password/confirm",
+        data={"csrf_token": csrf_token(page), "token": token, "password": NEW_PASSWORD},
+    )
+
+    assert refused.status_code == 400
+    assert not signs_in(app, EMAIL, NEW_PASSWORD)
+    user = user_by_email(services, EMAIL)
+    assert user is not None
+    assert not user.email_verified
+    verify = client.get(link)
+    form = {"csrf_token": csrf_token(verify), "token": token}
+    assert client.post("/verify-email", data=form).status_code == 200
+    assert signs_in(app, EMAIL, factories.PASSWORD)
+
+
 def test_confirm_without_csrf_token_changes_nothing(
     app: Starlette, client: TestClient, make: factories.Factory, inbox: Inbox
 ) -> None:
