@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from authserver import rest
 from authserver.app import create_app
 from authserver.settings import Settings
-from tests.conftest import ISSUER
+from tests.conftest import API_CHALLENGE, ISSUER
 from tests.factories import bearer
 
 
@@ -59,7 +59,7 @@ def test_no_token_is_401_with_a_bare_challenge(api) -> None:
     """SECURITY.md §0 / J74: no token → 401 `WWW-Authenticate: Bearer` without an error code."""
     response = api.get("/api/v1/whoami")
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == 'Bearer realm="api"'
+    assert response.headers["www-authenticate"] == API_CHALLENGE
     assert response.headers["content-type"] == "application/problem+json"
 
 

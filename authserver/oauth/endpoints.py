@@ -38,6 +38,7 @@ from authserver.oauth.requests import (
 )
 from authserver.oauth.tokens import ORGANIZATION, PresentedRefreshToken
 from authserver.organizations import models as orgs
+from authserver.resource_server import bearer_challenge
 from authserver.security import Digester
 from authserver.settings import Settings
 from authserver.users import models as users
@@ -284,14 +285,10 @@ class AccessTokenValidator(BearerTokenValidator):
 
     def authenticate_token(self, token_string: str) -> dict[str, Any] | None:
         now = db.utcnow()
-        claims = tokens.verify_access_token(self.keystore, self.settings, token_string, now)
-        if claims is None:
-            return None
-        audience = claims.get("aud")
-        audiences = audience if isinstance(audience, list) else [audience]
-        if self.settings.api_audience not in audiences:
-            return None
-        return claims if tokens.access_token_is_live(claims, now) else None
+        claims = tokens.verify_access_token(
+            self.keystore, self.settings, token_string, now, audience=self.settings.api_audience
+        )
+        return claims if claims is not None and tokens.access_token_is_live(claims, now) else None
 
     def validate_token(self, token: dict[str, Any] | None, scopes: Any, request: Any) -> None:
         if token is None:
@@ -378,11 +375,10 @@ def _organization(claims: dict[str, Any], user_id: str, scope: str) -> dict[str,
 def _bearer_error(
     settings: Settings, status: int, error: str | None = None, description: str = ""
 ) -> Response:
-    """RFC 6750 §3: no credentials → a bare challenge; otherwise the error code in it."""
-    challenge = f'Bearer realm="{settings.issuer}"'
+    """RFC 6750 §3 for UserInfo, part of the API resource: no credentials → a bare
+    challenge; otherwise the error code in it (`resource_server.bearer_challenge`)."""
+    scope = "openid" if error == "insufficient_scope" else None
+    challenge = bearer_challenge(settings.api_audience, error, description, scope)
     if error is None:
         return Response(status_code=status, headers={**NO_STORE, "WWW-Authenticate": challenge})
-    challenge += f', error="{error}", error_description="{description}"'
-    if error == "insufficient_scope":
-        challenge += ', scope="openid"'
     return oauth_error_response(error, description, status, headers={"WWW-Authenticate": challenge})

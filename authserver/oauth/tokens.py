@@ -21,16 +21,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
-from joserfc import jwt
 from joserfc.errors import JoseError
+from joserfc.jwk import Key
 from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver import audit, db
+from authserver import audit, db, resource_server
 from authserver.db import Base, current_session, new_id, utcnow
-from authserver.keystore import ALGORITHMS, JWS_REGISTRY, KeyStore
+from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.oauth import clients
 from authserver.organizations import models as orgs
+from authserver.resource_server import TokenError
 from authserver.rest import API_SCOPES
 from authserver.security import Digester, new_token
 from authserver.sessions.models import LoginSession
@@ -98,12 +99,6 @@ class AccessToken(Base):
 
 REFRESH_PURPOSE = "refresh_token"
 SUCCESSOR_PURPOSE = "refresh_successor"
-JWT_MAX_LENGTH = 8192
-#: `iat` may be this far in the future (another instance's clock): FAPI 2.0 §5.3.1.1.
-CLOCK_SKEW = 60
-#: A JWT we issued has exactly these header members; anything else (`jwk`, `jku`, `x5u`,
-#: `crit`, ...) means someone else made it (SECURITY.md F51).
-HEADER_MEMBERS = {"alg", "typ", "kid"}
 #: The scope under which the user picks one organization for the grant (SPEC §5).
 ORGANIZATION = "organization"
 
@@ -185,45 +180,41 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
 def decode_own_jwt(keystore: KeyStore, raw: str | None, *, typ: str) -> dict[str, Any] | None:
     """The claims of a JWT this server signed, or None; claims are the caller's to check.
 
-    SECURITY.md F51: bounded size; a header of only `alg`, `typ`, `kid`; the algorithm
-    from our allowlist (never `none`, never HMAC, so a public key cannot serve as a MAC
-    secret) and equal to that of our published key named by `kid`.
+    The shared core (`resource_server.decode`, docs/security.md F51) with our published keys
+    and the algorithms the key store signs with.
     """
-    if not raw or len(raw) > JWT_MAX_LENGTH or raw.count(".") != 2:
-        return None
-    try:
-        header = json.loads(_b64decode(raw.split(".", 1)[0]))
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(header, dict) or not set(header) <= HEADER_MEMBERS:
-        return None
-    if header.get("typ") != typ or header.get("alg") not in ALGORITHMS:
-        return None
-    try:
-        key = keystore.verification_keys().get_by_kid(str(header.get("kid")))
-        if key.alg != header["alg"]:
+
+    def find_key(kid: str) -> Key | None:
+        try:
+            return keystore.verification_keys().get_by_kid(kid)
+        except (JoseError, ValueError):
             return None
-        token = jwt.decode(raw, key, registry=JWS_REGISTRY)
-    except (JoseError, ValueError, TypeError):
+
+    try:
+        return resource_server.decode(raw, find_key, types=(typ,), algorithms=ALGORITHMS)
+    except TokenError:
         return None
-    return token.claims
 
 
 def verify_access_token(
-    keystore: KeyStore, settings: Settings, raw: str | None, now: datetime
+    keystore: KeyStore,
+    settings: Settings,
+    raw: str | None,
+    now: datetime,
+    *,
+    audience: str | None = None,
 ) -> dict[str, Any] | None:
-    """Signature and claims of one of our access tokens (RFC 9068 §4), not yet its state."""
+    """Signature and claims of one of our access tokens (RFC 9068 §4), for `audience` when
+    given, not yet its state: the same checks the `ResourceServer` helper makes."""
     claims = decode_own_jwt(keystore, raw, typ="at+jwt")
-    if claims is None or claims.get("iss") != settings.issuer:
+    if claims is None:
         return None
-    exp, iat = claims.get("exp"), claims.get("iat")
-    if not _number(exp) or not _number(iat):
+    try:
+        return resource_server.check_claims(
+            claims, issuer=settings.issuer, audience=audience, now=now.timestamp(), leeway=0
+        )
+    except TokenError:
         return None
-    if exp <= now.timestamp() or iat > now.timestamp() + CLOCK_SKEW:
-        return None
-    if not all(isinstance(claims.get(name), str) for name in ("jti", "sub", "client_id")):
-        return None
-    return claims
 
 
 # -- families ------------------------------------------------------------------------------
@@ -405,7 +396,7 @@ def slide(presented: PresentedRefreshToken, now: datetime, idle_ttl: int) -> Non
 def save_token(token: dict[str, Any], request: Any) -> None:
     """Authlib's `save_token`: remember the access token's `jti`, the handle by which it is
     revoked and introspected. The grant has stored the family and refresh token already."""
-    claims = json.loads(_b64decode(token["access_token"].split(".")[1]))
+    claims = json.loads(resource_server.b64url_decode(token["access_token"].split(".")[1]))
     client, end_user = request.client, request.user
     current_session().add(
         AccessToken(
@@ -478,11 +469,3 @@ def purge(now: datetime) -> dict[str, int]:
         "refresh_tokens": int(refresh.rowcount or 0),
         "access_tokens": int(access.rowcount or 0),
     }
-
-
-def _b64decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -18,7 +18,7 @@ from authserver.sessions import api as sessions_api
 from authserver.users import api as users_api
 from tests import factories
 from tests.api.conftest import rows
-from tests.conftest import SELF_SCOPES, Api, is_problem
+from tests.conftest import API_CHALLENGE, SELF_SCOPES, Api, is_problem
 from tests.factories import Person
 
 MINE = [
@@ -63,7 +63,7 @@ def test_no_token_is_401_with_a_bare_challenge(api: Api, op: rest.Operation, bob
     """RFC 6750 §3.1: no credentials → 401 and a challenge without an error code."""
     response = send(api, op, None, bob)
     assert is_problem(response, 401)
-    assert response.headers["www-authenticate"] == 'Bearer realm="api"'
+    assert response.headers["www-authenticate"] == API_CHALLENGE
 
 
 @pytest.mark.parametrize("op", MINE, ids=case_id)
