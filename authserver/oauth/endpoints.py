@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from authserver import audit, db
 from authserver.errors import NO_STORE, oauth_error_response
 from authserver.keystore import KeyStore
-from authserver.oauth import clients, cors, tokens
+from authserver.oauth import clients, cors, resources, tokens
 from authserver.oauth.grants import CLIENT_AUTH_METHODS
 from authserver.oauth.oidc import userinfo as userinfo_claims
 from authserver.oauth.requests import (
@@ -38,7 +38,7 @@ from authserver.oauth.requests import (
 )
 from authserver.oauth.tokens import ORGANIZATION, PresentedRefreshToken
 from authserver.organizations import models as orgs
-from authserver.resource_server import bearer_challenge
+from authserver.resource_server import audiences, bearer_challenge
 from authserver.security import Digester
 from authserver.settings import Settings
 from authserver.users import models as users
@@ -126,9 +126,14 @@ class FoundAccessToken:
         return self.client_id == client.get_client_id()
 
     def may_introspect(self, client: Any) -> bool:
-        """Its own client, or an API the operator registered as a resource server: access
-        tokens are what resource servers receive."""
-        return self.check_client(client) or bool(client.resource_server)
+        """Its own client, or the resource server an operator linked to a resource the token
+        is for (`resources.Resource.client_id`): an API learns about the tokens meant for
+        it, never about those for another API."""
+        if self.check_client(client):
+            return True
+        if not client.resource_server:
+            return False
+        return bool(set(audiences(self.claims)) & resources.served_by(client.id))
 
     def is_active(self, now: datetime) -> bool:
         return tokens.access_token_is_live(self.claims, now)
@@ -179,6 +184,8 @@ class FoundRefreshToken:
         return "token_family", self.presented.family.id
 
     def introspection(self, issuer: str) -> dict[str, Any]:
+        """RFC 7662 §2.2's `token_type` is an RFC 6749 §7.1 access token type (`Bearer`),
+        which a refresh token has none of, so it is left out."""
         family, row = self.presented.family, self.presented.row
         return {
             "active": True,
@@ -189,7 +196,6 @@ class FoundRefreshToken:
             "iat": int(row.created_at.timestamp()),
             "iss": issuer,
             "aud": family.client_id,
-            "token_type": "refresh_token",
         }
 
 

@@ -23,13 +23,14 @@ from typing import Any
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc.errors import JoseError
 from joserfc.jwk import Key
-from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
+from sqlalchemy import JSON, Boolean, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import audit, db, resource_server
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.keystore import ALGORITHMS, KeyStore
-from authserver.oauth import clients
+from authserver.oauth import clients, resources
+from authserver.oauth.resources import Audience
 from authserver.organizations import models as orgs
 from authserver.resource_server import TokenError
 from authserver.rest import API_SCOPES
@@ -62,6 +63,8 @@ class TokenFamily(Base):
     auth_time: Mapped[datetime | None]
     amr: Mapped[str | None] = mapped_column(String(100))
     acr: Mapped[str | None] = mapped_column(String(100))
+    #: RFC 8707 resources the grant is for (None: this server's API only).
+    resources: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     revoked_at: Mapped[datetime | None]
@@ -130,10 +133,12 @@ class EndUser:
 class AccessTokenGenerator(JWTBearerTokenGenerator):
     """RFC 9068 access tokens, always RS256 (what every resource server verifies).
 
-    Audience rule: a token issued for a user is for this server's API resource
-    (`settings.api_audience`, which /userinfo and /api/v1 accept); a client_credentials
-    token speaks for the client alone, so its audience is the client itself and our
-    user-facing resources refuse it. Refresh tokens are 256-bit random strings.
+    Audience rule: a token for a resource the client named (RFC 8707, see `resources`) is
+    for that resource and carries only the scopes it accepts. Without one, a token issued
+    for a user is for this server's API resource (`settings.api_audience`, which /userinfo
+    and /api/v1 accept); a client_credentials token speaks for the client alone, so its
+    audience is the client itself and our user-facing resources refuse it. Refresh tokens
+    are 256-bit random strings.
     """
 
     def __init__(self, keystore: KeyStore, settings: Settings) -> None:
@@ -153,9 +158,45 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
             return self.settings.api_audience
         return client.get_client_id()
 
+    def generate(
+        self,
+        grant_type: str,
+        client: Any,
+        user: EndUser | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+        *,
+        audience: Audience | None = None,
+    ) -> dict[str, Any]:
+        """Authlib's token response, with the access token for `audience` when the request
+        named a resource; the response's `scope` then says what the access token carries
+        plus the OpenID Connect scopes (`resources.response_scope`)."""
+        scope = self.get_allowed_scope(client, scope)
+        if audience is None:
+            audience = Audience(self.get_audiences(client, user, scope), scope)
+            response_scope = scope
+        else:
+            response_scope = resources.response_scope(audience, scope)
+        token: dict[str, Any] = {
+            "token_type": "Bearer",
+            "access_token": self.access_token_for(client, user, audience),
+            "expires_in": self.settings.access_token_ttl,
+        }
+        if include_refresh_token:
+            token["refresh_token"] = new_token()
+        if response_scope:
+            token["scope"] = response_scope
+        return token
+
     def access_token_generator(
         self, client: Any, grant_type: str, user: EndUser | None, scope: str
     ) -> str:
+        return self.access_token_for(
+            client, user, Audience(self.get_audiences(client, user, scope), scope)
+        )
+
+    def access_token_for(self, client: Any, user: EndUser | None, audience: Audience) -> str:
         """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time, and
         `org_id`/`org_role` as extra claims, §2.2.3);
         the header says `typ: at+jwt` (§2.1) so an access token is never taken for an ID
@@ -164,16 +205,18 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": user.get_user_id() if user is not None else client.get_client_id(),
-            "aud": self.get_audiences(client, user, scope),
+            "aud": audience.aud,
             "exp": now + self.settings.access_token_ttl,
             "iat": now,
             "jti": new_token(16),
             "client_id": client.get_client_id(),
         }
-        if scope:
-            claims["scope"] = scope
+        if audience.scope:
+            claims["scope"] = audience.scope
         if user is not None:
-            claims.update(auth_time=int(user.auth_time.timestamp()), **user.org_claims(scope))
+            claims.update(
+                auth_time=int(user.auth_time.timestamp()), **user.org_claims(audience.scope)
+            )
         return self.keystore.sign(claims, alg=self.alg, typ="at+jwt")
 
 
@@ -228,6 +271,7 @@ def open_family(
     scope: str,
     now: datetime,
     ttl: int,
+    resources: list[str] | None = None,
 ) -> TokenFamily:
     family = TokenFamily(
         client_id=client_id,
@@ -240,6 +284,7 @@ def open_family(
         auth_time=end_user.auth_time,
         amr=end_user.amr,
         acr=end_user.acr,
+        resources=resources or None,
         created_at=now,
         expires_at=now + timedelta(seconds=ttl),
     )
