@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from authserver.errors import NO_STORE
 from authserver.keystore import jws_registry
 
 #: Algorithms an access token of this server may be signed with (RFC 9068 §4: the resource
@@ -199,7 +200,7 @@ def bearer_challenge(
 def error_response(resource: str, error: TokenError) -> Response:
     """An RFC 6750 error answer: the challenge, and the error as JSON when there is one."""
     challenge = bearer_challenge(resource, error.error, error.description, error.scope)
-    headers = {"WWW-Authenticate": challenge, "Cache-Control": "no-store"}
+    headers = {**NO_STORE, "WWW-Authenticate": challenge}
     if error.error is None:
         return Response(status_code=error.status, headers=headers)
     body = {"error": error.error, "error_description": error.description}
@@ -222,19 +223,20 @@ def protected_resource_metadata(
 
 
 #: Public, cacheable, readable by any origin: the document holds nothing secret.
-METADATA_HEADERS = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
+PUBLIC_DOCUMENT = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
 
 
-def bearer_token(request: Request) -> str:
+def bearer_token(headers: Mapping[str, str]) -> str:
     """The token of `Authorization: Bearer <token>` (RFC 6750 §2.1 only: a token in the
-    query or body is not looked at). No header is a request without a token; any other
-    header (another scheme, no token, a token with spaces) is `invalid_request`."""
-    header = request.headers.get("authorization")
-    if header is None:
+    query or body is not looked at). No header, or another scheme, is a request without
+    a token (§3.1: "attempted using an unsupported authentication method"); a Bearer
+    header without exactly one token is `invalid_request`."""
+    header = headers.get("authorization")
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer":
         raise TokenError(None, "An access token is required.")
-    scheme, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
+    if not token or " " in token:
         raise TokenError(
             "invalid_request", "The Authorization header must be `Bearer <token>`.", status=400
         )
@@ -321,7 +323,7 @@ class ResourceServer:
     async def authenticate(self, request: Request, scopes: Sequence[str] = ()) -> dict[str, Any]:
         """The request's token's claims (see `verify`); `TokenError` otherwise, which
         `error_response` turns into the RFC 6750 answer (in FastAPI: an exception handler)."""
-        return await self.verify(bearer_token(request), scopes)
+        return await self.verify(bearer_token(request.headers), scopes)
 
     def protect(self, *scopes: str) -> Callable[[Endpoint], Endpoint]:
         """Decorate a Starlette endpoint: it runs only for a valid token holding `scopes`,
@@ -352,7 +354,7 @@ class ResourceServer:
         """The resource's metadata document at its RFC 9728 well-known path."""
 
         async def document(request: Request) -> Response:
-            return JSONResponse(self.metadata(), headers=METADATA_HEADERS)
+            return JSONResponse(self.metadata(), headers=PUBLIC_DOCUMENT)
 
         return [Route(urlsplit(metadata_url(self.resource)).path, document, methods=["GET"])]
 

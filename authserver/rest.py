@@ -113,7 +113,7 @@ async def authenticate(request: Request, any_of: Sequence[str]) -> Principal:
     services = request.app.state.services
     resource = services.settings.api_audience
     try:
-        token = bearer_token(request)
+        token = bearer_token(request.headers)
         principal: Principal = await services.db.run_sync(
             services.verify_access_token, token, audience=resource
         )

@@ -100,7 +100,9 @@ def test_missing_scope_is_403_insufficient_scope(api, make, tokens) -> None:
 
 
 def test_malformed_authorization_header_is_400(api) -> None:
-    assert api.get("/api/v1/whoami", headers={"Authorization": "Basic abc"}).status_code == 400
+    assert api.get("/api/v1/whoami", headers={"Authorization": "Bearer a b"}).status_code == 400
+    # RFC 6750 §3.1: another scheme is a request without a bearer token.
+    assert api.get("/api/v1/whoami", headers={"Authorization": "Basic abc"}).status_code == 401
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,13 @@ def test_a_clients_own_token_acts_for_nobody(
 
 
 def test_a_malformed_authorization_header_is_400(api: Api, alice: Person) -> None:
-    """SECURITY.md §0: malformed → 400 `invalid_request`, never a 500."""
-    for header in ("Basic abc", "Bearer", "Bearer a b", f"Token {alice.token}"):
+    """SECURITY.md §0: malformed → 400 `invalid_request`, never a 500; another scheme is a
+    request without a token (RFC 6750 §3.1: an unsupported method), a bare 401."""
+    for header in ("Bearer", "Bearer a b"):
         response = api.call("GET", "/users/me", headers={"Authorization": header})
         assert is_problem(response, 400), header
+        assert 'error="invalid_request"' in response.headers["www-authenticate"]
+    for header in ("Basic abc", f"Token {alice.token}"):
+        response = api.call("GET", "/users/me", headers={"Authorization": header})
+        assert is_problem(response, 401), header
+        assert response.headers["www-authenticate"] == API_CHALLENGE
