@@ -26,7 +26,6 @@ from starlette.testclient import TestClient
 from authserver import resource_server
 from authserver.app import Services
 from authserver.db import utcnow
-from authserver.oauth import resources
 from authserver.oauth import tokens as oauth_tokens
 from authserver.resource_server import ResourceServer
 from tests import factories
@@ -263,16 +262,7 @@ def test_with_introspection_a_revoked_token_is_invalid(
     make: factories.Factory,
     services: Services,
 ) -> None:
-    rs, secret = make.client(
-        name="Photos API",
-        redirect_uris=[],
-        grant_types=["client_credentials"],
-        scope="",
-        resource_server=True,
-    )
-    services.db.call(
-        resources.create, services.settings, uri=PHOTOS, scopes=["photos:read"], client_id=rs.id
-    )
+    rs, secret = make.resource_server(PHOTOS, ["photos:read"])
     assert secret is not None
     _, client = build(network, clock, introspection=(rs.id, secret))
     with client:

@@ -260,23 +260,8 @@ def test_client_credentials_for_a_resource(client: TestClient, machine: RP) -> N
 def test_a_resource_server_is_told_only_about_tokens_for_its_resource(
     flow: Flow, app_rp: RP, make: factories.Factory, services: Services
 ) -> None:
-    def resource_server(name: str, uri: str, scope: str) -> RP:
-        rs = RP(
-            *make.client(
-                name=name,
-                redirect_uris=[],
-                grant_types=["client_credentials"],
-                scope="",
-                resource_server=True,
-            )
-        )
-        services.db.call(
-            resources.create, services.settings, uri=uri, scopes=[scope], client_id=rs.id
-        )
-        return rs
-
-    albums = resource_server("Albums API", "https://albums.example.com", "albums:read")
-    maps = resource_server("Maps API", "https://maps.example.com", "maps:read")
+    albums = RP(*make.resource_server("https://albums.example.com", ["albums:read"], "Albums"))
+    maps = RP(*make.resource_server("https://maps.example.com", ["maps:read"], "Maps"))
     code = code_for(flow, app_rp, "openid", "https://albums.example.com")
     token = flow.exchange(app_rp, code).json()["access_token"]
 

@@ -22,13 +22,7 @@ NEW = {"uri": "https://photos.example.com", "scopes": ["photos:read", "photos:wr
 def test_an_administrator_registers_reads_lists_and_deletes_a_resource(
     api: Api, admin: Person, services: Services, make: factories.Factory
 ) -> None:
-    rs, _ = make.client(
-        name="Photos API",
-        redirect_uris=[],
-        grant_types=["client_credentials"],
-        scope="",
-        resource_server=True,
-    )
+    rs, _ = make.resource_server("https://other.example.com", ["other:read"])
     body = {**NEW, "name": "Photos", "client_id": rs.id}
     created = SCHEMAS.call(api, "POST", RESOURCES, admin.token, body)
     assert (created["uri"], created["name"], created["client_id"]) == (NEW["uri"], "Photos", rs.id)
@@ -36,10 +30,14 @@ def test_an_administrator_registers_reads_lists_and_deletes_a_resource(
     path = RESOURCES + "/{resource_id}"
     assert SCHEMAS.call(api, "GET", path, admin.token, resource_id=created["id"]) == created
     listed = SCHEMAS.call(api, "GET", RESOURCES, admin.token)
-    assert [item["id"] for item in listed["items"]] == [created["id"]]
+    assert [item["uri"] for item in listed["items"]] == ["https://other.example.com", NEW["uri"]]
     SCHEMAS.call(api, "DELETE", path, admin.token, resource_id=created["id"])
     assert api.call("GET", f"{RESOURCES}/{created['id']}", admin.token).status_code == 404
-    events = [event.event for event in audit_events(services, prefix="resource.")]
+    events = [
+        event.event
+        for event in audit_events(services, prefix="resource.")
+        if event.actor_id == admin.user.id
+    ]
     assert events == ["resource.created", "resource.deleted"]
 
 

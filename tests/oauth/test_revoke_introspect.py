@@ -10,7 +10,6 @@ import pytest
 
 from authserver.app import Services
 from authserver.errors import Invalid
-from authserver.oauth import resources
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users
@@ -196,14 +195,8 @@ PHOTOS = "https://photos.example.com"
 
 
 @pytest.fixture
-def resource_server(make: factories.Factory, services: Services) -> RP:
-    client, secret = make.client(
-        name="Photos API", grant_types=["client_credentials"], scope="", resource_server=True
-    )
-    services.db.call(
-        resources.create, services.settings, uri=PHOTOS, scopes=["photos:read"], client_id=client.id
-    )
-    return RP(client, secret)
+def resource_server(make: factories.Factory) -> RP:
+    return RP(*make.resource_server(PHOTOS, ["photos:read"]))
 
 
 def test_a_resource_server_introspects_access_tokens_of_any_client_for_its_resource(
