@@ -293,11 +293,17 @@ class ResourceServer:
         self._jwks_uri = jwks_uri
         self._introspection = introspection
         self._introspection_endpoint = introspection_endpoint
+        self._owns_http = http is None
         self._http = http or httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
         self._clock = clock
         self._keys: KeySet | None = None
         self._fetched_at = float("-inf")
         self._lock = anyio.Lock()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client it made (one handed in stays the app's to close)."""
+        if self._owns_http:
+            await self._http.aclose()
 
     # -- validation
 

@@ -10,6 +10,7 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -288,3 +289,16 @@ def test_the_authorization_servers_own_api_runs_the_same_core(
     assert (
         verify(keystore, settings, issued.token, utcnow(), audience=settings.api_audience) is None
     )
+
+
+def test_the_readme_example_builds_a_protected_app() -> None:
+    """The README's ten-line app runs as written."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Protecting an API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    client = TestClient(namespace["app"], base_url="https://photos.example.com")
+    assert client.get("/photos").status_code == 401
+    document = client.get("/.well-known/oauth-protected-resource").json()
+    assert document["authorization_servers"] == ["https://id.example.com"]
