@@ -1,15 +1,13 @@
-"""`/api/v1/resources` and `authserver resources`: registering RFC 8707 resources."""
+"""`/api/v1/resources`: registering RFC 8707 resources (the CLI: tests/test_cli.py)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from authserver import api as api_table
 from authserver.app import Services
-from authserver.cli import main
 from tests import factories
 from tests.conftest import API, Api, Schemas, audit_events, is_problem
 from tests.factories import Person
@@ -77,24 +75,3 @@ def test_only_administrators(api: Api, person: Any) -> None:
     assert is_problem(response, 403)
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
     assert is_problem(api.call("GET", RESOURCES), 401)
-
-
-def test_the_command_line_creates_lists_and_deletes(
-    settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("AUTHSERVER_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("AUTHSERVER_KEYS_DIR", str(settings.keys_dir))
-    uri = "https://calendar.example.com"
-    args = ["resources", "create", "--uri", uri, "--scope", "cal:read", "--scope", "cal:write"]
-    assert main([*args, "--json"]) == 0
-    record = json.loads(capsys.readouterr().out)
-    assert (record["uri"], record["scopes"]) == (uri, ["cal:read", "cal:write"])
-    assert main(["resources", "list"]) == 0
-    assert uri in capsys.readouterr().out
-    assert main(["resources", "create", "--uri", uri, "--scope", "x"]) == 1
-    assert "exists already" in capsys.readouterr().err
-    assert main(["resources", "delete", uri]) == 0
-    assert "deleted resource" in capsys.readouterr().out
-    assert main(["resources", "list", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
-    assert main(["resources", "delete", uri]) == 1
