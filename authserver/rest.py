@@ -46,25 +46,11 @@ MAX_PAGE_SIZE = 200
 API_PREFIX = "/api/v1"
 
 
-class InvalidToken(AppError):
-    """RFC 6750 §3.1: no usable token. Without any token the challenge carries no error code.
-    `authenticate` adds the challenge, which names the API's resource metadata."""
+class InvalidToken(TokenError):
+    """What a `TokenVerifier` raises: RFC 6750 `invalid_token`, never saying why."""
 
-    status_code = 401
-    title = "Unauthorized"
-
-    def __init__(self, detail: str = "The access token is invalid.", *, code: bool = True) -> None:
-        super().__init__(detail)
-        self.error = TokenError("invalid_token" if code else None, detail)
-
-
-class InsufficientScope(AppError):
-    status_code = 403
-    title = "Forbidden"
-
-    def __init__(self, scopes: Sequence[str]) -> None:
-        self.error = insufficient_scope(scopes)
-        super().__init__(self.error.description)
+    def __init__(self, detail: str = "The access token is invalid.") -> None:
+        super().__init__("invalid_token", detail)
 
 
 class UnsupportedMediaType(AppError):
@@ -118,11 +104,9 @@ async def authenticate(request: Request, any_of: Sequence[str]) -> Principal:
             services.verify_access_token, token, audience=resource
         )
         if any_of and not principal.scopes & {*any_of, "admin"}:
-            raise InsufficientScope(any_of)
+            raise insufficient_scope(any_of)
     except TokenError as error:
         raise BearerRefusal(resource, error) from None
-    except (InvalidToken, InsufficientScope) as error:
-        raise BearerRefusal(resource, error.error) from None
     return principal
 
 
