@@ -15,7 +15,8 @@ them; a client that wants /userinfo too asks for the API (no `resource`, or
 `resource=<issuer>/api/v1`) as well.
 
 Errors are `invalid_target` (RFC 8707 §2): a malformed or unknown resource, more than one
-at the token endpoint, one outside the grant, or a scope no requested resource accepts.
+at the token endpoint, one outside the grant, a scope no requested resource accepts, or a
+resource none of the requested scopes is for.
 """
 
 from __future__ import annotations
@@ -126,10 +127,16 @@ def targets(settings: Settings, uris: Sequence[str]) -> list[Target]:
 
 
 def check_scope(chosen: Sequence[Target], scope: str) -> None:
-    """Every requested scope but OpenID Connect's is accepted by one of the resources."""
-    for value in scope.split():
+    """Every requested scope but OpenID Connect's is accepted by one of the resources, and
+    every resource accepts one of the requested scopes: what the person consented to is
+    scopes, so a token for an API they were never asked about is not on offer."""
+    values = scope.split()
+    for value in values:
         if value not in OPENID_SCOPES and not any(value in t.scopes for t in chosen):
             raise InvalidTargetError(f"No requested resource accepts the scope {value}.")
+    for target in chosen:
+        if not target.scopes & set(values):
+            raise InvalidTargetError(f"No requested scope is for the resource {target.uri}.")
 
 
 def check_authorization_request(settings: Settings, sent: Sequence[str], scope: str) -> list[str]:

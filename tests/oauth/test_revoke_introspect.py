@@ -200,21 +200,29 @@ def resource_server(make: factories.Factory) -> RP:
 
 
 def test_a_resource_server_introspects_access_tokens_of_any_client_for_its_resource(
-    flow: Flow, rp: RP, resource_server: RP, issued: dict[str, Any], user: User
+    flow: Flow,
+    rp: RP,
+    resource_server: RP,
+    issued: dict[str, Any],
+    user: User,
+    make: factories.Factory,
 ) -> None:
     """SECURITY.md E48 "(not permitted)": an API the operator registered as a resource
     server, and linked to its resource, is permitted for access tokens meant for it, and
     sees revocation at once; a token for this server's own API is not its business."""
     assert flow.introspect(resource_server, issued["access_token"]) == {"active": False}
-    for_photos = flow.tokens(rp, user, scope="openid", resource=PHOTOS)
+    printer = RP(*make.client(redirect_uris=[CALLBACK], scope="openid photos:read"))
+    flow.allow(user, printer, "openid photos:read")
+    code = flow.code(printer, scope="openid photos:read", resource=PHOTOS)
+    for_photos = flow.exchange(printer, code).json()
     described = flow.introspect(resource_server, for_photos["access_token"])
     assert set(described) >= ACTIVE_MEMBERS
     assert described["active"] is True
     assert described["sub"] == user.id
-    assert described["client_id"] == rp.id
+    assert described["client_id"] == printer.id
     assert described["aud"] == PHOTOS
 
-    assert revoke(flow, rp, for_photos["access_token"]).status_code == 200
+    assert revoke(flow, printer, for_photos["access_token"]).status_code == 200
     assert flow.introspect(resource_server, for_photos["access_token"]) == {"active": False}
 
 
