@@ -302,3 +302,48 @@ def test_the_readme_example_builds_a_protected_app() -> None:
     assert client.get("/photos").status_code == 401
     document = client.get("/.well-known/oauth-protected-resource").json()
     assert document["authorization_servers"] == ["https://id.example.com"]
+
+
+@pytest.mark.parametrize(
+    ("resource", "metadata"),
+    [
+        ("https://api.example.com", "https://api.example.com/.well-known/oauth-protected-resource"),
+        (
+            "https://api.example.com/v1/",
+            "https://api.example.com/.well-known/oauth-protected-resource/v1",
+        ),
+        (
+            "http://127.0.0.1:8000/api/v1",
+            "http://127.0.0.1:8000/.well-known/oauth-protected-resource/api/v1",
+        ),
+    ],
+)
+def test_the_metadata_url_puts_the_well_known_segment_before_the_path(
+    resource: str, metadata: str
+) -> None:
+    """RFC 9728 §3.1."""
+    assert resource_server.metadata_url(resource) == metadata
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ({"aud": "a"}, ["a"]),
+        ({"aud": ["a", "b"]}, ["a", "b"]),
+        ({"aud": ["a", 1]}, []),
+        ({"aud": {"a": 1}}, []),
+        ({}, []),
+    ],
+)
+def test_audiences_reads_a_string_or_a_list_of_strings(
+    claims: dict[str, Any], expected: list[str]
+) -> None:
+    assert resource_server.audiences(claims) == expected
+
+
+def test_a_challenge_never_carries_a_quote_or_a_control_character() -> None:
+    challenge = resource_server.bearer_challenge(
+        "https://api.example.com", "invalid_token", 'bad "quote"\r\nX-Injected: 1'
+    )
+    assert "\r" not in challenge and "\n" not in challenge
+    assert challenge.endswith('error_description="bad quoteX-Injected: 1"')

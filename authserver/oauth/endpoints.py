@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from authlib.oauth2.rfc6749 import (
-    InvalidRequestError,
-)
+from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from starlette.requests import Request
@@ -269,7 +267,8 @@ class Revocation(_TokenLookup, RevocationEndpoint):
 
 class Introspection(_TokenLookup, IntrospectionEndpoint):
     """RFC 7662. Callers authenticate with a secret (§2.1, against token scanning) and see
-    their own tokens, plus any access token when registered as a resource server;
+    their own tokens, plus, when registered as a resource server, the access tokens for
+    the resources they are linked to;
     everything else is `{"active": false}` and nothing more (§2.2)."""
 
     CLIENT_AUTH_METHODS = list(clients.SECRET_AUTH_METHODS)
