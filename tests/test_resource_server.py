@@ -345,5 +345,6 @@ def test_a_challenge_never_carries_a_quote_or_a_control_character() -> None:
     challenge = resource_server.bearer_challenge(
         "https://api.example.com", "invalid_token", 'bad "quote"\r\nX-Injected: 1'
     )
-    assert "\r" not in challenge and "\n" not in challenge
+    assert "\r" not in challenge
+    assert "\n" not in challenge
     assert challenge.endswith('error_description="bad quoteX-Injected: 1"')
