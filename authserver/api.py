@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from authserver import audit, rest
-from authserver.oauth import clients_api, consents_api
+from authserver.oauth import clients_api, consents_api, resources_api
 from authserver.organizations import api as organizations_api
 from authserver.sessions import api as sessions_api
 from authserver.users import api as users_api
@@ -22,6 +22,7 @@ OPERATIONS: list[rest.Operation] = [
     *consents_api.OPERATIONS,
     *organizations_api.OPERATIONS,
     *clients_api.OPERATIONS,
+    *resources_api.OPERATIONS,
     *audit.OPERATIONS,
 ]
 DOCUMENT_PATH = rest.API_PREFIX + "/openapi.json"

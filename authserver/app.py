@@ -105,6 +105,16 @@ def routes() -> list[BaseRoute]:
         Route("/.well-known/openid-configuration", discovery.openid_configuration),
         Route("/.well-known/oauth-authorization-server", discovery.openid_configuration),
         Route("/jwks.json", discovery.jwks),
+        Route(discovery.API_METADATA_PATH, discovery.api_metadata),
+        *(
+            Route(path, cors.public_preflight, methods=["OPTIONS"])
+            for path in (
+                "/.well-known/openid-configuration",
+                "/.well-known/oauth-authorization-server",
+                "/jwks.json",
+                discovery.API_METADATA_PATH,
+            )
+        ),
         Route("/authorize", authorize.authorize, methods=["GET", "POST"]),
         Route("/consent", authorize.consent_page, methods=["GET", "POST"]),
         Route("/token", endpoints.token, methods=["POST"]),

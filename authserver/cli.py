@@ -1,4 +1,4 @@
-"""The `authserver` command: serve, migrate, keys, users, clients, orgs, purge.
+"""The `authserver` command: serve, migrate, keys, users, clients, resources, orgs, purge.
 
 Every failure the operator can fix ends as one line on stderr and a non-zero exit: 2 for bad
 configuration or usage, 1 for a refused operation (duplicate email, bad redirect URI, ...).
@@ -269,6 +269,50 @@ def cmd_orgs_create(args: argparse.Namespace, settings: Settings) -> None:
     _emit(args, record, f"created organization {record['name']} ({record['id']})")
 
 
+def cmd_resources(args: argparse.Namespace, settings: Settings) -> None:
+    from authserver import audit
+    from authserver.oauth import resources
+
+    services = _services(settings)
+
+    def create() -> dict[str, Any]:
+        resource = resources.create(
+            settings, uri=args.uri, scopes=args.scope, name=args.name, client_id=args.client_id
+        )
+        audit.record(
+            "resource.created", actor_type="cli", target_type="resource", target_id=resource.id
+        )
+        return resources.as_dict(resource)
+
+    def listing() -> list[dict[str, Any]]:
+        found = resources.listing(after=None, limit=10_000)
+        return [resources.as_dict(resource) for resource in found]
+
+    def delete() -> dict[str, Any]:
+        resource = resources.find(args.resource)
+        if resource is None:
+            raise CliError(f"no resource {args.resource}")
+        record = resources.as_dict(resource)
+        resources.delete(resource)
+        audit.record(
+            "resource.deleted", actor_type="cli", target_type="resource", target_id=record["id"]
+        )
+        return record
+
+    if args.resources_command == "create":
+        record = services.db.call(create)
+        _emit(args, record, f"created resource {record['uri']} ({record['id']})")
+    elif args.resources_command == "delete":
+        record = services.db.call(delete)
+        _emit(args, record, f"deleted resource {record['uri']}")
+    else:
+        records = services.db.call(listing)
+        if args.json:
+            print(json.dumps(records, indent=2))
+        for record in [] if args.json else records:
+            print(f"{record['uri']}  {' '.join(record['scopes'])}  ({record['id']})")
+
+
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> None:
     from authserver.maintenance import purge_expired
 
@@ -362,6 +406,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="an API: may introspect access tokens issued to any client",
     )
+
+    resources_group = commands.add_parser(
+        "resources",
+        help="Manage protected resources (RFC 8707).",
+        description="APIs that access tokens may be issued for.",
+    )
+    resource_commands = resources_group.add_subparsers(
+        dest="resources_command", required=True, metavar="ACTION"
+    )
+    resources_create = command(
+        resource_commands, "create", cmd_resources, "Register a protected resource."
+    )
+    resources_create.add_argument("--uri", required=True, help="the resource indicator")
+    resources_create.add_argument(
+        "--scope", action="append", required=True, help="a scope it accepts (repeat for more)"
+    )
+    resources_create.add_argument("--name", default=None)
+    resources_create.add_argument(
+        "--client-id", default=None, help="the resource-server client that introspects for it"
+    )
+    resources_list = command(resource_commands, "list", cmd_resources, "List the resources.")
+    resources_delete = command(
+        resource_commands, "delete", cmd_resources, "Delete a resource (by id or URI)."
+    )
+    resources_delete.add_argument("resource", metavar="ID_OR_URI")
+    for sub in (resources_create, resources_list, resources_delete):
+        sub.add_argument("--json", action="store_true", help="print JSON")
 
     orgs_create = create_command(
         commands, "orgs", "Manage organizations.", cmd_orgs_create, "Create an organization."

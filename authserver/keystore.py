@@ -21,7 +21,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, Key, KeyParameters, KeySet, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
-__all__ = ["ALGORITHMS", "JWS_REGISTRY", "KeyInfo", "KeyStore", "KeyStoreError"]
+__all__ = ["ALGORITHMS", "JWS_REGISTRY", "KeyInfo", "KeyStore", "KeyStoreError", "jws_registry"]
 
 DEFAULT_ALG = "RS256"
 #: Signing algorithms the store can generate keys for.
@@ -78,9 +78,14 @@ class _Registry(JWSRegistry):
         return super().get_alg(name)
 
 
+def jws_registry(algorithms: Sequence[str]) -> JWSRegistry:
+    """A joserfc registry that accepts exactly `algorithms` (EdDSA without the warning)."""
+    return _Registry(algorithms=list(algorithms))
+
+
 #: Pass to joserfc ``jwt.decode`` together with `KeyStore.verification_keys` so tokens are
 #: only accepted with the algorithms this store signs with (and EdDSA does not warn).
-JWS_REGISTRY: JWSRegistry = _Registry(algorithms=list(ALGORITHMS))
+JWS_REGISTRY: JWSRegistry = jws_registry(ALGORITHMS)
 
 
 def _now() -> int:

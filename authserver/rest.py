@@ -26,6 +26,12 @@ from authserver import jsonsafe
 from authserver.db import ID_MAX, Position
 from authserver.errors import NO_STORE, AppError, Forbidden, Invalid, NotFound
 from authserver.jsonsafe import UnsafeJson
+from authserver.resource_server import (
+    TokenError,
+    bearer_challenge,
+    bearer_token,
+    insufficient_scope,
+)
 
 #: The scopes of this issuer's own API; a token carrying any of them is for `<issuer>/api/v1`.
 API_SCOPES = {
@@ -42,30 +48,11 @@ MAX_PAGE_SIZE = 200
 API_PREFIX = "/api/v1"
 
 
-class InvalidToken(AppError):
-    """RFC 6750 §3.1: no usable token. Without any token the challenge carries no error code."""
+class InvalidToken(TokenError):
+    """What a `TokenVerifier` raises: RFC 6750 `invalid_token`, never saying why."""
 
-    status_code = 401
-    title = "Unauthorized"
-
-    def __init__(self, detail: str = "The access token is invalid.", *, code: bool = True) -> None:
-        challenge = 'Bearer realm="api", error="invalid_token"' if code else 'Bearer realm="api"'
-        super().__init__(detail, headers={"WWW-Authenticate": challenge})
-
-
-class InsufficientScope(AppError):
-    status_code = 403
-    title = "Forbidden"
-
-    def __init__(self, scopes: Sequence[str]) -> None:
-        wanted = " ".join(scopes)
-        super().__init__(
-            f"The access token lacks the scope this needs ({wanted}).",
-            headers={
-                "WWW-Authenticate": f'Bearer realm="api", error="insufficient_scope", '
-                f'scope="{wanted}"'
-            },
-        )
+    def __init__(self, detail: str = "The access token is invalid.") -> None:
+        super().__init__("invalid_token", detail)
 
 
 class UnsupportedMediaType(AppError):
@@ -107,21 +94,31 @@ class Principal:
 async def authenticate(request: Request, any_of: Sequence[str]) -> Principal:
     """The caller of an API request, holding at least one of `any_of` scopes (or `admin`).
 
-    RFC 6750 §2.1 header only: a token in the query string or body is not looked at.
+    RFC 6750 §2.1 header only: a token in the query string or body is not looked at. Every
+    refusal carries the one challenge `resource_server.bearer_challenge` writes, pointing at
+    the API's RFC 9728 metadata.
     """
     services = request.app.state.services
-    header = request.headers.get("authorization")
-    if header is None:
-        raise InvalidToken("An access token is required.", code=False)
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
-        raise Invalid("The Authorization header must be `Bearer <token>`.")
-    principal: Principal = await services.db.run_sync(
-        services.verify_access_token, token.strip(), audience=services.settings.api_audience
-    )
-    if any_of and not principal.scopes & {*any_of, "admin"}:
-        raise InsufficientScope(any_of)
+    resource = services.settings.api_audience
+    try:
+        token = bearer_token(request.headers)
+        principal: Principal = await services.db.run_sync(
+            services.verify_access_token, token, audience=resource
+        )
+        if any_of and not principal.scopes & {*any_of, "admin"}:
+            raise insufficient_scope(any_of)
+    except TokenError as error:
+        raise BearerRefusal(resource, error) from None
     return principal
+
+
+class BearerRefusal(AppError):
+    """An RFC 6750 refusal of an API request (status from the error), in problem+json."""
+
+    def __init__(self, resource: str, error: TokenError) -> None:
+        challenge = bearer_challenge(resource, error.error, error.description, error.scope)
+        super().__init__(error.description, headers={"WWW-Authenticate": challenge})
+        self.status_code = error.status
 
 
 async def read_json(request: Request, model: type[Any]) -> Any:

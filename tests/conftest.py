@@ -45,6 +45,10 @@ POSTGRES_URL = TEST_DATABASE_URL or "postgresql+psycopg://postgres@127.0.0.1:543
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 ISSUER = "http://127.0.0.1:8000"
 API = rest.API_PREFIX
+#: RFC 6750 §3.1 / RFC 9728 §5.1: what every 401 without a token from the API (and
+#: /userinfo, part of it) says.
+API_METADATA = f"{ISSUER}/.well-known/oauth-protected-resource/api/v1"
+API_CHALLENGE = f'Bearer resource_metadata="{API_METADATA}"'
 #: What a person's own token holds: every self-service scope.
 SELF_SCOPES = "users:read users:write sessions:read sessions:write"
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -9,7 +9,7 @@ from typing import Any
 
 from authserver import db
 from authserver.app import Services
-from authserver.oauth import clients, tokens
+from authserver.oauth import clients, resources, tokens
 from authserver.oauth.clients import Client
 from authserver.organizations import models as orgs
 from authserver.organizations.models import Organization
@@ -37,6 +37,23 @@ class Factory:
         fields.setdefault("name", "Example App")
         fields.setdefault("redirect_uris", ["https://app.example.com/cb"])
         return self.services.db.call(clients.create, self.services.digester, **fields)
+
+    def resource_server(
+        self, uri: str, scopes: list[str], name: str = "Photos API"
+    ) -> tuple[Client, str | None]:
+        """An API registered as a resource (RFC 8707) with the client that introspects for it."""
+        client, secret = self.client(
+            name=name,
+            redirect_uris=[],
+            grant_types=["client_credentials"],
+            scope="",
+            resource_server=True,
+        )
+        services = self.services
+        services.db.call(
+            resources.create, services.settings, uri=uri, scopes=scopes, client_id=client.id
+        )
+        return client, secret
 
     def organization(self, owner: User, name: str = "Acme") -> Organization:
         return self.services.db.call(orgs.create, name=name, owner_id=owner.id)

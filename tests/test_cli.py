@@ -436,3 +436,30 @@ def test_users_create_verified_marks_the_address_verified(env: Path, capsys, mon
         ("u@example.com", 0),
         ("v@example.com", 1),
     ]
+
+
+def test_resources_create_list_and_delete(env: Path, capsys, monkeypatch) -> None:
+    uri = "https://calendar.example.com"
+    args = ["resources", "create", "--uri", uri, "--scope", "cal:read", "--scope", "cal:write"]
+    status, out, _ = run([*args, "--json"], capsys, monkeypatch)
+    assert status == 0
+    record = json.loads(out)
+    assert (record["uri"], record["scopes"]) == (uri, ["cal:read", "cal:write"])
+    assert query(env, "SELECT uri, scope FROM resources") == [(uri, "cal:read cal:write")]
+    status, out, _ = run(["resources", "list"], capsys, monkeypatch)
+    assert status == 0
+    assert uri in out
+    status, _, err = run(["resources", "create", "--uri", uri, "--scope", "x"], capsys, monkeypatch)
+    assert status == 1
+    assert "exists already" in err
+    status, _, err = run(
+        ["resources", "create", "--uri", "http://calendar.example.com", "--scope", "x"],
+        capsys,
+        monkeypatch,
+    )
+    assert status == 1
+    assert "loopback" in err
+    assert run(["resources", "delete", uri], capsys, monkeypatch)[0] == 0
+    status, out, _ = run(["resources", "list", "--json"], capsys, monkeypatch)
+    assert json.loads(out) == []
+    assert run(["resources", "delete", uri], capsys, monkeypatch)[0] == 1

@@ -13,7 +13,8 @@ import authserver
 
 PACKAGE = Path(authserver.__file__).parent
 PLUMBING = ("db", "security", "errors", "web", "rest", "kv", "keystore", "outbound",
-            "ratelimit", "settings", "observability", "app_access")  # fmt: skip
+            "ratelimit", "settings", "observability", "app_access",
+            "resource_server")  # fmt: skip
 IDENTITY = ("users", "sessions", "organizations", "audit")
 FEATURES = (*IDENTITY, "oauth")
 

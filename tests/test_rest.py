@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from authserver import rest
 from authserver.app import create_app
 from authserver.settings import Settings
-from tests.conftest import API, ISSUER
+from tests.conftest import API, API_CHALLENGE, ISSUER
 from tests.factories import Person, bearer
 
 
@@ -60,7 +60,7 @@ def test_no_token_is_401_with_a_bare_challenge(api) -> None:
     """docs/security.md §0 / J74: no token → 401 `WWW-Authenticate: Bearer`, no error code."""
     response = api.get("/api/v1/whoami")
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == 'Bearer realm="api"'
+    assert response.headers["www-authenticate"] == API_CHALLENGE
     assert response.headers["content-type"] == "application/problem+json"
 
 
@@ -101,7 +101,9 @@ def test_missing_scope_is_403_insufficient_scope(api, make, tokens) -> None:
 
 
 def test_malformed_authorization_header_is_400(api) -> None:
-    assert api.get("/api/v1/whoami", headers={"Authorization": "Basic abc"}).status_code == 400
+    assert api.get("/api/v1/whoami", headers={"Authorization": "Bearer a b"}).status_code == 400
+    # RFC 6750 §3.1: another scheme is a request without a bearer token.
+    assert api.get("/api/v1/whoami", headers={"Authorization": "Basic abc"}).status_code == 401
 
 
 @pytest.mark.parametrize(

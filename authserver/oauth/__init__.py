@@ -38,16 +38,17 @@ def build_server(
             digester, settings.issuer, limiter=limiter, per_minute=settings.token_rate_per_client
         ),
     )
-    server.register_token_generator("default", tokens.AccessTokenGenerator(keystore, settings))
+    generator = tokens.AccessTokenGenerator(keystore, settings)
+    server.register_token_generator("default", generator)
     server.register_grant(
-        grants.bind(grants.AuthorizationCodeGrant, settings, digester),
+        grants.bind(grants.AuthorizationCodeGrant, settings, digester, generator),
         [grants.PKCE(), oidc.OpenIDCode(keystore, settings)],
     )
     server.register_grant(
-        grants.bind(grants.RefreshTokenGrant, settings, digester),
+        grants.bind(grants.RefreshTokenGrant, settings, digester, generator),
         [oidc.IDTokens(keystore, settings)],
     )
-    server.register_grant(grants.ClientCredentialsGrant)
+    server.register_grant(grants.bind(grants.ClientCredentialsGrant, settings, digester, generator))
     server.register_endpoint(endpoints.Revocation(keystore, settings, digester))
     server.register_endpoint(endpoints.Introspection(keystore, settings, digester))
     return server

@@ -22,8 +22,8 @@ ADMIN = "admin"
 def make_verifier(keystore: KeyStore, settings: Settings) -> TokenVerifier:
     def verify(token: str, *, audience: str) -> Principal:
         now = utcnow()
-        claims = tokens.verify_access_token(keystore, settings, token, now)
-        if claims is None or not _for_audience(claims, audience):
+        claims = tokens.verify_access_token(keystore, settings, token, now, audience=audience)
+        if claims is None:
             raise InvalidToken()
         if not tokens.access_token_is_live(claims, now):
             raise InvalidToken()
@@ -51,8 +51,3 @@ def _still_admin(claims: dict[str, Any]) -> bool:
         return user is not None and user.is_active and user.is_admin
     client = clients.query(claims["client_id"])
     return client is not None and ADMIN in client.scope.split()
-
-
-def _for_audience(claims: dict[str, Any], audience: str) -> bool:
-    aud = claims.get("aud")
-    return aud == audience or (isinstance(aud, list) and audience in aud)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from authlib.oidc.core import AuthorizationCodeMixin
-from sqlalchemy import ForeignKey, String, delete, select, update
+from sqlalchemy import JSON, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
@@ -39,6 +39,8 @@ class AuthorizationCode(Base, AuthorizationCodeMixin):
     auth_time: Mapped[datetime]
     amr: Mapped[str] = mapped_column(String(100), default="pwd")
     acr: Mapped[str | None] = mapped_column(String(100))
+    #: RFC 8707 resource indicators of the authorization request (None: none was sent).
+    resources: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None]
@@ -86,6 +88,7 @@ def create(
     now: datetime,
     ttl: int,
     organization_id: str | None = None,
+    resources: list[str] | None = None,
 ) -> AuthorizationCode:
     """Store a new code; only its digest is kept."""
     row = AuthorizationCode(
@@ -102,6 +105,7 @@ def create(
         auth_time=auth_time,
         amr=amr,
         acr=acr,
+        resources=resources or None,
         created_at=now,
         expires_at=now + timedelta(seconds=ttl),
     )

@@ -1,4 +1,5 @@
-"""Cross-origin access for browser-based apps: /token, /revoke and /userinfo, nothing else.
+"""Cross-origin access for browser-based apps: /token, /revoke and /userinfo; and for anyone
+to the public documents (discovery, JWKS, protected resource metadata).
 
 A single-page app exchanges its code and refreshes from JavaScript, so those endpoints
 must answer CORS (RFC 9700 §2.6 allows it there; OAuth 2.0 for Browser-Based Apps §6.3.2).
@@ -9,6 +10,8 @@ secret has no business in a browser. The check runs before the request does anyt
 form POST is a "simple" CORS request that the browser sends without asking first, so a
 refused origin must not get as far as redeeming a code. The authorization endpoint, the
 introspection endpoint and the HTML pages never answer cross-origin (docs/security.md A21).
+An answer raised rather than returned (a 429 from the per-client rate limit) carries the
+same headers, so the app can read `Retry-After`.
 
 Preflights are answered for any origin: the browser sends no credentials or body with
 them, so the client is unknown until the real request arrives, which is where the rule
@@ -55,10 +58,21 @@ def allows(client: Client | None, origin: str, *, public_only: bool) -> bool:
 
 def allow(response: Response, origin: str) -> Response:
     """Let the page at `origin` read this response (and its challenge, on a 401)."""
-    response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
-    response.headers.append("Vary", "Origin")
+    for name, value in headers(origin).items():
+        if name == "Vary":
+            response.headers.append(name, value)
+        else:
+            response.headers[name] = value
     return response
+
+
+def headers(origin: str) -> dict[str, str]:
+    """What `allow` adds, for an answer rendered elsewhere (a 429 raised as `AppError`)."""
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": "WWW-Authenticate, Retry-After",
+        "Vary": "Origin",
+    }
 
 
 def preflight(methods: Iterable[str]) -> Callable[[Request], Awaitable[Response]]:
@@ -79,6 +93,19 @@ def preflight(methods: Iterable[str]) -> Callable[[Request], Awaitable[Response]
         return Response(status_code=204, headers=headers)
 
     return endpoint
+
+
+async def public_preflight(request: Request) -> Response:
+    """OPTIONS for the public documents (discovery, JWKS, resource metadata), which any
+    origin may read without credentials."""
+    headers = {
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Methods": "GET",
+        "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+        "Access-Control-Max-Age": PREFLIGHT_MAX_AGE,
+        "Allow": "GET, HEAD, OPTIONS",
+    }
+    return Response(status_code=204, headers=headers)
 
 
 def _origin(uri: str) -> str:

@@ -1,4 +1,6 @@
-"""The two discovery documents (OIDC Discovery 1.0, RFC 8414) from one builder, and the JWKS."""
+"""The two discovery documents (OIDC Discovery 1.0, RFC 8414) from one builder, the JWKS,
+and the RFC 9728 metadata of this server's own API; all public, cacheable, and readable
+from any origin (`cors.public_preflight` answers their preflights)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from starlette.responses import JSONResponse
 
 from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.oauth.clients import AUTH_METHODS, GRANT_TYPES, SECRET_AUTH_METHODS
-from authserver.rest import API_SCOPES
+from authserver.resource_server import PUBLIC_DOCUMENT, protected_resource_metadata
+from authserver.rest import API_PREFIX, API_SCOPES
 from authserver.settings import Settings
 
 SCOPES = ("openid", "profile", "email", "offline_access", "organization", *API_SCOPES)
@@ -18,7 +21,6 @@ CLAIMS = (
     "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "at_hash",
     "name", "email", "email_verified", "org_id", "org_role",
 )  # fmt: skip
-PUBLIC_CACHE = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
 
 
 def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def signing_algs(keystore: KeyStore) -> list[str]:
 async def openid_configuration(request: Request) -> JSONResponse:
     state = request.app.state
     document = metadata(state.settings, signing_algs(state.keystore))
-    return JSONResponse(document, headers=PUBLIC_CACHE)
+    return JSONResponse(document, headers=PUBLIC_DOCUMENT)
 
 
 async def jwks(request: Request) -> JSONResponse:
@@ -71,3 +73,17 @@ async def jwks(request: Request) -> JSONResponse:
     keys = request.app.state.keystore.public_jwks()
     headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}
     return JSONResponse(keys, headers=headers, media_type="application/jwk-set+json")
+
+
+#: RFC 9728 §3.1: the well-known segment, then the API's path.
+API_METADATA_PATH = "/.well-known/oauth-protected-resource" + API_PREFIX
+API_NAME = "authserver identity API"
+
+
+async def api_metadata(request: Request) -> JSONResponse:
+    """RFC 9728 §3 for `<issuer>/api/v1`, which every 401 of the API points at."""
+    settings = request.app.state.settings
+    document = protected_resource_metadata(
+        settings.api_audience, settings.issuer, list(API_SCOPES), API_NAME
+    )
+    return JSONResponse(document, headers=PUBLIC_DOCUMENT)

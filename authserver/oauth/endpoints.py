@@ -11,33 +11,34 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from authlib.oauth2.rfc6749 import (
-    InvalidRequestError,
-    MissingAuthorizationError,
-    ResourceProtector,
-    UnsupportedTokenTypeError,
-)
-from authlib.oauth2.rfc6750 import BearerTokenValidator, InsufficientScopeError, InvalidTokenError
+from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import audit, db
-from authserver.errors import NO_STORE, oauth_error_response
+from authserver.errors import NO_STORE, AppError, oauth_error_response
 from authserver.keystore import KeyStore
-from authserver.oauth import clients, cors, tokens
+from authserver.oauth import clients, cors, resources, tokens
 from authserver.oauth.grants import CLIENT_AUTH_METHODS
 from authserver.oauth.oidc import userinfo as userinfo_claims
 from authserver.oauth.requests import (
     MalformedRequest,
     RequestSnapshot,
-    SnapshotRequest,
     read_form_request,
     read_resource_request,
 )
 from authserver.oauth.tokens import ORGANIZATION, PresentedRefreshToken
 from authserver.organizations import models as orgs
+from authserver.resource_server import (
+    TokenError,
+    audiences,
+    bearer_token,
+    error_response,
+    insufficient_scope,
+    scopes_of,
+)
 from authserver.security import Digester
 from authserver.settings import Settings
 from authserver.users import models as users
@@ -102,7 +103,11 @@ def _from_browser_app(handle: Any, origin: str) -> Any:
             return oauth_error_response(
                 "invalid_request", "Cross-origin requests are not allowed from this origin."
             )
-        return cors.allow(handle(server, snapshot), origin)
+        try:
+            return cors.allow(handle(server, snapshot), origin)
+        except AppError as error:
+            error.headers.update(cors.headers(origin))
+            raise
 
     return checked
 
@@ -125,9 +130,14 @@ class FoundAccessToken:
         return self.client_id == client.get_client_id()
 
     def may_introspect(self, client: Any) -> bool:
-        """Its own client, or an API the operator registered as a resource server: access
-        tokens are what resource servers receive."""
-        return self.check_client(client) or bool(client.resource_server)
+        """Its own client, or the resource server an operator linked to a resource the token
+        is for (`resources.Resource.client_id`): an API learns about the tokens meant for
+        it, never about those for another API."""
+        if self.check_client(client):
+            return True
+        if not client.resource_server:
+            return False
+        return bool(set(audiences(self.claims)) & resources.served_by(client.id))
 
     def is_active(self, now: datetime) -> bool:
         return tokens.access_token_is_live(self.claims, now)
@@ -178,6 +188,8 @@ class FoundRefreshToken:
         return "token_family", self.presented.family.id
 
     def introspection(self, issuer: str) -> dict[str, Any]:
+        """RFC 7662 §2.2's `token_type` is an RFC 6749 §7.1 access token type (`Bearer`),
+        which a refresh token has none of, so it is left out."""
         family, row = self.presented.family, self.presented.row
         return {
             "active": True,
@@ -188,7 +200,6 @@ class FoundRefreshToken:
             "iat": int(row.created_at.timestamp()),
             "iss": issuer,
             "aud": family.client_id,
-            "token_type": "refresh_token",
         }
 
 
@@ -256,7 +267,8 @@ class Revocation(_TokenLookup, RevocationEndpoint):
 
 class Introspection(_TokenLookup, IntrospectionEndpoint):
     """RFC 7662. Callers authenticate with a secret (§2.1, against token scanning) and see
-    their own tokens, plus any access token when registered as a resource server;
+    their own tokens, plus, when registered as a resource server, the access tokens for
+    the resources they are linked to;
     everything else is `{"active": false}` and nothing more (§2.2)."""
 
     CLIENT_AUTH_METHODS = list(clients.SECRET_AUTH_METHODS)
@@ -271,33 +283,6 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):
 
 
 # -- userinfo ------------------------------------------------------------------------------
-
-
-class AccessTokenValidator(BearerTokenValidator):
-    """RFC 6750 bearer tokens for our own resources: one of our access tokens, issued for
-    a user (audience `api_audience`), still live by reference."""
-
-    def __init__(self, keystore: KeyStore, settings: Settings) -> None:
-        super().__init__(realm=settings.issuer)
-        self.keystore = keystore
-        self.settings = settings
-
-    def authenticate_token(self, token_string: str) -> dict[str, Any] | None:
-        now = db.utcnow()
-        claims = tokens.verify_access_token(self.keystore, self.settings, token_string, now)
-        if claims is None:
-            return None
-        audience = claims.get("aud")
-        audiences = audience if isinstance(audience, list) else [audience]
-        if self.settings.api_audience not in audiences:
-            return None
-        return claims if tokens.access_token_is_live(claims, now) else None
-
-    def validate_token(self, token: dict[str, Any] | None, scopes: Any, request: Any) -> None:
-        if token is None:
-            raise InvalidTokenError(realm=self.realm)
-        if self.scope_insufficient(token.get("scope", ""), scopes):
-            raise InsufficientScopeError()
 
 
 async def userinfo(request: Request) -> Response:
@@ -332,37 +317,44 @@ async def _userinfo_response(request: Request, services: Services, origin: str |
 
 
 def _userinfo(services: Services, snapshot: RequestSnapshot, origin: str | None) -> Response:
-    protector = ResourceProtector()
-    protector.register_token_validator(AccessTokenValidator(services.keystore, services.settings))
+    settings = services.settings
     try:
-        claims = protector.validate_request(["openid"], SnapshotRequest(snapshot))
-    except (MissingAuthorizationError, UnsupportedTokenTypeError):
-        return _bearer_error(services.settings, 401)
-    except InvalidTokenError:
-        return _bearer_error(
-            services.settings, 401, "invalid_token", "The access token is invalid or expired."
-        )
-    except InsufficientScopeError:
-        return _bearer_error(
-            services.settings, 403, "insufficient_scope", "The access token lacks openid."
-        )
+        claims = _caller(services, snapshot)
+    except TokenError as error:
+        return error_response(settings.api_audience, error)
     if origin is not None and not cors.allows(
         clients.query(claims.get("client_id")), origin, public_only=False
     ):
         return _bearer_error(
-            services.settings,
+            settings,
             400,
             "invalid_request",
             "Cross-origin requests are not allowed from this origin.",
         )
     user = users.get(claims["sub"])
     if user is None:
-        return _bearer_error(services.settings, 401, "invalid_token", "The user is gone.")
+        return _bearer_error(settings, 401, "invalid_token", "The user is gone.")
     scope = claims.get("scope", "")
     response = JSONResponse(
         userinfo_claims(user, scope, _organization(claims, user.id, scope)), headers=NO_STORE
     )
     return cors.allow(response, origin) if origin is not None else response
+
+
+def _caller(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
+    """The claims of the request's bearer token: one of our access tokens for the API
+    resource (which UserInfo belongs to), still live by reference, holding `openid`."""
+    token = bearer_token(snapshot.headers)
+    now = db.utcnow()
+    settings = services.settings
+    claims = tokens.verify_access_token(
+        services.keystore, settings, token, now, audience=settings.api_audience
+    )
+    if claims is None or not tokens.access_token_is_live(claims, now):
+        raise TokenError(description="The access token is invalid or expired.")
+    if "openid" not in scopes_of(claims):
+        raise insufficient_scope(["openid"])
+    return claims
 
 
 def _organization(claims: dict[str, Any], user_id: str, scope: str) -> dict[str, str] | None:
@@ -378,11 +370,5 @@ def _organization(claims: dict[str, Any], user_id: str, scope: str) -> dict[str,
 def _bearer_error(
     settings: Settings, status: int, error: str | None = None, description: str = ""
 ) -> Response:
-    """RFC 6750 §3: no credentials → a bare challenge; otherwise the error code in it."""
-    challenge = f'Bearer realm="{settings.issuer}"'
-    if error is None:
-        return Response(status_code=status, headers={**NO_STORE, "WWW-Authenticate": challenge})
-    challenge += f', error="{error}", error_description="{description}"'
-    if error == "insufficient_scope":
-        challenge += ', scope="openid"'
-    return oauth_error_response(error, description, status, headers={"WWW-Authenticate": challenge})
+    """RFC 6750 §3 for UserInfo, part of the API resource (`resource_server.error_response`)."""
+    return error_response(settings.api_audience, TokenError(error, description, status=status))

@@ -25,7 +25,7 @@ from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupp
 
 from authserver import audit, db
 from authserver.db import current_session
-from authserver.oauth import codes, tokens
+from authserver.oauth import codes, resources, tokens
 from authserver.oauth.tokens import ORGANIZATION, EndUser, PresentedRefreshToken
 from authserver.organizations import models as orgs
 from authserver.security import Digester, new_token
@@ -41,15 +41,55 @@ USER_SCOPES = {"openid", "profile", "email", "offline_access", ORGANIZATION}
 #: Acts on every account through /api/v1: granted for a user only while they are an admin.
 ADMIN_SCOPE = "admin"
 NONCE_MAX = 512
+#: RFC 8707 resource indicator: the one parameter that may be repeated.
+RESOURCE = "resource"
 #: `max_age` as OIDC Core §3.1.2.1 allows it: ASCII digits only (`str.isdigit` also takes
 #: `²` or `①`, which `int` refuses), and short enough to convert cheaply (docs/security.md A15).
 MAX_AGE = re.compile(r"[0-9]{1,9}")
 
 
-def bind(grant_cls: type[Any], settings: Settings, digester: Digester) -> type[Any]:
+def bind(
+    grant_cls: type[Any],
+    settings: Settings,
+    digester: Digester,
+    generator: tokens.AccessTokenGenerator,
+) -> type[Any]:
     """A subclass of `grant_cls` bound to one app's settings (Authlib instantiates grants
     per request with only the request and the server)."""
-    return type(grant_cls.__name__, (grant_cls,), {"settings": settings, "digester": digester})
+    bound = {"settings": settings, "digester": digester, "generator": generator}
+    return type(grant_cls.__name__, (grant_cls,), bound)
+
+
+class ForResource:
+    """Issues access tokens for the resource the token request settled on (RFC 8707): the
+    grant's validation stores it as `request.audience` (None: no resource was named)."""
+
+    request: Any
+    GRANT_TYPE: str | None
+    generator: ClassVar[tokens.AccessTokenGenerator]
+
+    def generate_token(
+        self,
+        user: EndUser | None = None,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        return self.generator.generate(
+            grant_type or str(self.GRANT_TYPE),
+            self.request.client,
+            user,
+            scope,
+            expires_in,
+            include_refresh_token,
+            audience=getattr(self.request, "audience", None),
+        )
+
+
+def sent_resources(request: Any) -> list[str]:
+    """The `resource` parameters of a request (RFC 8707 §2 lets it repeat)."""
+    return list(request.payload.datalist.get(RESOURCE, []))
 
 
 class PKCE(CodeChallenge):
@@ -104,7 +144,7 @@ def check_authorization_parameters(grant: Any, redirect_uri: str) -> None:
     """Checks that run once the redirect URI is trusted, so their errors go back to the
     client (Authlib sets `redirect_uri` on errors raised from this hook)."""
     datalist, data = grant.request.payload.datalist, grant.request.payload.data
-    if any(len(values) > 1 for values in datalist.values()):
+    if any(len(values) > 1 for name, values in datalist.items() if name != RESOURCE):
         raise InvalidRequestError("Parameters must not be repeated (RFC 6749 section 3.1).")
     if "request" in data:
         raise RequestNotSupportedError()
@@ -124,9 +164,12 @@ def check_authorization_parameters(grant: Any, redirect_uri: str) -> None:
         raise InvalidRequestError(f"The nonce must be at most {NONCE_MAX} characters.")
     if not data.get("scope", "").split():
         raise InvalidScopeError("The scope parameter is required.")
+    resources.check_authorization_request(
+        grant.settings, sent_resources(grant.request), data["scope"]
+    )
 
 
-class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+class AuthorizationCodeGrant(ForResource, grants.AuthorizationCodeGrant):
     """RFC 6749 §4.1 with exact redirect URIs, PKCE always, and single-use codes."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
@@ -191,6 +234,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             auth_time=end_user.auth_time,
             amr=end_user.amr,
             acr=end_user.acr,
+            resources=resources.parse(sent_resources(request)),
             now=self.now,
             ttl=self.settings.code_ttl,
         )
@@ -235,6 +279,19 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             end_user, authorization_code.organization_id, authorization_code.scope
         )
 
+    def validate_token_request(self) -> None:
+        """Authlib's checks, then the resource (RFC 8707 §2.2): one of the code's, or all of
+        them, decided before the code is consumed."""
+        super().validate_token_request()
+        code = self.request.authorization_code
+        self.request.audience = resources.for_token(
+            self.settings,
+            code.resources or [],
+            sent_resources(self.request),
+            code.scope,
+            scope_sent=False,
+        )
+
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         """Consume the code first, in this transaction: if anything later fails the
         consumption rolls back with it (docs/security.md L89); if another request consumed it
@@ -255,6 +312,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             scope=code.scope,
             now=self.now,
             ttl=self.settings.refresh_token_ttl,
+            resources=code.resources,
         )
         self.request.family_id = family.id
         if "refresh_token" in token:
@@ -282,7 +340,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         return InvalidGrantError("The authorization code has already been used.")
 
 
-class RefreshTokenGrant(grants.RefreshTokenGrant):
+class RefreshTokenGrant(ForResource, grants.RefreshTokenGrant):
     """RFC 6749 §6 with rotation and reuse detection (RFC 9700 §4.14.2), which Authlib
     leaves to the application.
 
@@ -319,6 +377,14 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         is `invalid_scope`); then the token must still be live, and fresh or retried."""
         super().validate_token_request()
         self._check(self.request.refresh_token)
+        family, scope = self.request.refresh_token.family, self.request.payload.scope
+        self.request.audience = resources.for_token(
+            self.settings,
+            family.resources or [],
+            sent_resources(self.request),
+            scope or family.scope,
+            scope_sent=scope is not None,
+        )
 
     @hooked
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
@@ -386,12 +452,19 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return successor is not None and successor.row.rotated_at is None
 
 
-class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+class ClientCredentialsGrant(ForResource, grants.ClientCredentialsGrant):
     """RFC 6749 §4.4: confidential clients only (public ones cannot authenticate with a
     secret, so they get `invalid_client`), no refresh token, and no scope that speaks for
     a person."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    settings: ClassVar[Settings]
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        self.request.audience = resources.for_client(
+            self.settings, sent_resources(self.request), self.request.payload.scope or ""
+        )
 
     def validate_requested_scope(self) -> None:
         scope = self.request.payload.scope

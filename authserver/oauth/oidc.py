@@ -18,6 +18,7 @@ from authlib.oidc.core.grants.util import create_half_hash
 from authserver import db
 from authserver.keystore import KeyStore
 from authserver.oauth.tokens import EndUser, decode_own_jwt
+from authserver.resource_server import audiences
 from authserver.settings import Settings
 from authserver.users.models import User
 
@@ -143,9 +144,8 @@ def verify_id_token_hint(
     claims = decode_own_jwt(keystore, hint, typ="JWT")
     if claims is None or claims.get("iss") != issuer or not isinstance(claims.get("sub"), str):
         return None
-    audience = claims.get("aud")
-    audiences = audience if isinstance(audience, list) else [audience]
-    if not all(isinstance(a, str) for a in audiences) or (client_id and client_id not in audiences):
+    audience = audiences(claims)
+    if not audience or (client_id and client_id not in audience):
         return None
     return claims
 

@@ -82,6 +82,10 @@ async def read_authorization_request(
     return _snapshot(request, issuer, _parse(request.scope.get("query_string", b"")), form)
 
 
+#: RFC 8707 §2: `resource` may be repeated at the token endpoint.
+REPEATABLE = {"resource"}
+
+
 async def read_form_request(request: Request, issuer: str) -> RequestSnapshot:
     """/token, /revoke, /introspect: a form-encoded POST body and nothing else.
 
@@ -94,7 +98,7 @@ async def read_form_request(request: Request, issuer: str) -> RequestSnapshot:
     form = await _read_form(request)
     names = [name for name, _ in form]
     for name in names:
-        if names.count(name) > 1:
+        if names.count(name) > 1 and name not in REPEATABLE:
             raise MalformedRequest(f"The {_printable(name)} parameter is repeated.")
     return _snapshot(request, issuer, (), form)
 

@@ -18,19 +18,21 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeGuard
+from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
-from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
+from joserfc.jwk import Key
+from sqlalchemy import JSON, Boolean, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from authserver import audit, db, jsonsafe
+from authserver import audit, db, resource_server
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
-from authserver.keystore import ALGORITHMS, JWS_REGISTRY, KeyStore
-from authserver.oauth import clients
+from authserver.keystore import ALGORITHMS, KeyStore
+from authserver.oauth import clients, resources
+from authserver.oauth.resources import Audience
 from authserver.organizations import models as orgs
+from authserver.resource_server import TokenError
 from authserver.rest import API_SCOPES
 from authserver.security import Digester, new_token
 from authserver.sessions.models import LoginSession
@@ -61,6 +63,8 @@ class TokenFamily(Base):
     auth_time: Mapped[datetime | None]
     amr: Mapped[str | None] = mapped_column(String(100))
     acr: Mapped[str | None] = mapped_column(String(100))
+    #: RFC 8707 resources the grant is for (None: this server's API only).
+    resources: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     revoked_at: Mapped[datetime | None]
@@ -98,12 +102,6 @@ class AccessToken(Base):
 
 REFRESH_PURPOSE = "refresh_token"
 SUCCESSOR_PURPOSE = "refresh_successor"
-JWT_MAX_LENGTH = 8192
-#: `iat` may be this far in the future (another instance's clock): FAPI 2.0 §5.3.1.1.
-CLOCK_SKEW = 60
-#: A JWT we issued has exactly these header members; anything else (`jwk`, `jku`, `x5u`,
-#: `crit`, ...) means someone else made it (docs/security.md F51).
-HEADER_MEMBERS = {"alg", "typ", "kid"}
 #: The scope under which the user picks one organization for the grant (SPEC §5).
 ORGANIZATION = "organization"
 
@@ -135,10 +133,12 @@ class EndUser:
 class AccessTokenGenerator(JWTBearerTokenGenerator):
     """RFC 9068 access tokens, always RS256 (what every resource server verifies).
 
-    Audience rule: a token issued for a user is for this server's API resource
-    (`settings.api_audience`, which /userinfo and /api/v1 accept); a client_credentials
-    token speaks for the client alone, so its audience is the client itself and our
-    user-facing resources refuse it. Refresh tokens are 256-bit random strings.
+    Audience rule: a token for a resource the client named (RFC 8707, see `resources`) is
+    for that resource and carries only the scopes it accepts. Without one, a token issued
+    for a user is for this server's API resource (`settings.api_audience`, which /userinfo
+    and /api/v1 accept); a client_credentials token speaks for the client alone, so its
+    audience is the client itself and our user-facing resources refuse it. Refresh tokens
+    are 256-bit random strings.
     """
 
     def __init__(self, keystore: KeyStore, settings: Settings) -> None:
@@ -158,9 +158,45 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
             return self.settings.api_audience
         return client.get_client_id()
 
+    def generate(
+        self,
+        grant_type: str,
+        client: Any,
+        user: EndUser | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+        *,
+        audience: Audience | None = None,
+    ) -> dict[str, Any]:
+        """Authlib's token response, with the access token for `audience` when the request
+        named a resource; the response's `scope` then says what the access token carries
+        plus the OpenID Connect scopes (`resources.response_scope`)."""
+        scope = self.get_allowed_scope(client, scope)
+        if audience is None:
+            audience = Audience(self.get_audiences(client, user, scope), scope)
+            response_scope = scope
+        else:
+            response_scope = resources.response_scope(audience, scope)
+        token: dict[str, Any] = {
+            "token_type": "Bearer",
+            "access_token": self.access_token_for(client, user, audience),
+            "expires_in": self.settings.access_token_ttl,
+        }
+        if include_refresh_token:
+            token["refresh_token"] = new_token()
+        if response_scope:
+            token["scope"] = response_scope
+        return token
+
     def access_token_generator(
         self, client: Any, grant_type: str, user: EndUser | None, scope: str
     ) -> str:
+        return self.access_token_for(
+            client, user, Audience(self.get_audiences(client, user, scope), scope)
+        )
+
+    def access_token_for(self, client: Any, user: EndUser | None, audience: Audience) -> str:
         """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time, and
         `org_id`/`org_role` as extra claims, §2.2.3);
         the header says `typ: at+jwt` (§2.1) so an access token is never taken for an ID
@@ -169,61 +205,59 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": user.get_user_id() if user is not None else client.get_client_id(),
-            "aud": self.get_audiences(client, user, scope),
+            "aud": audience.aud,
             "exp": now + self.settings.access_token_ttl,
             "iat": now,
             "jti": new_token(16),
             "client_id": client.get_client_id(),
         }
-        if scope:
-            claims["scope"] = scope
+        if audience.scope:
+            claims["scope"] = audience.scope
         if user is not None:
-            claims.update(auth_time=int(user.auth_time.timestamp()), **user.org_claims(scope))
+            claims.update(
+                auth_time=int(user.auth_time.timestamp()), **user.org_claims(audience.scope)
+            )
         return self.keystore.sign(claims, alg=self.alg, typ="at+jwt")
 
 
 def decode_own_jwt(keystore: KeyStore, raw: str | None, *, typ: str) -> dict[str, Any] | None:
     """The claims of a JWT this server signed, or None; claims are the caller's to check.
 
-    docs/security.md F51: bounded size; a header of only `alg`, `typ`, `kid`; the algorithm
-    from our allowlist (never `none`, never HMAC, so a public key cannot serve as a MAC
-    secret) and equal to that of our published key named by `kid`.
+    The shared core (`resource_server.decode`, docs/security.md F51) with our published keys
+    and the algorithms the key store signs with.
     """
-    if not raw or len(raw) > JWT_MAX_LENGTH or raw.count(".") != 2:
-        return None
-    try:
-        header = jsonsafe.loads(_b64decode(raw.split(".", 1)[0]), max_depth=1)
-    except ValueError:
-        return None
-    if not isinstance(header, dict) or not set(header) <= HEADER_MEMBERS:
-        return None
-    if header.get("typ") != typ or header.get("alg") not in ALGORITHMS:
-        return None
-    try:
-        key = keystore.verification_keys().get_by_kid(str(header.get("kid")))
-        if key.alg != header["alg"]:
+
+    def find_key(kid: str) -> Key | None:
+        try:
+            return keystore.verification_keys().get_by_kid(kid)
+        except (JoseError, ValueError):
             return None
-        token = jwt.decode(raw, key, registry=JWS_REGISTRY)
-    except (JoseError, ValueError, TypeError):
+
+    try:
+        return resource_server.decode(raw, find_key, types=(typ,), algorithms=ALGORITHMS)
+    except TokenError:
         return None
-    return token.claims
 
 
 def verify_access_token(
-    keystore: KeyStore, settings: Settings, raw: str | None, now: datetime
+    keystore: KeyStore,
+    settings: Settings,
+    raw: str | None,
+    now: datetime,
+    *,
+    audience: str | None = None,
 ) -> dict[str, Any] | None:
-    """Signature and claims of one of our access tokens (RFC 9068 §4), not yet its state."""
+    """Signature and claims of one of our access tokens (RFC 9068 §4), for `audience` when
+    given, not yet its state: the same checks the `ResourceServer` helper makes."""
     claims = decode_own_jwt(keystore, raw, typ="at+jwt")
-    if claims is None or claims.get("iss") != settings.issuer:
+    if claims is None:
         return None
-    exp, iat = claims.get("exp"), claims.get("iat")
-    if not _number(exp) or not _number(iat):
+    try:
+        return resource_server.check_claims(
+            claims, issuer=settings.issuer, audience=audience, now=now.timestamp(), leeway=0
+        )
+    except TokenError:
         return None
-    if exp <= now.timestamp() or iat > now.timestamp() + CLOCK_SKEW:
-        return None
-    if not all(isinstance(claims.get(name), str) for name in ("jti", "sub", "client_id")):
-        return None
-    return claims
 
 
 # -- families ------------------------------------------------------------------------------
@@ -237,6 +271,7 @@ def open_family(
     scope: str,
     now: datetime,
     ttl: int,
+    resources: list[str] | None = None,
 ) -> TokenFamily:
     family = TokenFamily(
         client_id=client_id,
@@ -249,6 +284,7 @@ def open_family(
         auth_time=end_user.auth_time,
         amr=end_user.amr,
         acr=end_user.acr,
+        resources=resources or None,
         created_at=now,
         expires_at=now + timedelta(seconds=ttl),
     )
@@ -405,7 +441,7 @@ def slide(presented: PresentedRefreshToken, now: datetime, idle_ttl: int) -> Non
 def save_token(token: dict[str, Any], request: Any) -> None:
     """Authlib's `save_token`: remember the access token's `jti`, the handle by which it is
     revoked and introspected. The grant has stored the family and refresh token already."""
-    claims = json.loads(_b64decode(token["access_token"].split(".")[1]))
+    claims = json.loads(resource_server.b64url_decode(token["access_token"].split(".")[1]))
     client, end_user = request.client, request.user
     current_session().add(
         AccessToken(
@@ -478,11 +514,3 @@ def purge(now: datetime) -> dict[str, int]:
         "refresh_tokens": int(rowcount(refresh) or 0),
         "access_tokens": int(rowcount(access) or 0),
     }
-
-
-def _b64decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def _number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)

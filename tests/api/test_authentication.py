@@ -18,7 +18,7 @@ from authserver.sessions import api as sessions_api
 from authserver.users import api as users_api
 from tests import factories
 from tests.api.conftest import rows
-from tests.conftest import SELF_SCOPES, Api, is_problem
+from tests.conftest import API_CHALLENGE, SELF_SCOPES, Api, is_problem
 from tests.factories import Person
 
 MINE = [
@@ -63,7 +63,7 @@ def test_no_token_is_401_with_a_bare_challenge(api: Api, op: rest.Operation, bob
     """RFC 6750 §3.1: no credentials → 401 and a challenge without an error code."""
     response = send(api, op, None, bob)
     assert is_problem(response, 401)
-    assert response.headers["www-authenticate"] == 'Bearer realm="api"'
+    assert response.headers["www-authenticate"] == API_CHALLENGE
 
 
 @pytest.mark.parametrize("op", MINE, ids=case_id)
@@ -158,7 +158,13 @@ def test_a_clients_own_token_acts_for_nobody(
 
 
 def test_a_malformed_authorization_header_is_400(api: Api, alice: Person) -> None:
-    """docs/security.md §0: malformed → 400 `invalid_request`, never a 500."""
-    for header in ("Basic abc", "Bearer", "Bearer a b", f"Token {alice.token}"):
+    """docs/security.md §0: malformed → 400 `invalid_request`, never a 500; another scheme is a
+    request without a token (RFC 6750 §3.1: an unsupported method), a bare 401."""
+    for header in ("Bearer", "Bearer a b"):
         response = api.call("GET", "/users/me", headers={"Authorization": header})
         assert is_problem(response, 400), header
+        assert 'error="invalid_request"' in response.headers["www-authenticate"]
+    for header in ("Basic abc", f"Token {alice.token}"):
+        response = api.call("GET", "/users/me", headers={"Authorization": header})
+        assert is_problem(response, 401), header
+        assert response.headers["www-authenticate"] == API_CHALLENGE

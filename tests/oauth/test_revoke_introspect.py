@@ -143,9 +143,10 @@ def test_active_tokens_are_described(
     assert access["token_type"] == "Bearer"
     assert access["aud"] == services.settings.api_audience
     refresh = flow.introspect(rp, issued["refresh_token"], token_type_hint="refresh_token")
-    assert set(refresh) >= ACTIVE_MEMBERS
+    assert set(refresh) >= ACTIVE_MEMBERS - {"token_type"}
     assert refresh["scope"] == "openid profile email"
-    assert refresh["token_type"] == "refresh_token"
+    # RFC 7662 §2.2: token_type is an RFC 6749 access token type; a refresh token has none.
+    assert "token_type" not in refresh
 
 
 def test_inactive_tokens_say_only_that(
@@ -190,27 +191,39 @@ def test_introspecting_an_id_token_is_inactive(flow: Flow, rp: RP, issued: dict[
     assert flow.introspect(rp, issued["id_token"]) == {"active": False}
 
 
+PHOTOS = "https://photos.example.com"
+
+
 @pytest.fixture
 def resource_server(make: factories.Factory) -> RP:
-    client, secret = make.client(
-        name="Photos API", grant_types=["client_credentials"], scope="", resource_server=True
-    )
-    return RP(client, secret)
+    return RP(*make.resource_server(PHOTOS, ["photos:read"]))
 
 
-def test_a_resource_server_introspects_access_tokens_of_any_client(
-    flow: Flow, rp: RP, resource_server: RP, issued: dict[str, Any], user: User
+def test_a_resource_server_introspects_access_tokens_of_any_client_for_its_resource(
+    flow: Flow,
+    rp: RP,
+    resource_server: RP,
+    issued: dict[str, Any],
+    user: User,
+    make: factories.Factory,
 ) -> None:
     """docs/security.md E48 "(not permitted)": an API the operator registered as a resource
-    server is permitted for access tokens, and sees revocation at once."""
-    described = flow.introspect(resource_server, issued["access_token"])
+    server, and linked to its resource, is permitted for access tokens meant for it, and
+    sees revocation at once; a token for this server's own API is not its business."""
+    assert flow.introspect(resource_server, issued["access_token"]) == {"active": False}
+    printer = RP(*make.client(redirect_uris=[CALLBACK], scope="openid photos:read"))
+    flow.allow(user, printer, "openid photos:read")
+    code = flow.code(printer, scope="openid photos:read", resource=PHOTOS)
+    for_photos = flow.exchange(printer, code).json()
+    described = flow.introspect(resource_server, for_photos["access_token"])
     assert set(described) >= ACTIVE_MEMBERS
     assert described["active"] is True
     assert described["sub"] == user.id
-    assert described["client_id"] == rp.id
+    assert described["client_id"] == printer.id
+    assert described["aud"] == PHOTOS
 
-    assert revoke(flow, rp, issued["access_token"]).status_code == 200
-    assert flow.introspect(resource_server, issued["access_token"]) == {"active": False}
+    assert revoke(flow, printer, for_photos["access_token"]).status_code == 200
+    assert flow.introspect(resource_server, for_photos["access_token"]) == {"active": False}
 
 
 def test_a_resource_server_learns_nothing_of_refresh_tokens_and_revokes_nothing(

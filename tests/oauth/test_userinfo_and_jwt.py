@@ -26,7 +26,7 @@ from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users.models import User
 from tests import factories
-from tests.conftest import ISSUER
+from tests.conftest import API_CHALLENGE, ISSUER
 from tests.oauth.conftest import CALLBACK, RP, Flow
 from tests.oauth.test_token import assert_oauth_error
 
@@ -53,7 +53,7 @@ def issued(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> dict[str,
 def assert_invalid_token(response: Any) -> None:
     assert response.status_code == 401, response.text
     challenge = response.headers["www-authenticate"]
-    assert challenge.startswith(f'Bearer realm="{ISSUER}"')
+    assert challenge.startswith(f'{API_CHALLENGE}, error="invalid_token"')
     assert 'error="invalid_token"' in challenge
     assert response.headers["cache-control"] == "no-store"
 
@@ -94,7 +94,7 @@ def test_userinfo_without_a_token_is_a_bare_challenge(client: TestClient) -> Non
     """docs/security.md F54, RFC 6750 §3.1: no credentials, no error code."""
     response = client.get("/userinfo")
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == f'Bearer realm="{ISSUER}"'
+    assert response.headers["www-authenticate"] == API_CHALLENGE
     basic = client.get("/userinfo", headers={"Authorization": "Basic abc"})
     assert basic.status_code == 401
 

@@ -11,7 +11,7 @@ import pytest
 
 from authserver.app import Services
 from tests import factories
-from tests.conftest import API, Api, is_problem
+from tests.conftest import API, API_CHALLENGE, Api, is_problem
 from tests.factories import Person
 from tests.organizations.conftest import SCOPES, Tenant, rows
 
@@ -62,7 +62,7 @@ def test_no_token_is_401(
     before = rows(services)
     response = api.call(method, path_of(template, bob, carol), None, body)
     assert is_problem(response, 401)
-    assert response.headers["www-authenticate"] == 'Bearer realm="api"'
+    assert response.headers["www-authenticate"] == API_CHALLENGE
     assert rows(services) == before
 
 
