@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from authserver import jsonsafe
+from authserver import jsonsafe, resource_server
 from authserver.app import Services, create_app
 from authserver.oauth import tokens
 from authserver.settings import Settings
@@ -116,7 +116,7 @@ def test_decode_refuses_huge_and_deep_tokens_without_parsing(services: Services)
     huge = forged(b'{"alg":"RS256","typ":"at+jwt","x":"' + b"a" * 300_000 + b'"}')
     assert tokens.decode_own_jwt(keystore, huge, typ="at+jwt") is None
     deep_header = forged(b"[" * 2_500 + b"]" * 2_500)
-    assert len(deep_header) < tokens.JWT_MAX_LENGTH
+    assert len(deep_header) < resource_server.JWT_MAX_LENGTH
     assert tokens.decode_own_jwt(keystore, deep_header, typ="at+jwt") is None
     kid = services.keystore.signing_key("RS256").kid
     header = json.dumps({"alg": "RS256", "typ": "at+jwt", "kid": kid}).encode()
