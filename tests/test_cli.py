@@ -185,7 +185,22 @@ def test_clients_create_registers_a_resource_server(env: Path, capsys, monkeypat
         ([], "at least one redirect URI"),
         (
             ["--redirect-uri", "https://app.example.com/cb", "--auth-method", "private_key_jwt"],
-            "not supported yet",
+            "jwks or jwks_uri",
+        ),
+        (
+            [
+                "--redirect-uri",
+                "https://a.example/cb",
+                "--auth-method",
+                "private_key_jwt",
+                "--jwks-uri",
+                "http://a.example/jwks",
+            ],
+            "https",
+        ),
+        (
+            ["--redirect-uri", "https://a.example/cb", "--jwks-uri", "https://a.example/jwks"],
+            "only for the private_key_jwt",
         ),
     ],
 )
