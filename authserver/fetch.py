@@ -42,6 +42,8 @@ log = logging.getLogger("authserver.fetch")
 
 MAX_BYTES = 64 * 1024
 CONNECT_TIMEOUT = 3.0
+#: Addresses tried per fetch, so that a name with many dead addresses cannot hold a worker.
+CONNECT_ATTEMPTS = 2
 READ_TIMEOUT = 5.0
 #: The whole fetch, however slowly a server drips its bytes.
 DEADLINE = 10.0
@@ -152,7 +154,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
                 if not is_public(ipaddress.ip_address(address.split("%", 1)[0])):
                     raise FetchError(f"The host {host} resolves to a non-public address.")
         error: Exception | None = None
-        for address in addresses:
+        for address in addresses[:CONNECT_ATTEMPTS]:
             try:
                 return self._inner.connect_tcp(
                     address, port, timeout, local_address, socket_options

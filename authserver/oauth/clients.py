@@ -299,8 +299,9 @@ class ClientAuthentication:
     """RFC 6749 §2.3 client authentication with one method per request.
 
     The method is read from the request's shape (an `Authorization: Basic` header, a
-    `client_secret` in the body, or a bare `client_id` for public clients) and must be the
-    one the client registered. §2.3 says a client "MUST NOT use more than one
+    `client_secret` in the body, a `client_assertion` for private_key_jwt, checked by
+    `assertions`, or a bare `client_id` for public clients) and must be the one the
+    client registered. §2.3 says a client "MUST NOT use more than one
     authentication method in each request", so Basic plus a body secret is
     `invalid_request`. Secrets are compared as keyed digests in constant time, and every
     failure is 401 `invalid_client` with a Basic challenge (§5.2, RFC 7235 §3.1).
