@@ -128,15 +128,56 @@ def parse_trusted_hosts(entries: Iterable[str]) -> frozenset[tuple[str, int]]:
     return frozenset(parsed)
 
 
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection that ends `deadline` seconds after it was opened, however slowly the
+    server drips its headers or body: each read and write gets at most the time left."""
+
+    def __init__(self, inner: httpcore.NetworkStream, ends_at: float) -> None:
+        self._inner = inner
+        self._ends_at = ends_at
+
+    def _left(self, timeout: float | None) -> float:
+        left = self._ends_at - time.monotonic()
+        if left <= 0:
+            raise httpcore.ReadTimeout("the fetch deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._left(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._left(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        tls = self._inner.start_tls(ssl_context, server_hostname, self._left(timeout))
+        return _DeadlineStream(tls, self._ends_at)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
 class _GuardedBackend(httpcore.NetworkBackend):
     """httpcore's TCP connect, to a resolved and checked address of the requested host."""
 
     def __init__(
-        self, resolve: Resolver, trusted: frozenset[tuple[str, int]], inner: httpcore.NetworkBackend
+        self,
+        resolve: Resolver,
+        trusted: frozenset[tuple[str, int]],
+        inner: httpcore.NetworkBackend,
+        deadline: float,
     ) -> None:
         self._resolve = resolve
         self._trusted = trusted
         self._inner = inner
+        self._deadline = deadline
 
     def connect_tcp(
         self,
@@ -153,12 +194,14 @@ class _GuardedBackend(httpcore.NetworkBackend):
             for address in addresses:
                 if not is_public(ipaddress.ip_address(address.split("%", 1)[0])):
                     raise FetchError(f"The host {host} resolves to a non-public address.")
+        ends_at = time.monotonic() + self._deadline
         error: Exception | None = None
         for address in addresses[:CONNECT_ATTEMPTS]:
             try:
-                return self._inner.connect_tcp(
+                stream = self._inner.connect_tcp(
                     address, port, timeout, local_address, socket_options
                 )
+                return _DeadlineStream(stream, ends_at)
             except httpcore.ConnectError as exc:
                 error = exc
         raise FetchError(f"Could not connect to {host}.") from error
@@ -174,15 +217,15 @@ class _GuardedTransport(httpx.HTTPTransport):
     """httpx's transport over a connection pool that connects through `_GuardedBackend`.
 
     httpx takes no network backend, so the pool it built is replaced by one that does; the
-    rest of the transport (request and response mapping, error mapping) stays httpx's."""
+    rest of the transport (request and response mapping, error mapping) stays httpx's.
+    Connections are not kept alive: each fetch gets its own, and so its own deadline."""
 
     def __init__(self, backend: _GuardedBackend, ssl_context: ssl.SSLContext) -> None:
         super().__init__(verify=ssl_context, retries=0)
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl_context,
             max_connections=20,
-            max_keepalive_connections=10,
-            keepalive_expiry=30,
+            max_keepalive_connections=0,
             network_backend=backend,
         )
 
@@ -262,7 +305,6 @@ class Fetcher:
     ) -> None:
         self.trusted = parse_trusted_hosts(trusted_hosts)
         self._max_bytes = max_bytes
-        self._deadline = deadline
         self._clock = clock
         self._cache = _Cache(CACHE_SIZE)
         self._failures = _Cache(CACHE_SIZE)
@@ -270,6 +312,7 @@ class Fetcher:
             resolve or (lambda host, port: system_resolver(host, port)),
             self.trusted,
             httpcore.SyncBackend(),
+            deadline,
         )
         self._http = httpx.Client(
             transport=_GuardedTransport(backend, ssl_context or default_ssl_context()),
@@ -332,7 +375,6 @@ class Fetcher:
             raise FetchError(f"The host {host} is not a public address.")
 
     def _fetch(self, url: str) -> tuple[Any, int]:
-        started = self._clock()
         try:
             with self._http.stream("GET", url) as response:
                 if response.is_redirect:
@@ -347,8 +389,6 @@ class Fetcher:
                     body.extend(chunk)
                     if len(body) > self._max_bytes:
                         raise FetchError("The document is too large.")
-                    if self._clock() - started > self._deadline:
-                        raise FetchError("The server took too long to answer.")
                 lifetime = cache_lifetime(response.headers.get("cache-control"))
         except httpx.TimeoutException:
             raise FetchError("The server took too long to answer.") from None

@@ -27,6 +27,8 @@ class Answer:
     delay: float = 0.0
     #: Send no Content-Length: the body ends when the connection closes.
     chunked: bool = False
+    #: Seconds between single bytes of the status line and headers (a slow-drip server).
+    drip: float = 0.0
 
 
 @dataclass
@@ -113,6 +115,13 @@ def _handler(
             answer = answers.get(self.path, Answer(404, b"{}"))
             if answer.delay:
                 time.sleep(answer.delay)
+            if answer.drip:
+                with suppress(OSError):
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(answer.drip)
+                return
             self.send_response(answer.status)
             for name, value in answer.headers.items():
                 self.send_header(name, value)

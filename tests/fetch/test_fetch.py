@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +153,16 @@ def test_a_slow_server_times_out(server: TlsServer) -> None:
     fetcher = trusting(server, f"127.0.0.1:{server.port}", timeout=httpx.Timeout(0.3))
     with pytest.raises(FetchError, match="too long"):
         fetcher.json(f"{server.origin}/slow")
+
+
+def test_a_server_dripping_its_headers_meets_the_deadline(server: TlsServer) -> None:
+    """Each byte comes within the read timeout; the whole fetch still ends on time."""
+    server.answers["/drip"] = Answer(drip=0.05)
+    fetcher = trusting(server, f"127.0.0.1:{server.port}", timeout=httpx.Timeout(0.5), deadline=1.0)
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="too long"):
+        fetcher.json(f"{server.origin}/drip")
+    assert time.monotonic() - started < 3
 
 
 # -- shapes and caching (respx) ------------------------------------------------------------
