@@ -294,3 +294,34 @@ def test_a_trusted_local_https_host_serves_a_developers_document(
         page = to_consent(client, rp_for(client_id))
         assert urlsplit(client_id).netloc in page.text
         assert server.hits == [f"127.0.0.1:{server.port} /client.json"]
+
+
+def test_a_document_client_authenticates_with_private_key_jwt(
+    flow: Flow, user: User, signed_in: LoginSession
+) -> None:
+    """A confidential client without registration: its keys are in its own document."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.oauth.test_private_key_jwt import Key, sign
+
+    key = Key(ec.generate_private_key(ec.SECP256R1()), "ES256", "doc-key")
+    body = document(token_endpoint_auth_method="private_key_jwt", jwks=key.jwks())
+    with respx.mock:
+        respx.get(CLIENT_ID).mock(return_value=httpx.Response(200, json=body))
+        rp = rp_for()
+        response = answer(flow.client, to_consent(flow.client, rp), "allow")
+        code = location_params(response)["code"]
+        exchange = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": VERIFIER,
+        }
+        as_public = flow.client.post("/token", data={**exchange, "client_id": CLIENT_ID})
+        assert_oauth_error(as_public, "invalid_client", 401)
+        assertion = {
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": sign(key, CLIENT_ID),
+        }
+        tokens = flow.client.post("/token", data={**exchange, **assertion})
+        assert tokens.status_code == 200, tokens.text
