@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from authserver import api, kv, observability, outbound, web
+from authserver import api, fetch, kv, observability, outbound, web
 from authserver.app_access import AppAccess
 from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
@@ -31,6 +31,7 @@ from authserver.oauth import (
     logout,
 )
 from authserver.oauth.app_access import OAuthAppAccess
+from authserver.oauth.metadata_documents import ClientLookup
 from authserver.oauth.server import AuthorizationServer
 from authserver.ratelimit import RateLimiter
 from authserver.rest import TokenVerifier
@@ -55,6 +56,8 @@ class Services:
     verify_access_token: TokenVerifier
     app_access: AppAccess
     mailer: outbound.Mailer
+    fetcher: fetch.Fetcher
+    clients: ClientLookup
     oauth: AuthorizationServer
 
 
@@ -74,6 +77,8 @@ def build_services(settings: Settings) -> Services:
     secret = settings.secret_key.encode() if settings.secret_key else keystore.secret()
     digester = Digester(secret)
     limiter = RateLimiter(kv.open_kv(settings.redis_url))
+    fetcher = fetch.Fetcher(trusted_hosts=settings.client_metadata_hosts)
+    lookup = ClientLookup(fetcher, settings)
     return Services(
         settings=settings,
         db=Database(
@@ -93,7 +98,9 @@ def build_services(settings: Settings) -> Services:
         verify_access_token=bearer.make_verifier(keystore, settings),
         app_access=OAuthAppAccess(),
         mailer=outbound.build_mailer(settings),
-        oauth=build_server(settings, keystore, digester, limiter),
+        fetcher=fetcher,
+        clients=lookup,
+        oauth=build_server(settings, keystore, digester, limiter, fetcher, lookup),
     )
 
 
@@ -158,6 +165,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             tasks.cancel_scope.cancel()
         services.db.dispose()
         services.limiter.close()
+        services.fetcher.close()
 
     app = Starlette(
         routes=routes(),

@@ -28,10 +28,11 @@ class AuditEvent(Base):
     event: Mapped[str] = mapped_column(String(60), index=True)
     outcome: Mapped[str] = mapped_column(String(20), default="success")
     actor_type: Mapped[str] = mapped_column(String(20), default="system")
-    actor_id: Mapped[str | None] = mapped_column(String(64))
+    #: Long enough for a client known by its metadata document URL.
+    actor_id: Mapped[str | None] = mapped_column(String(255))
     ip: Mapped[str] = mapped_column(String(64), default="")
     target_type: Mapped[str | None] = mapped_column(String(30))
-    target_id: Mapped[str | None] = mapped_column(String(64))
+    target_id: Mapped[str | None] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 

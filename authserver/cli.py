@@ -218,6 +218,7 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
         raise CliError("a --public client authenticates with --auth-method none")
     if auth_method == "none" and not args.public:
         raise CliError("--auth-method none is for public clients: add --public")
+    jwks = _read_jwks(args.jwks_file) if args.jwks_file else None
     services = _services(settings)
 
     def create() -> dict[str, Any]:
@@ -231,6 +232,8 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
             post_logout_redirect_uris=args.post_logout_redirect_uri,
             skip_consent=args.skip_consent,
             resource_server=args.resource_server,
+            jwks=jwks,
+            jwks_uri=args.jwks_uri,
         )
         audit.record("client.created", actor_type="cli", target_type="client", target_id=client.id)
         record = clients.as_dict(client)
@@ -243,6 +246,13 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
     if "client_secret" in record:
         summary += f"\n  client_secret: {record['client_secret']}  (shown once; store it now)"
     _emit(args, record, summary)
+
+
+def _read_jwks(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read a JSON key set from {path}: {exc}") from None
 
 
 def cmd_orgs_create(args: argparse.Namespace, settings: Settings) -> None:
@@ -406,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="an API: may introspect access tokens issued to any client",
     )
+    key_source = clients_create.add_mutually_exclusive_group()
+    key_source.add_argument(
+        "--jwks-uri", help="private_key_jwt: https URL of the client's public keys"
+    )
+    key_source.add_argument("--jwks-file", help="private_key_jwt: a JSON file with the public keys")
 
     resources_group = commands.add_parser(
         "resources",

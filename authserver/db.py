@@ -127,7 +127,10 @@ def create_db_engine(
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # An AUTOCOMMIT connection (a migration's `autocommit_block`) runs each statement
+            # on its own, so that pragmas such as `foreign_keys` take effect.
+            if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **pool)

@@ -135,6 +135,14 @@ def _metrics_token(value: str) -> str:
     return value
 
 
+def _host_list(value: str) -> tuple[str, ...]:
+    from authserver.fetch import parse_trusted_hosts
+
+    entries = tuple(entry.strip() for entry in value.split(",") if entry.strip())
+    parse_trusted_hosts(entries)
+    return entries
+
+
 def _setting(default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -187,6 +195,13 @@ class Settings:
     )
     token_rate_per_client: int = _setting(
         600, _positive_int, "requests per client/min at /token, /revoke, /introspect"
+    )
+
+    client_metadata_documents: bool = _setting(
+        True, _bool, "clients may identify by the https URL of their metadata document"
+    )
+    client_metadata_hosts: tuple[str, ...] = _setting(
+        (), _host_list, "comma-separated host or host:port; when set, the only metadata hosts"
     )
 
     smtp_url: str | None = _setting(None, _smtp_url, "mail server; unset: mail is only logged")

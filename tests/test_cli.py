@@ -186,6 +186,35 @@ def test_clients_create_registers_a_resource_server(env: Path, capsys, monkeypat
     assert query(env, "SELECT resource_server FROM clients") == [(True,)]
 
 
+PUBLIC_JWK = {
+    "kty": "EC",
+    "crv": "P-256",
+    "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+    "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+}
+
+
+@pytest.mark.parametrize("source", ["--jwks-uri", "--jwks-file"])
+def test_clients_create_registers_a_private_key_jwt_client(
+    env: Path, capsys, monkeypatch, tmp_path: Path, source: str
+) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [PUBLIC_JWK]}))
+    value = "https://billing.example.com/jwks.json" if source == "--jwks-uri" else str(keys)
+    args = ["clients", "create", "--name", "Billing", "--grant-type", "client_credentials"]
+    status, out, _ = run(
+        [*args, "--auth-method", "private_key_jwt", source, value, "--json"], capsys, monkeypatch
+    )
+    assert status == 0
+    record = json.loads(out)
+    assert "client_secret" not in record
+    if source == "--jwks-uri":
+        assert record["jwks_uri"] == value
+    else:
+        assert record["jwks"] == {"keys": [PUBLIC_JWK]}
+    assert query(env, "SELECT secret_digest FROM clients") == [(None,)]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -202,7 +231,22 @@ def test_clients_create_registers_a_resource_server(env: Path, capsys, monkeypat
         ([], "at least one redirect URI"),
         (
             ["--redirect-uri", "https://app.example.com/cb", "--auth-method", "private_key_jwt"],
-            "not supported yet",
+            "jwks or jwks_uri",
+        ),
+        (
+            [
+                "--redirect-uri",
+                "https://a.example/cb",
+                "--auth-method",
+                "private_key_jwt",
+                "--jwks-uri",
+                "http://a.example/jwks",
+            ],
+            "https",
+        ),
+        (
+            ["--redirect-uri", "https://a.example/cb", "--jwks-uri", "https://a.example/jwks"],
+            "only for the private_key_jwt",
         ),
     ],
 )

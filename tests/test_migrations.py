@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 
 from authserver.cli import alembic_config
+from authserver.db import current_session
 from authserver.models import Base
 from tests.conftest import require_postgres
 
@@ -69,4 +70,49 @@ def test_downgrade_to_base_removes_everything(empty_database: str) -> None:
     command.downgrade(config, "base")
     assert table_names(empty_database) <= {"alembic_version"}
     command.upgrade(config, "head")
+    assert schema_drift(empty_database) == []
+
+
+def test_widening_client_ids_keeps_every_row(empty_database: str) -> None:
+    """Revision 0005 rebuilds the client tables on SQLite: nothing may cascade away, and a
+    client id as long as a metadata document URL fits afterwards."""
+    from authserver.db import Database, utcnow
+    from authserver.oauth import clients, consent
+    from authserver.security import Digester
+    from authserver.users import models as users
+
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0002")
+    database = Database(empty_database)
+
+    def seed() -> None:
+        user = users.create(email="kept@example.com", password_hash=None)
+        client, _ = clients.create(
+            Digester(b"k" * 32), name="Kept", redirect_uris=["https://a.example/cb"]
+        )
+        consent.remember(user.id, client.id, "openid", utcnow())
+
+    try:
+        database.call(seed)
+        command.upgrade(config, "head")
+        long_id = "https://client.example/" + "a" * 200
+
+        def add_long() -> None:
+            user = users.find_by_email("kept@example.com")
+            assert user is not None
+            database_session = current_session()
+            database_session.add(
+                clients.Client(id=long_id, name="Long", token_endpoint_auth_method="none", info={})
+            )
+            database_session.flush()
+            consent.remember(user.id, long_id, "openid", utcnow())
+
+        database.call(add_long)
+        with database.engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT COUNT(*) FROM consents").scalar_one() == 2
+            assert connection.exec_driver_sql("SELECT COUNT(*) FROM clients").scalar_one() == 2
+            if connection.dialect.name == "sqlite":
+                assert connection.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    finally:
+        database.dispose()
     assert schema_drift(empty_database) == []

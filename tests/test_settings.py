@@ -21,6 +21,19 @@ def test_defaults_are_the_laptop_setup() -> None:
     assert settings.code_ttl == 60
 
 
+def test_client_metadata_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "AUTHSERVER_CLIENT_METADATA_DOCUMENTS": "off",
+            "AUTHSERVER_CLIENT_METADATA_HOSTS": "mcp.example.org, 127.0.0.1:8443,[::1]:9443",
+        },
+        env_file=None,
+    )
+    assert settings.client_metadata_documents is False
+    assert settings.client_metadata_hosts == ("mcp.example.org", "127.0.0.1:8443", "[::1]:9443")
+    assert Settings.from_env({}, env_file=None).client_metadata_documents is True
+
+
 def test_settings_are_frozen() -> None:
     settings = Settings.from_env({}, env_file=None)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -49,6 +62,9 @@ def test_environment_overrides_dotenv(tmp_path: Path) -> None:
         ("AUTHSERVER_CODE_TTL", "-5", "greater than zero"),
         ("AUTHSERVER_SIGNUP_ENABLED", "perhaps", "true or false"),
         ("AUTHSERVER_LOG_FORMAT", "xml", "one of"),
+        ("AUTHSERVER_CLIENT_METADATA_HOSTS", "https://a.example", "host"),
+        ("AUTHSERVER_CLIENT_METADATA_HOSTS", "a.example,b.example:99999", "host:port"),
+        ("AUTHSERVER_CLIENT_METADATA_DOCUMENTS", "maybe", "true or false"),
     ],
 )
 def test_invalid_value_names_the_variable(variable: str, value: str, problem: str) -> None:

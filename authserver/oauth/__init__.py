@@ -8,17 +8,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from authserver.fetch import Fetcher
 from authserver.keystore import KeyStore
 from authserver.ratelimit import RateLimiter
 from authserver.security import Digester
 from authserver.settings import Settings
 
 if TYPE_CHECKING:
+    from authserver.oauth.metadata_documents import ClientLookup
     from authserver.oauth.server import AuthorizationServer
 
 
 def build_server(
-    settings: Settings, keystore: KeyStore, digester: Digester, limiter: RateLimiter
+    settings: Settings,
+    keystore: KeyStore,
+    digester: Digester,
+    limiter: RateLimiter,
+    fetcher: Fetcher,
+    lookup: ClientLookup,
 ) -> AuthorizationServer:
     """Authlib's server with our grants (code + PKCE + OIDC, refresh, client_credentials),
     revocation and introspection, and storage through `clients` and `tokens`.
@@ -29,13 +36,19 @@ def build_server(
     should not load Authlib's server and every endpoint with them.
     """
     from authserver.oauth import clients, endpoints, grants, oidc, tokens
+    from authserver.oauth.assertions import AssertionVerifier
     from authserver.oauth.server import AuthorizationServer
 
     server = AuthorizationServer(
-        query_client=clients.query,
+        query_client=lookup,
         save_token=tokens.save_token,
         authenticate_client=clients.ClientAuthentication(
-            digester, settings.issuer, limiter=limiter, per_minute=settings.token_rate_per_client
+            digester,
+            settings.issuer,
+            limiter=limiter,
+            per_minute=settings.token_rate_per_client,
+            assertions=AssertionVerifier(fetcher, limiter.kv, settings.issuer),
+            lookup=lookup,
         ),
     )
     generator = tokens.AccessTokenGenerator(keystore, settings)

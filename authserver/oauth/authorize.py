@@ -31,6 +31,7 @@ from authlib.oidc.core.errors import (
     LoginRequiredError,
 )
 from itsdangerous import BadData, URLSafeSerializer, URLSafeTimedSerializer
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -119,6 +120,8 @@ class AskConsent:
     query: str
     email: str
     unverified_host: str | None = field(default=None)
+    #: A client known by its metadata document: the host that serves it.
+    document_host: str | None = None
     organizations: list[OrganizationChoice] | None = None
     choose_only: bool = False
     #: What the form's nonce is bound to (`_binding`).
@@ -175,6 +178,7 @@ async def _handle(
     except MalformedRequest as error:
         return html_error_response(request, 400, error.description)
     raw_sid = request.cookies.get(sessions.cookie_name(settings))
+    await run_in_threadpool(services.clients.warm, snapshot.first("client_id"))
     outcome = await services.db.run_sync(
         decide, services, snapshot, raw_sid, step, organization, nonce
     )
@@ -302,12 +306,14 @@ def _needs_sign_in(services: Services, request: Any, login: LoginSession, now: d
 
 def _needs_consent(request: Any, end_user: EndUser, prompts: set[str]) -> bool:
     """Consent is asked unless remembered for every requested scope. `prompt=consent`
-    forces it; clients marked `skip_consent` (first party) never ask; a dynamically
-    registered client, whose identity nobody vouched for, always asks (ASVS 10.4.7)."""
+    forces it; clients marked `skip_consent` (first party) never ask; a client whose
+    identity nobody vouched for (`Client.unverified`) always asks (ASVS 10.4.7)."""
     client = request.client
+    if client.unverified:
+        return True
     if client.skip_consent:
         return False
-    if "consent" in prompts or client.dynamically_registered:
+    if "consent" in prompts:
         return True
     return not consent.covers(end_user.user.id, client.id, request.scope)
 
@@ -378,6 +384,7 @@ def _ask(
         query=urlencode(snapshot.params),
         email=end_user.user.email,
         unverified_host=urlsplit(redirect_uri).netloc if client.dynamically_registered else None,
+        document_host=urlsplit(client.id).netloc if client.metadata_document else None,
         organizations=choices,
         choose_only=choose_only,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
@@ -19,21 +20,27 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, Position, current_session, utcnow
 from authserver.errors import Conflict, Invalid, TooManyRequests
+from authserver.oauth import assertions
+from authserver.oauth.assertions import AssertionFailed, AssertionVerifier
 from authserver.ratelimit import RateLimiter
 from authserver.security import Digester, new_token
 
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
-#: Known but not implemented by `ClientAuthentication`: a client registered with one could
-#: never authenticate, so registration refuses it with a clear message.
-UNSUPPORTED_AUTH_METHODS = ("private_key_jwt",)
+#: The methods that prove who the client is (everything but `none`).
+CONFIDENTIAL_AUTH_METHODS = (*SECRET_AUTH_METHODS, "private_key_jwt")
+
+
+#: Long enough for a client ID metadata document URL (see `metadata_documents`).
+CLIENT_ID_MAX = 255
 
 
 class Client(Base, ClientMixin):
     __tablename__ = "clients"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: A random id, or for a client ID metadata document the document's URL.
+    id: Mapped[str] = mapped_column(String(CLIENT_ID_MAX), primary_key=True)
     secret_digest: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(200))
     redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -60,6 +67,18 @@ class Client(Base, ClientMixin):
     @property
     def is_public(self) -> bool:
         return self.token_endpoint_auth_method == "none"
+
+    @property
+    def unverified(self) -> bool:
+        """Nobody running this server vouched for the client: it registered itself, or it
+        is known only by its metadata document. Such a client always asks for consent, and
+        the consent page says so (ASVS 10.4.7)."""
+        return self.dynamically_registered or self.metadata_document
+
+    @property
+    def metadata_document(self) -> bool:
+        """Known by the URL of its client ID metadata document (`metadata_documents`)."""
+        return bool((self.info or {}).get("metadata_document"))
 
     def get_client_id(self) -> str:
         return self.id
@@ -100,11 +119,9 @@ def get(client_id: str) -> Client | None:
     return current_session().get(Client, client_id)
 
 
-CLIENT_ID_MAX = 64
-
-
 def plausible_client_id(client_id: str | None) -> bool:
-    """Whether `client_id` could name a client at all: 1 to 64 printable characters. NUL and
+    """Whether `client_id` could name a client at all: 1 to `CLIENT_ID_MAX` printable
+    characters (a random id or a metadata document URL). NUL and
     other control characters (from an HTTP Basic header or a form field) never reach the
     database, where PostgreSQL would refuse them with an error (docs/security.md B30)."""
     if not client_id or len(client_id) > CLIENT_ID_MAX:
@@ -174,22 +191,28 @@ def validate_redirect_uri(uri: str) -> str:
 
 
 def validate_registration(
-    *, redirect_uris: list[str], grant_types: list[str], auth_method: str
+    *,
+    redirect_uris: list[str],
+    grant_types: list[str],
+    auth_method: str,
+    jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
 ) -> None:
     for grant_type in grant_types:
         if grant_type not in GRANT_TYPES:
             raise Invalid(
                 f"Unknown grant type {grant_type!r}: choose from {', '.join(GRANT_TYPES)}."
             )
-    if auth_method in UNSUPPORTED_AUTH_METHODS:
-        raise Invalid(
-            f"The auth method {auth_method!r} is not supported yet: choose from "
-            f"{', '.join(AUTH_METHODS)}."
-        )
     if auth_method not in AUTH_METHODS:
         raise Invalid(
             f"Unknown auth method {auth_method!r}: choose from {', '.join(AUTH_METHODS)}."
         )
+    if auth_method == "private_key_jwt":
+        if jwks is None and jwks_uri is None:
+            raise Invalid("private_key_jwt needs the client's public keys: jwks or jwks_uri.")
+        assertions.check_key_source(jwks, jwks_uri)
+    elif jwks is not None or jwks_uri is not None:
+        raise Invalid("jwks and jwks_uri are only for the private_key_jwt auth method.")
     if auth_method == "none" and "client_credentials" in grant_types:
         raise Invalid("A public client cannot use the client_credentials grant.")
     if "authorization_code" in grant_types and not redirect_uris:
@@ -201,8 +224,8 @@ def validate_registration(
 def _check_resource_server(resource_server: bool, auth_method: str) -> None:
     """RFC 7662 §2.1 wants introspection callers authenticated: a public client, which
     anyone can claim to be, must not read other clients' tokens."""
-    if resource_server and auth_method not in SECRET_AUTH_METHODS:
-        raise Invalid("A resource server must authenticate with a client secret.")
+    if resource_server and auth_method not in CONFIDENTIAL_AUTH_METHODS:
+        raise Invalid("A resource server must authenticate (a secret or private_key_jwt).")
 
 
 def create(
@@ -216,6 +239,8 @@ def create(
     post_logout_redirect_uris: list[str] | None = None,
     skip_consent: bool = False,
     resource_server: bool = False,
+    jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
 ) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret, which exists only in this return value."""
     name = name.strip()
@@ -225,7 +250,11 @@ def create(
     grant_types = list(dict.fromkeys(grant_types or ["authorization_code", "refresh_token"]))
     post_logout_redirect_uris = list(dict.fromkeys(post_logout_redirect_uris or []))
     validate_registration(
-        redirect_uris=redirect_uris, grant_types=grant_types, auth_method=auth_method
+        redirect_uris=redirect_uris,
+        grant_types=grant_types,
+        auth_method=auth_method,
+        jwks=jwks,
+        jwks_uri=jwks_uri,
     )
     _check_resource_server(resource_server, auth_method)
     for uri in post_logout_redirect_uris:
@@ -243,6 +272,8 @@ def create(
         token_endpoint_auth_method=auth_method,
         skip_consent=skip_consent,
         resource_server=resource_server,
+        jwks=jwks,
+        jwks_uri=jwks_uri,
     )
     current_session().add(client)
     current_session().flush()
@@ -263,6 +294,8 @@ def as_dict(client: Client) -> dict[str, Any]:
         "resource_server": client.resource_server,
         "is_active": client.is_active,
         "created_at": client.created_at.isoformat(),
+        **({"jwks": client.jwks} if client.jwks else {}),
+        **({"jwks_uri": client.jwks_uri} if client.jwks_uri else {}),
     }
 
 
@@ -270,33 +303,48 @@ class ClientAuthentication:
     """RFC 6749 §2.3 client authentication with one method per request.
 
     The method is read from the request's shape (an `Authorization: Basic` header, a
-    `client_secret` in the body, or a bare `client_id` for public clients) and must be the
-    one the client registered. §2.3 says a client "MUST NOT use more than one
+    `client_secret` in the body, a `client_assertion` for private_key_jwt, checked by
+    `assertions`, or a bare `client_id` for public clients) and must be the one the
+    client registered. §2.3 says a client "MUST NOT use more than one
     authentication method in each request", so Basic plus a body secret is
     `invalid_request`. Secrets are compared as keyed digests in constant time, and every
     failure is 401 `invalid_client` with a Basic challenge (§5.2, RFC 7235 §3.1).
     """
 
     def __init__(
-        self, digester: Digester, realm: str, *, limiter: RateLimiter, per_minute: int
+        self,
+        digester: Digester,
+        realm: str,
+        *,
+        limiter: RateLimiter,
+        per_minute: int,
+        assertions: AssertionVerifier,
+        lookup: Callable[[str | None], Client | None] | None = None,
     ) -> None:
         self._digester = digester
         self._realm = realm
         self._limiter = limiter
         self._per_minute = per_minute
+        self._assertions = assertions
+        self._lookup = lookup or query
 
     def __call__(self, request: Any, methods: list[str], endpoint: str = "token") -> Client:
-        method, client_id, secret = self._presented(request)
+        method, client_id, credential = self._presented(request)
         if method not in methods:
             raise self._failed("This endpoint needs client authentication with a secret.")
-        client = query(client_id)
+        client = self._lookup(client_id)
         if client is None:
             raise self._failed("Unknown client.")
         if not client.check_endpoint_auth_method(method, endpoint):
             raise self._failed("The client must use its registered authentication method.")
-        if method != "none" and not (
+        if method == "private_key_jwt":
+            try:
+                self._assertions.verify(client, credential or "", endpoint)
+            except AssertionFailed as failure:
+                raise self._failed(str(failure)) from None
+        elif method != "none" and not (
             client.secret_digest
-            and self._digester.matches(SECRET_PURPOSE, secret or "", client.secret_digest)
+            and self._digester.matches(SECRET_PURPOSE, credential or "", client.secret_digest)
         ):
             raise self._failed("Client authentication failed.")
         self._throttle(client, endpoint)
@@ -316,6 +364,23 @@ class ClientAuthentication:
         header = request.headers.get("Authorization")
         body_id = request.form.get("client_id")
         body_secret = request.form.get("client_secret")
+        assertion_type = request.form.get("client_assertion_type")
+        assertion = request.form.get("client_assertion")
+        if assertion_type is not None or assertion is not None:
+            if header is not None or body_secret is not None:
+                raise InvalidRequestError("Use one client authentication method, not two.")
+            if assertion_type != assertions.ASSERTION_TYPE or not assertion:
+                raise self._failed(
+                    f"private_key_jwt needs client_assertion_type={assertions.ASSERTION_TYPE}"
+                    " and a client_assertion."
+                )
+            try:
+                client_id = assertions.unverified_subject(assertion)
+            except AssertionFailed as failure:
+                raise self._failed(str(failure)) from None
+            if body_id is not None and body_id != client_id:
+                raise self._failed("The client_id does not match the client assertion.")
+            return "private_key_jwt", client_id, assertion
         if header is not None:
             if body_secret is not None:
                 raise InvalidRequestError("Use one client authentication method, not two.")
@@ -400,6 +465,8 @@ def update(
             redirect_uris=uris if uris is not None else client.redirect_uris,
             grant_types=grants if grants is not None else client.grant_types,
             auth_method=client.token_endpoint_auth_method,
+            jwks=client.jwks,
+            jwks_uri=client.jwks_uri,
         )
     if resource_server:
         _check_resource_server(resource_server, client.token_endpoint_auth_method)

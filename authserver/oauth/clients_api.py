@@ -37,6 +37,8 @@ class NewClient:
     token_endpoint_auth_method: str = "client_secret_basic"
     skip_consent: bool = False
     resource_server: bool = False
+    jwks: dict | None = None  # type: ignore[type-arg]  # rest.read_json checks isinstance
+    jwks_uri: str | None = None
 
 
 @dataclass
@@ -88,6 +90,8 @@ async def create_client(request: Request) -> Response:
             post_logout_redirect_uris=body.post_logout_redirect_uris,
             skip_consent=body.skip_consent,
             resource_server=body.resource_server,
+            jwks=body.jwks,
+            jwks_uri=body.jwks_uri,
         )
         me.record("client.created", "client", client.id)
         created = clients.as_dict(client)
@@ -199,6 +203,18 @@ RESOURCE_SERVER = {
     "type": "boolean",
     "description": "May introspect access tokens issued to any client (needs a secret).",
 }
+JWKS: dict[str, Any] = {
+    "type": "object",
+    "description": "private_key_jwt: the client's public keys (RFC 7517); no private members.",
+    "required": ["keys"],
+    "properties": {"keys": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
+}
+JWKS_URI: dict[str, Any] = {
+    "type": "string",
+    "format": "uri",
+    "pattern": "^https://",
+    "description": "private_key_jwt: https URL of the client's public keys.",
+}
 CLIENT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -229,6 +245,8 @@ CLIENT: dict[str, Any] = {
         "resource_server": RESOURCE_SERVER,
         "is_active": {"type": "boolean"},
         "created_at": rest.TIMESTAMP,
+        "jwks": JWKS,
+        "jwks_uri": JWKS_URI,
     },
 }
 CREATED_CLIENT = {
@@ -257,7 +275,10 @@ NEW_CLIENT = {
         "token_endpoint_auth_method": {"type": "string", "enum": list(clients.AUTH_METHODS)},
         "skip_consent": {"type": "boolean"},
         "resource_server": RESOURCE_SERVER,
+        "jwks": JWKS,
+        "jwks_uri": JWKS_URI,
     },
+    "not": {"required": ["jwks", "jwks_uri"]},
     "allOf": [
         {
             "description": "authorization_code (also the default) needs a redirect URI.",

@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from authserver.keystore import ALGORITHMS, KeyStore
-from authserver.oauth.clients import AUTH_METHODS, GRANT_TYPES, SECRET_AUTH_METHODS
+from authserver.oauth.assertions import SIGNING_ALGS
+from authserver.oauth.clients import AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES
 from authserver.resource_server import PUBLIC_DOCUMENT, protected_resource_metadata
 from authserver.rest import API_PREFIX, API_SCOPES
 from authserver.settings import Settings
@@ -27,6 +28,7 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
     """What this server supports; both documents carry exactly this (RFC 8414 §2, OIDC
     Discovery §3). Every endpoint the server answers is listed."""
     issuer = settings.issuer
+    documents = settings.client_metadata_documents
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/authorize",
@@ -44,14 +46,18 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(signing_algs),
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGS),
         "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
-        "introspection_endpoint_auth_methods_supported": list(SECRET_AUTH_METHODS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGS),
+        "introspection_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
+        "introspection_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGS),
         "code_challenge_methods_supported": ["S256"],
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
+        **({"client_id_metadata_document_supported": True} if documents else {}),
     }
 
 

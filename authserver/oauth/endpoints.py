@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import audit, db
 from authserver.errors import NO_STORE, AppError, oauth_error_response
 from authserver.keystore import KeyStore
-from authserver.oauth import clients, cors, resources, tokens
+from authserver.oauth import clients, cors, metadata_documents, resources, tokens
 from authserver.oauth.grants import CLIENT_AUTH_METHODS
 from authserver.oauth.oidc import userinfo as userinfo_claims
 from authserver.oauth.requests import (
@@ -85,6 +86,7 @@ async def _form_endpoint(request: Request, handle: Any, *, browser_apps: bool = 
         snapshot = await read_form_request(request, services.settings.issuer)
     except MalformedRequest as error:
         return oauth_error_response("invalid_request", error.description)
+    await run_in_threadpool(services.clients.warm, metadata_documents.named_client(snapshot))
     origin = cors.foreign_origin(snapshot.headers, services.settings.issuer)
     if origin is not None and browser_apps:
         handle = _from_browser_app(handle, origin)
@@ -266,12 +268,12 @@ class Revocation(_TokenLookup, RevocationEndpoint):
 
 
 class Introspection(_TokenLookup, IntrospectionEndpoint):
-    """RFC 7662. Callers authenticate with a secret (§2.1, against token scanning) and see
-    their own tokens, plus, when registered as a resource server, the access tokens for
-    the resources they are linked to;
+    """RFC 7662. Callers authenticate (§2.1, against token scanning) and see their own
+    tokens, plus, when registered as a resource server, the access tokens for the
+    resources they are linked to;
     everything else is `{"active": false}` and nothing more (§2.2)."""
 
-    CLIENT_AUTH_METHODS = list(clients.SECRET_AUTH_METHODS)
+    CLIENT_AUTH_METHODS = list(clients.CONFIDENTIAL_AUTH_METHODS)
 
     def check_permission(self, token: FoundToken, client: Any, request: Any) -> bool:
         return token.may_introspect(client)

@@ -26,6 +26,7 @@ from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupp
 from authserver import audit, db
 from authserver.db import current_session
 from authserver.oauth import codes, resources, tokens
+from authserver.oauth.clients import AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS
 from authserver.oauth.tokens import ORGANIZATION, EndUser, PresentedRefreshToken
 from authserver.organizations import models as orgs
 from authserver.security import Digester, new_token
@@ -33,7 +34,7 @@ from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users
 
-CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+CLIENT_AUTH_METHODS = list(AUTH_METHODS)
 RESPONSE_MODES = ("query", "form_post")
 PROMPTS = {"none", "login", "consent", "select_account"}
 #: Scopes that speak for a signed-in person, meaningless in a client_credentials token.
@@ -453,11 +454,11 @@ class RefreshTokenGrant(ForResource, grants.RefreshTokenGrant):
 
 
 class ClientCredentialsGrant(ForResource, grants.ClientCredentialsGrant):
-    """RFC 6749 §4.4: confidential clients only (public ones cannot authenticate with a
-    secret, so they get `invalid_client`), no refresh token, and no scope that speaks for
+    """RFC 6749 §4.4: confidential clients only (public ones cannot authenticate, so
+    they get `invalid_client`), no refresh token, and no scope that speaks for
     a person."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = list(CONFIDENTIAL_AUTH_METHODS)
     settings: ClassVar[Settings]
 
     def validate_token_request(self) -> None:

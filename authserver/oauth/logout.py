@@ -30,7 +30,6 @@ from authserver.web import CSRF_FIELD, client_ip
 if TYPE_CHECKING:
     from authserver.app import Services
 
-CLIENT_ID_MAX = 64
 NOT_VERIFIED = "This sign-out request could not be verified, so nothing happened yet."
 NOT_REGISTERED = (
     "The application asked to send you to an address it has not registered, so you will "
@@ -183,7 +182,7 @@ def _respond(request: Request, services: Services, outcome: Outcome) -> Response
 
 
 def _client(client_id: str) -> Client | None:
-    if not client_id or len(client_id) > CLIENT_ID_MAX or not client_id.isprintable():
+    if not clients.plausible_client_id(client_id):
         return None
     client = clients.get(client_id)
     return client if client is not None and client.is_active else None

@@ -49,11 +49,10 @@ def test_refused_redirect_uris(uri: str) -> None:
         validate_redirect_uri(uri)
 
 
-def test_private_key_jwt_is_refused_until_it_can_authenticate() -> None:
-    """docs/security.md B30: a `private_key_jwt` client could never pass client authentication
-    (only secrets and public clients are implemented), so registration refuses it clearly;
-    the CLI and the API both register through `validate_registration`."""
-    with pytest.raises(Invalid, match="not supported yet"):
+def test_private_key_jwt_needs_the_clients_public_keys() -> None:
+    """A `private_key_jwt` client without keys could never authenticate, so registration
+    refuses it clearly; the CLI and the API both register through `validate_registration`."""
+    with pytest.raises(Invalid, match="jwks or jwks_uri"):
         validate_registration(
             redirect_uris=["https://app.example.com/cb"],
             grant_types=["authorization_code"],

@@ -431,3 +431,46 @@ def _demote(user_id: str) -> None:
     user = users.get(user_id)
     assert user is not None
     user.is_admin = False
+
+
+JWKS_URI = "https://keys.print.example.com/jwks.json"
+PUBLIC_JWK = {
+    "kty": "EC",
+    "crv": "P-256",
+    "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+    "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+    "kid": "k1",
+}
+
+
+@pytest.mark.parametrize(
+    ("keys", "status"),
+    [
+        ({"jwks_uri": JWKS_URI}, 201),
+        ({"jwks": {"keys": [PUBLIC_JWK]}}, 201),
+        ({"jwks_uri": JWKS_URI, "jwks": {"keys": [PUBLIC_JWK]}}, 400),
+        (
+            {
+                "jwks": {
+                    "keys": [{**PUBLIC_JWK, "d": "jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"}]
+                }
+            },
+            400,
+        ),
+        ({"jwks_uri": "http://keys.print.example.com/jwks.json"}, 400),
+        ({}, 400),
+    ],
+)
+def test_private_key_jwt_clients_register_their_public_keys(
+    api: Api, admin: Person, keys: dict[str, Any], status: int
+) -> None:
+    body = {**NEW, "token_endpoint_auth_method": "private_key_jwt", **keys}
+    response = api.call("POST", CLIENTS, admin.token, body)
+    assert response.status_code == status, response.text
+    if status == 201:
+        created = response.json()
+        assert "client_secret" not in created
+        assert created["token_endpoint_auth_method"] == "private_key_jwt"
+        assert {k: created[k] for k in keys} == keys
+    else:
+        assert is_problem(response, 400)
