@@ -161,6 +161,11 @@ class Csrf:
             raise Forbidden("The form has expired. Go back, reload the page and try again.")
 
 
+def client_ip(request: Request) -> str:
+    """The address of the peer that sent the request (rate limits, audit)."""
+    return request.client.host if request.client else ""
+
+
 def same_origin(origin: str, issuer: str) -> bool:
     a, b = urlsplit(origin), urlsplit(issuer)
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)

@@ -9,6 +9,8 @@ secret has no business in a browser. The check runs before the request does anyt
 form POST is a "simple" CORS request that the browser sends without asking first, so a
 refused origin must not get as far as redeeming a code. The authorization endpoint, the
 introspection endpoint and the HTML pages never answer cross-origin (SECURITY.md A21).
+Client registration (`registration`) answers every origin with `*`: it holds no
+cookie-bound state, and its callers prove themselves with bearer tokens.
 
 Preflights are answered for any origin: the browser sends no credentials or body with
 them, so the client is unknown until the real request arrives, which is where the rule

@@ -25,7 +25,7 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
     """What this server supports; both documents carry exactly this (RFC 8414 §2, OIDC
     Discovery §3). Every endpoint the server answers is listed."""
     issuer = settings.issuer
-    return {
+    document = {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/authorize",
         "token_endpoint": f"{issuer}/token",
@@ -51,6 +51,9 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
     }
+    if settings.registration != "closed":
+        document["registration_endpoint"] = f"{issuer}/register"
+    return document
 
 
 def signing_algs(keystore: KeyStore) -> list[str]:
