@@ -81,6 +81,11 @@ PRIVATE_KEY_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 #: Metadata kept in `Client.info` and returned as registered.
 INFO_URIS = ("client_uri", "logo_uri", "policy_uri", "tos_uri")
 INFO_TEXTS = ("software_id", "software_version")
+#: The RFC 7591 members of `clients.as_dict` (the rest of it is the operator's business).
+LISTED_METADATA = (
+    "client_id", "client_name", "redirect_uris", "post_logout_redirect_uris", "grant_types",
+    "response_types", "scope", "token_endpoint_auth_method",
+)  # fmt: skip
 #: What the consent page shows of a client's registered metadata, as link labels.
 CONSENT_LINKS = {"policy_uri": "Privacy policy", "tos_uri": "Terms of service"}
 #: Where `Client.info` remembers under which policy the client registered, for RFC 7592
@@ -211,6 +216,16 @@ class Metadata:
     jwks_uri: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    def client_fields(self) -> dict[str, Any]:
+        """What `clients.create` and `clients.update` take, validated there once more."""
+        return {
+            "name": self.client_name,
+            "redirect_uris": self.redirect_uris,
+            "post_logout_redirect_uris": self.post_logout_redirect_uris,
+            "grant_types": self.grant_types,
+            "scope": self.scope,
+        }
+
 
 def read_metadata(
     document: dict[str, Any],
@@ -272,9 +287,7 @@ def _text(document: dict[str, Any], name: str, limit: int) -> str | None:
 
 def _check_text(name: str, value: Any, limit: int) -> str:
     if not isinstance(value, str) or len(value) > limit or not value.isprintable():
-        raise _invalid_metadata(
-            f"{name} must be text of at most {limit} printable characters."
-        )
+        raise _invalid_metadata(f"{name} must be text of at most {limit} printable characters.")
     return value
 
 
@@ -391,7 +404,9 @@ def _keys(document: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
 def _check_jwks(jwks: Any) -> None:
     keys = jwks.get("keys") if isinstance(jwks, dict) else None
     if not isinstance(keys, list) or not 0 < len(keys) <= MAX_LIST:
-        raise _invalid_metadata(f'jwks must be a JWK Set {{"keys": [...]}} of 1 to {MAX_LIST} keys.')
+        raise _invalid_metadata(
+            f'jwks must be a JWK Set {{"keys": [...]}} of 1 to {MAX_LIST} keys.'
+        )
     for key in keys:
         if not isinstance(key, dict) or key.get("kty") not in PUBLIC_KEY_TYPES:
             raise _invalid_metadata(
@@ -434,19 +449,13 @@ def _default_name(redirect_uris: list[str]) -> str:
 def configuration(client: Client, issuer: str) -> dict[str, Any]:
     """RFC 7591 §3.2.1 / RFC 7592 §3: every registered metadata value, as the server
     registered it, with the client's id and management URI."""
-    body: dict[str, Any] = {
-        "client_id": client.id,
-        "client_id_issued_at": int(client.created_at.timestamp()),
-        "client_name": client.name,
-        "redirect_uris": client.redirect_uris,
-        "post_logout_redirect_uris": client.post_logout_redirect_uris,
-        "grant_types": client.grant_types,
-        "response_types": client.response_types,
-        "scope": client.scope,
-        "token_endpoint_auth_method": client.token_endpoint_auth_method,
-        "id_token_signed_response_alg": client.id_token_signed_response_alg,
-        "registration_client_uri": f"{issuer}/register/{client.id}",
-    }
+    listed = clients.as_dict(client)
+    body: dict[str, Any] = {name: listed[name] for name in LISTED_METADATA}
+    body.update(
+        client_id_issued_at=int(client.created_at.timestamp()),
+        id_token_signed_response_alg=client.id_token_signed_response_alg,
+        registration_client_uri=f"{issuer}/register/{client.id}",
+    )
     if client.jwks is not None:
         body["jwks"] = client.jwks
     if client.jwks_uri is not None:
@@ -500,13 +509,7 @@ def _register(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
     metadata = read_metadata(snapshot.json, policy, signing_algs(services.keystore))
     try:
         client, secret = clients.create(
-            digester,
-            name=metadata.client_name,
-            redirect_uris=metadata.redirect_uris,
-            grant_types=metadata.grant_types,
-            scope=metadata.scope,
-            auth_method=metadata.token_endpoint_auth_method,
-            post_logout_redirect_uris=metadata.post_logout_redirect_uris,
+            digester, auth_method=metadata.token_endpoint_auth_method, **metadata.client_fields()
         )
     except AppError as error:
         raise _invalid_metadata(error.detail) from None
@@ -516,15 +519,7 @@ def _register(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
     details = {"policy": policy.name}
     if initial_token is not None:
         details["initial_access_token"] = initial_token
-    audit.record(
-        "client.registered",
-        actor_type="client",
-        actor_id=client.id,
-        ip=snapshot.client_ip,
-        target_type="client",
-        target_id=client.id,
-        **details,
-    )
+    _record("client.registered", client.id, snapshot, **details)
     body = configuration(client, settings.issuer)
     if secret is not None:
         body.update(client_secret=secret, client_secret_expires_at=0)
@@ -609,26 +604,11 @@ def _replace(services: Services, snapshot: RequestSnapshot, client_id: str) -> R
             "token_endpoint_auth_method cannot change; register a new client instead."
         )
     try:
-        changed = clients.update(
-            client,
-            name=metadata.client_name,
-            redirect_uris=metadata.redirect_uris,
-            post_logout_redirect_uris=metadata.post_logout_redirect_uris,
-            grant_types=metadata.grant_types,
-            scope=metadata.scope,
-        )
+        changed = clients.update(client, **metadata.client_fields())
     except AppError as error:
         raise _invalid_metadata(error.detail) from None
     _apply(client, metadata, policy)
-    audit.record(
-        "client.updated",
-        actor_type="client",
-        actor_id=client.id,
-        ip=snapshot.client_ip,
-        target_type="client",
-        target_id=client.id,
-        fields=",".join(changed),
-    )
+    _record("client.updated", client.id, snapshot, fields=",".join(changed))
     return JSONResponse(configuration(client, services.settings.issuer))
 
 
@@ -636,14 +616,7 @@ def _delete(services: Services, snapshot: RequestSnapshot, client_id: str) -> Re
     """RFC 7592 §2.3: the client and everything issued to it go (`clients.delete`)."""
     client = _authorized(services, snapshot.headers, client_id)
     clients.delete(client)
-    audit.record(
-        "client.deleted",
-        actor_type="client",
-        actor_id=client_id,
-        ip=snapshot.client_ip,
-        target_type="client",
-        target_id=client_id,
-    )
+    _record("client.deleted", client_id, snapshot)
     return Response(status_code=204)
 
 
@@ -664,6 +637,19 @@ async def _manage_answer(request: Request, services: Services) -> Response:
 
 
 # -- plumbing -----------------------------------------------------------------------------
+
+
+def _record(event: str, client_id: str, snapshot: RequestSnapshot, **details: str) -> None:
+    """The client acts on its own registration (an anonymous registrant has no other name)."""
+    audit.record(
+        event,
+        actor_type="client",
+        actor_id=client_id,
+        ip=snapshot.client_ip,
+        target_type="client",
+        target_id=client_id,
+        **details,
+    )
 
 
 def _check_open(settings: Settings) -> None:

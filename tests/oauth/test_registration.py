@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from authlib.oauth2.rfc7591 import ClientMetadataClaims
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from authlib.oauth2.rfc7591 import ClientMetadataClaims
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -29,7 +29,7 @@ from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories
 from tests.conftest import ISSUER, audit_events, count_rows
-from tests.oauth.conftest import VERIFIER, RP, Flow, authorization_params, location_params
+from tests.oauth.conftest import RP, VERIFIER, Flow, authorization_params, location_params
 from tests.oauth.test_consent import answer, to_consent
 
 CALLBACK = "https://printer.example/cb"
