@@ -249,9 +249,7 @@ def test_registration_tokens_create_prints_the_token_once_and_stores_a_digest(
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "ten", "1e3", "99999999999"])
-def test_registration_tokens_refuse_bad_numbers(
-    env: Path, capsys, monkeypatch, value: str
-) -> None:
+def test_registration_tokens_refuse_bad_numbers(env: Path, capsys, monkeypatch, value: str) -> None:
     for option in ("--expires-in", "--max-uses"):
         with pytest.raises(SystemExit) as exited:
             run(["registration-tokens", "create", option, value], capsys, monkeypatch)

@@ -49,7 +49,6 @@ from authserver.errors import NO_STORE, AppError, NotFound, oauth_error_response
 from authserver.oauth import clients, cors
 from authserver.oauth.clients import Client
 from authserver.oauth.discovery import SCOPES, signing_algs
-from authserver.oauth.endpoints import bearer_error
 from authserver.oauth.requests import (
     MalformedRequest,
     RequestSnapshot,
@@ -294,13 +293,15 @@ def _check_text(name: str, value: Any, limit: int) -> str:
 def _strings(
     document: dict[str, Any], name: str, limit: int, refuse: Callable[[str], Refused] | None = None
 ) -> list[str]:
+    """An array of at most `limit` strings (the count is checked first), without repeats."""
     value = _present(document, name)
     if value is None:
         return []
+    refuse = refuse or _invalid_metadata
+    if isinstance(value, list) and len(value) > limit:
+        raise refuse(f"{name} may hold at most {limit} values.")
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise (refuse or _invalid_metadata)(f"{name} must be an array of strings.")
-    if len(value) > limit:
-        raise (refuse or _invalid_metadata)(f"{name} may hold at most {limit} values.")
+        raise refuse(f"{name} must be an array of strings.")
     return list(dict.fromkeys(value))
 
 
@@ -665,6 +666,11 @@ def _bearer_token(headers: Headers) -> str | None:
 
 
 def _bad_token(settings: Settings, description: str) -> Refused:
+    """RFC 6750 §3.1 `invalid_token` with its Bearer challenge. Imported here, not at the
+    top: `authserver.models` loads this module for its table, and the token endpoints
+    should not load with the tables."""
+    from authserver.oauth.endpoints import bearer_error
+
     return Refused(bearer_error(settings, 401, "invalid_token", description))
 
 
