@@ -43,7 +43,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from authserver import audit
+from authserver import audit, db
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.errors import NO_STORE, AppError, NotFound, oauth_error_response, render_error
 from authserver.oauth import clients, cors
@@ -134,7 +134,7 @@ def create_initial_access_token(
     digester: Digester, *, expires_in: int | None = None, max_uses: int | None = None
 ) -> tuple[InitialAccessToken, str]:
     """A new initial access token; the raw token exists only in this return value."""
-    now = utcnow()
+    now = db.utcnow()
     token = new_token()
     row = InitialAccessToken(
         digest=digester.digest(INITIAL_TOKEN_PURPOSE, token),
@@ -503,7 +503,7 @@ def _register(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
         presented = _bearer_token(snapshot.headers)
         if presented is None:
             raise _bad_token(settings, "Registering a client needs an initial access token.")
-        initial_token = use_initial_access_token(digester, presented, utcnow())
+        initial_token = use_initial_access_token(digester, presented, db.utcnow())
         if initial_token is None:
             raise _bad_token(settings, "The initial access token is invalid, expired or used up.")
         policy = POLICIES["token"]

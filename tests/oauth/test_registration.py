@@ -7,7 +7,6 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -530,29 +529,24 @@ def test_management_needs_the_clients_own_token(
 # -- token and closed modes ----------------------------------------------------------------
 
 
-def test_token_mode_needs_a_live_initial_access_token(token_mode: TestClient) -> None:
+def test_token_mode_needs_a_live_initial_access_token(
+    token_mode: TestClient, frozen: Callable[[float], None]
+) -> None:
     """docs/security.md G60: no token or a wrong one is 401 invalid_token with a Bearer
     challenge; an expired one as well."""
     services: Services = token_mode.app.state.services  # type: ignore[attr-defined]
     expired = initial_token(services, expires_in=60)
-    services.db.call(_age_tokens, timedelta(seconds=61))
+    frozen(61)
     for token in (None, "not-a-token", expired):
         response = register(token_mode, WEB_APP, token)
         assert is_error(response, 401, "invalid_token"), response.text
         assert response.headers["www-authenticate"].startswith("Bearer ")
     assert count_rows(services.db, "clients") == 0
 
-    response = register(token_mode, WEB_APP, initial_token(services))
+    response = register(token_mode, WEB_APP, initial_token(services, expires_in=60))
     assert response.status_code == 201, response.text
     [event] = audit_events(services, "client.registered")
     assert event.details["policy"] == "token"
-
-
-def _age_tokens(by: timedelta) -> None:
-    for row in current_session().scalars(select(InitialAccessToken)):
-        row.created_at -= by
-        if row.expires_at is not None:
-            row.expires_at -= by
 
 
 def test_a_limited_token_counts_only_registrations_that_succeed(
