@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.util import urlsafe_b64decode
-from sqlalchemy import Integer, String, or_, update
+from sqlalchemy import Integer, String, delete, or_, update
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -168,6 +168,14 @@ def use_initial_access_token(digester: Digester, token: str, now: datetime) -> s
         .execution_options(synchronize_session=False)
     )
     return found.scalar_one_or_none()
+
+
+def purge(now: datetime) -> int:
+    """Forget initial access tokens once they have expired."""
+    result = current_session().execute(
+        delete(InitialAccessToken).where(InitialAccessToken.expires_at < now)
+    )
+    return int(result.rowcount or 0)
 
 
 def initial_access_token_as_dict(row: InitialAccessToken) -> dict[str, Any]:

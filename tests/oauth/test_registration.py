@@ -707,6 +707,22 @@ def test_a_registered_client_always_asks_and_is_marked_unverified(
         assert "code" in location_params(answer(client, page, "allow"))
 
 
+def test_an_operator_flag_does_not_silence_a_registered_clients_consent(
+    client: TestClient, services: Services, user: User, signed_in: LoginSession
+) -> None:
+    """Even if skip_consent is set on a dynamically registered client (by an
+    administrator's update), consent is still asked."""
+    rp = _registered_rp(services, register(client, WEB_APP).json(), CALLBACK)
+
+    def skip_consent() -> None:
+        row = clients.get(rp.id)
+        assert row is not None
+        row.skip_consent = True
+
+    services.db.call(skip_consent)
+    assert "Not verified by the operator" in to_consent(client, rp).text
+
+
 def test_prompt_none_needs_an_earlier_consent_for_a_registered_client(
     client: TestClient, services: Services, user: User, signed_in: LoginSession
 ) -> None:
