@@ -29,6 +29,7 @@ from authserver.oauth import (
     discovery,
     endpoints,
     logout,
+    registration,
 )
 from authserver.oauth.app_access import OAuthAppAccess
 from authserver.oauth.metadata_documents import ClientLookup
@@ -131,6 +132,10 @@ def routes() -> list[BaseRoute]:
         Route("/introspect", endpoints.introspect, methods=["POST"]),
         Route("/userinfo", endpoints.userinfo, methods=["GET", "POST"]),
         Route("/userinfo", cors.preflight(["GET", "POST"]), methods=["OPTIONS"]),
+        Route("/register", registration.register, methods=["POST"]),
+        Route("/register", registration.register_preflight, methods=["OPTIONS"]),
+        Route("/register/{client_id}", registration.manage, methods=["GET", "PUT", "DELETE"]),
+        Route("/register/{client_id}", registration.manage_preflight, methods=["OPTIONS"]),
         Route("/login", pages.login, methods=["GET", "POST"]),
         Route("/logout", logout.logout, methods=["GET", "POST"]),
         Route("/signup", user_pages.signup, methods=["GET", "POST"]),

@@ -1,4 +1,5 @@
-"""The `authserver` command: serve, migrate, keys, users, clients, resources, orgs, purge.
+"""The `authserver` command: serve, migrate, keys, users, clients, resources, orgs,
+registration-tokens, purge.
 
 Every failure the operator can fix ends as one line on stderr and a non-zero exit: 2 for bad
 configuration or usage, 1 for a refused operation (duplicate email, bad redirect URI, ...).
@@ -323,6 +324,39 @@ def cmd_resources(args: argparse.Namespace, settings: Settings) -> None:
             print(f"{record['uri']}  {' '.join(record['scopes'])}  ({record['id']})")
 
 
+def cmd_registration_tokens_create(args: argparse.Namespace, settings: Settings) -> None:
+    from authserver import audit
+    from authserver.oauth import registration
+
+    services = _services(settings)
+
+    def create() -> dict[str, Any]:
+        row, token = registration.create_initial_access_token(
+            services.digester, expires_in=args.expires_in, max_uses=args.max_uses
+        )
+        audit.record(
+            "registration_token.created",
+            actor_type="cli",
+            target_type="initial_access_token",
+            target_id=row.id,
+        )
+        return {**registration.initial_access_token_as_dict(row), "token": token}
+
+    record = services.db.call(create)
+    summary = (
+        f"created initial access token {record['id']}\n"
+        f"  token:   {record['token']}  (shown once; store it now)\n"
+        f"  expires: {record['expires_at'] or 'never'}\n"
+        f"  uses:    {record['max_uses'] or 'unlimited'}"
+    )
+    if settings.registration != "token":
+        summary += (
+            f"\n  note: AUTHSERVER_REGISTRATION is {settings.registration!r}; /register asks "
+            "for this token only when it is 'token'"
+        )
+    _emit(args, record, summary)
+
+
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> None:
     from authserver.maintenance import purge_expired
 
@@ -332,6 +366,12 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> None:
         print(json.dumps(counts))
     else:
         print(", ".join(f"{name}: {count}" for name, count in counts.items()) or "nothing to purge")
+
+
+def _positive_int(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and 0 < int(value) <= 10**9):
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 1000000000")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -454,6 +494,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     orgs_create.add_argument("--name", required=True)
     orgs_create.add_argument("--owner", required=True, metavar="EMAIL")
+
+    tokens_create = create_command(
+        commands,
+        "registration-tokens",
+        "Manage initial access tokens for dynamic client registration.",
+        cmd_registration_tokens_create,
+        "Make an initial access token for POST /register; prints it once.",
+    )
+    tokens_create.add_argument(
+        "--expires-in", type=_positive_int, metavar="SECONDS", help="lifetime (default: none)"
+    )
+    tokens_create.add_argument(
+        "--max-uses", type=_positive_int, metavar="N", help="registrations it allows (default: any)"
+    )
 
     purge = command(commands, "purge", cmd_purge, "Delete expired codes, tokens and sessions.")
     purge.add_argument("--json", action="store_true", help="print the counts as JSON")

@@ -7,19 +7,21 @@ import logging
 import anyio
 
 from authserver.db import Database, utcnow
-from authserver.oauth import codes, tokens
+from authserver.oauth import codes, registration, tokens
 from authserver.sessions import models as sessions
 from authserver.users import models as users
 
 
 def purge_expired() -> dict[str, int]:
-    """Delete expired codes, tokens, sessions and email links; return counts by kind."""
+    """Delete expired codes, tokens, sessions, email links and initial access tokens;
+    return counts by kind."""
     now = utcnow()
     return {
         "authorization_codes": codes.purge(now),
         **tokens.purge(now),
         "login_sessions": sessions.purge(now),
         "email_tokens": users.purge_email_tokens(now),
+        "initial_access_tokens": registration.purge(now),
     }
 
 

@@ -5,6 +5,7 @@ from authserver.db import Base
 from authserver.oauth.clients import Client
 from authserver.oauth.codes import AuthorizationCode
 from authserver.oauth.consent import Consent
+from authserver.oauth.registration import InitialAccessToken
 from authserver.oauth.resources import Resource
 from authserver.oauth.tokens import AccessToken, RefreshToken, TokenFamily
 from authserver.organizations.models import Membership, Organization
@@ -19,6 +20,7 @@ __all__ = [
     "Client",
     "Consent",
     "EmailToken",
+    "InitialAccessToken",
     "LoginSession",
     "Membership",
     "Organization",

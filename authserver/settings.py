@@ -188,7 +188,15 @@ class Settings:
     password_parallelism: int = _setting(1, _positive_int, "argon2id lanes")
 
     signup_enabled: bool = _setting(True, _bool, "self-registration at /signup")
-    registration_open: bool = _setting(False, _bool, "open dynamic client registration")
+    registration: str = _setting(
+        "open",
+        _choice("open", "token", "closed"),
+        "dynamic client registration at /register: open (anyone), token (an initial "
+        "access token from `authserver registration-tokens create`), closed",
+    )
+    registration_rate_per_ip: int = _setting(
+        20, _positive_int, "client registrations per IP per hour at /register"
+    )
     login_rate_per_ip: int = _setting(30, _positive_int, "sign-in attempts per IP per minute")
     login_rate_per_account: int = _setting(
         10, _positive_int, "failed sign-ins per account per 15 minutes"

@@ -284,6 +284,41 @@ def test_orgs_create(env: Path, capsys, monkeypatch) -> None:
     )
 
 
+def test_registration_tokens_create_prints_the_token_once_and_stores_a_digest(
+    env: Path, capsys, monkeypatch
+) -> None:
+    args = ["registration-tokens", "create", "--expires-in", "3600", "--max-uses", "2", "--json"]
+    status, out, _ = run(args, capsys, monkeypatch)
+    assert status == 0
+    record = json.loads(out)
+    assert len(record["token"]) >= 43
+    assert record["max_uses"] == 2
+    assert record["uses"] == 0
+    assert record["expires_at"] is not None
+    rows = query(env, "SELECT * FROM initial_access_tokens")
+    assert len(rows) == 1
+    assert record["token"] not in json.dumps([list(map(str, row)) for row in rows])
+    [(digest, max_uses)] = query(env, "SELECT digest, max_uses FROM initial_access_tokens")
+    assert (len(digest), max_uses) == (64, 2)
+
+    status, out, _ = run(["registration-tokens", "create"], capsys, monkeypatch)
+    assert status == 0
+    assert "shown once" in out
+    assert "expires: never" in out
+    assert "AUTHSERVER_REGISTRATION is 'open'" in out
+    assert query(env, "SELECT COUNT(*) FROM initial_access_tokens") == [(2,)]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "1e3", "99999999999"])
+def test_registration_tokens_refuse_bad_numbers(env: Path, capsys, monkeypatch, value: str) -> None:
+    for option in ("--expires-in", "--max-uses"):
+        with pytest.raises(SystemExit) as exited:
+            run(["registration-tokens", "create", option, value], capsys, monkeypatch)
+        assert exited.value.code == 2
+        assert option in capsys.readouterr().err
+    assert query(env, "SELECT COUNT(*) FROM initial_access_tokens") == [(0,)]
+
+
 def test_keys_rotate_adds_a_key_that_the_jwks_lists(env: Path, capsys, monkeypatch) -> None:
     status, out, _ = run(["keys", "list", "--json"], capsys, monkeypatch)
     before = {key["kid"] for key in json.loads(out)}
@@ -315,6 +350,7 @@ def test_help_for_every_command(capsys) -> None:
         ["users", "create", "--help"],
         ["clients", "create", "--help"],
         ["orgs", "create", "--help"],
+        ["registration-tokens", "create", "--help"],
         ["purge", "--help"],
         ["migrate", "--help"],
     ):

@@ -9,6 +9,7 @@ import pytest
 
 from authserver.db import utcnow
 from authserver.maintenance import purge_expired, purge_periodically
+from authserver.oauth import registration
 from authserver.sessions import models as sessions
 from tests.conftest import count_rows
 
@@ -36,6 +37,18 @@ def test_purge_removes_expired_and_ended_sessions_only(services, make) -> None:
     assert counts["login_sessions"] == 2
     assert count_rows(services.db, "login_sessions") == 1
     assert services.db.call(lambda: sessions.current_session().get(sessions.LoginSession, live))
+
+
+def test_purge_removes_expired_initial_access_tokens_only(services) -> None:
+    def make_tokens() -> None:
+        for expires_in in (None, 60, 60):
+            registration.create_initial_access_token(services.digester, expires_in=expires_in)
+
+    services.db.call(make_tokens)
+    later = utcnow() + timedelta(seconds=61)
+    assert services.db.call(registration.purge, later) == 2
+    assert count_rows(services.db, "initial_access_tokens") == 1
+    assert services.db.call(purge_expired)["initial_access_tokens"] == 0
 
 
 @pytest.mark.anyio

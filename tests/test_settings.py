@@ -19,6 +19,8 @@ def test_defaults_are_the_laptop_setup() -> None:
     assert settings.keys_dir == Path("keys")
     assert settings.secret_key is None
     assert settings.code_ttl == 60
+    assert settings.registration == "open"
+    assert settings.registration_rate_per_ip == 20
 
 
 def test_client_metadata_settings() -> None:
@@ -65,6 +67,8 @@ def test_environment_overrides_dotenv(tmp_path: Path) -> None:
         ("AUTHSERVER_CLIENT_METADATA_HOSTS", "https://a.example", "host"),
         ("AUTHSERVER_CLIENT_METADATA_HOSTS", "a.example,b.example:99999", "host:port"),
         ("AUTHSERVER_CLIENT_METADATA_DOCUMENTS", "maybe", "true or false"),
+        ("AUTHSERVER_REGISTRATION", "true", "open, token, closed"),
+        ("AUTHSERVER_REGISTRATION_RATE_PER_IP", "0", "greater than zero"),
     ],
 )
 def test_invalid_value_names_the_variable(variable: str, value: str, problem: str) -> None:
@@ -109,3 +113,12 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [name for name, _, _ in documented_settings() if f"`{name}`" not in readme]
     assert missing == []
+
+
+def test_the_old_registration_switch_is_gone() -> None:
+    """AUTHSERVER_REGISTRATION replaced AUTHSERVER_REGISTRATION_OPEN."""
+    names = {name for name, _, _ in documented_settings()}
+    assert "AUTHSERVER_REGISTRATION" in names
+    assert "AUTHSERVER_REGISTRATION_OPEN" not in names
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "AUTHSERVER_REGISTRATION_OPEN" not in readme

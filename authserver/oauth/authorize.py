@@ -37,7 +37,7 @@ from starlette.responses import RedirectResponse, Response
 
 from authserver import audit, db
 from authserver.errors import NO_STORE, Invalid, html_error_response
-from authserver.oauth import consent, oidc
+from authserver.oauth import consent, oidc, registration
 from authserver.oauth.grants import (
     RESPONSE_MODES,
     AuthorizationCodeGrant,
@@ -122,6 +122,8 @@ class AskConsent:
     unverified_host: str | None = field(default=None)
     #: A client known by its metadata document: the host that serves it.
     document_host: str | None = None
+    #: The client's registered logo and policy links (https only), by metadata name.
+    links: dict[str, str] = field(default_factory=dict)
     organizations: list[OrganizationChoice] | None = None
     choose_only: bool = False
     #: What the form's nonce is bound to (`_binding`).
@@ -306,16 +308,18 @@ def _needs_sign_in(services: Services, request: Any, login: LoginSession, now: d
 
 def _needs_consent(request: Any, end_user: EndUser, prompts: set[str]) -> bool:
     """Consent is asked unless remembered for every requested scope. `prompt=consent`
-    forces it; clients marked `skip_consent` (first party) never ask; a client whose
-    identity nobody vouched for (`Client.unverified`) always asks (ASVS 10.4.7)."""
+    forces it; clients marked `skip_consent` (first party) never ask. A client whose
+    identity nobody vouched for (`Client.unverified`: dynamically registered, or known by its
+    metadata document) asks whenever a person is there to answer, whatever its registration
+    says (ASVS 10.4.7); a silent `prompt=none` request from it passes only on a consent the
+    person gave it before."""
     client = request.client
+    remembered = consent.covers(end_user.user.id, client.id, request.scope)
     if client.unverified:
-        return True
+        return "none" not in prompts or not remembered
     if client.skip_consent:
         return False
-    if "consent" in prompts:
-        return True
-    return not consent.covers(end_user.user.id, client.id, request.scope)
+    return "consent" in prompts or not remembered
 
 
 def _auth_marker_serializer(services: Services) -> URLSafeSerializer:
@@ -383,11 +387,18 @@ def _ask(
         scopes=consent.describe(request.scope, client.name),
         query=urlencode(snapshot.params),
         email=end_user.user.email,
-        unverified_host=urlsplit(redirect_uri).netloc if client.dynamically_registered else None,
+        unverified_host=_destination(redirect_uri) if client.dynamically_registered else None,
         document_host=urlsplit(client.id).netloc if client.metadata_document else None,
+        links=registration.consent_links(client),
         organizations=choices,
         choose_only=choose_only,
     )
+
+
+def _destination(redirect_uri: str) -> str:
+    """Where Allow or Deny sends the person: the redirect URI's host (and port), or the
+    whole URI of a native app's private-use scheme, which has no host."""
+    return urlsplit(redirect_uri).netloc or redirect_uri
 
 
 def _record_consent(
@@ -502,6 +513,7 @@ def _consent_form(request: Request, services: Services, ask: AskConsent) -> Resp
     context = {
         "title": title,
         "ask": ask,
+        "link_labels": registration.CONSENT_LINKS,
         "action": f"/consent?{ask.query}",
         "csrf_field": CSRF_FIELD,
         "csrf_token": form_token,

@@ -168,7 +168,10 @@ def validate_redirect_uri(uri: str) -> str:
     scheme for native apps; never script-bearing schemes, wildcards or userinfo."""
     if not uri or len(uri) > 2000 or any(ch.isspace() or ord(ch) < 32 for ch in uri):
         raise Invalid(f"Invalid redirect URI {uri!r}: empty, too long or contains spaces.")
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        raise Invalid(f"Invalid redirect URI {uri!r}: not a URI.") from None
     scheme = parts.scheme.lower()
     if not scheme or "*" in uri or parts.fragment or "#" in uri:
         raise Invalid(f"Invalid redirect URI {uri!r}: must be absolute, without '*' or '#'.")

@@ -12,6 +12,8 @@ refused origin must not get as far as redeeming a code. The authorization endpoi
 introspection endpoint and the HTML pages never answer cross-origin (docs/security.md A21).
 An answer raised rather than returned (a 429 from the per-client rate limit) carries the
 same headers, so the app can read `Retry-After`.
+Client registration (`registration`) answers every origin with `*`: it holds no
+cookie-bound state, and its callers prove themselves with bearer tokens.
 
 Preflights are answered for any origin: the browser sends no credentials or body with
 them, so the client is unknown until the real request arrives, which is where the rule

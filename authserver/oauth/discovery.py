@@ -29,7 +29,7 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
     Discovery §3). Every endpoint the server answers is listed."""
     issuer = settings.issuer
     documents = settings.client_metadata_documents
-    return {
+    document = {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/authorize",
         "token_endpoint": f"{issuer}/token",
@@ -59,6 +59,9 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         "request_uri_parameter_supported": False,
         **({"client_id_metadata_document_supported": True} if documents else {}),
     }
+    if settings.registration != "closed":
+        document["registration_endpoint"] = f"{issuer}/register"
+    return document
 
 
 def signing_algs(keystore: KeyStore) -> list[str]:

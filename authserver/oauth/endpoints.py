@@ -306,9 +306,9 @@ async def _userinfo_response(request: Request, services: Services, origin: str |
     try:
         snapshot = await read_resource_request(request, services.settings.issuer)
     except MalformedRequest as error:
-        return _bearer_error(services.settings, 400, "invalid_request", error.description)
+        return bearer_error(services.settings, 400, "invalid_request", error.description)
     if snapshot.first("access_token") is not None:
-        return _bearer_error(
+        return bearer_error(
             services.settings,
             400,
             "invalid_request",
@@ -327,7 +327,7 @@ def _userinfo(services: Services, snapshot: RequestSnapshot, origin: str | None)
     if origin is not None and not cors.allows(
         clients.query(claims.get("client_id")), origin, public_only=False
     ):
-        return _bearer_error(
+        return bearer_error(
             settings,
             400,
             "invalid_request",
@@ -335,7 +335,7 @@ def _userinfo(services: Services, snapshot: RequestSnapshot, origin: str | None)
         )
     user = users.get(claims["sub"])
     if user is None:
-        return _bearer_error(settings, 401, "invalid_token", "The user is gone.")
+        return bearer_error(settings, 401, "invalid_token", "The user is gone.")
     scope = claims.get("scope", "")
     response = JSONResponse(
         userinfo_claims(user, scope, _organization(claims, user.id, scope)), headers=NO_STORE
@@ -369,7 +369,7 @@ def _organization(claims: dict[str, Any], user_id: str, scope: str) -> dict[str,
     return {"org_id": org_id, "org_role": role} if role is not None else None
 
 
-def _bearer_error(
+def bearer_error(
     settings: Settings, status: int, error: str | None = None, description: str = ""
 ) -> Response:
     """RFC 6750 §3 for UserInfo, part of the API resource (`resource_server.error_response`)."""

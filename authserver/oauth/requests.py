@@ -12,6 +12,7 @@ The URI is the configured issuer plus the path and query, never `request.url`: A
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,12 @@ from authserver.web import client_ip
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELDS = 100
+#: A JSON request body (client metadata) is read up to this size...
+MAX_JSON_BODY = 64 * 1024
+#: ...and parsed only when no array or object in it is nested deeper than this: a client
+#: metadata document needs 4 levels (`jwks.keys[].x5c[]`), and ten thousand `[` would make
+#: the parser recurse until it fails (docs/security.md G60).
+MAX_JSON_DEPTH = 8
 #: Parameters whose value Authlib copies into `error_description`, which RFC 6749 §5.2
 #: restricts to %x20-21 / %x23-5B / %x5D-7E.
 KEYWORD_PARAMETERS = ("response_type", "grant_type")
@@ -40,11 +47,13 @@ Params = tuple[tuple[str, str], ...]
 
 
 class MalformedRequest(Exception):
-    """The request cannot be read as an OAuth request at all: answer `invalid_request`."""
+    """The request cannot be read as an OAuth request at all: answer `invalid_request`
+    (with `status` 413 when the body is too large to read)."""
 
-    def __init__(self, description: str) -> None:
+    def __init__(self, description: str, status: int = 400) -> None:
         super().__init__(description)
         self.description = description
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -112,19 +121,39 @@ async def read_resource_request(request: Request, issuer: str) -> RequestSnapsho
 
 
 async def read_json_request(request: Request, issuer: str) -> RequestSnapshot:
-    """A JSON body (RFC 7591 registration): an object, or `invalid_request`."""
+    """A JSON body (RFC 7591 registration): an object, or `invalid_request`.
+
+    The body is bounded before it is read in full and its nesting before it is parsed, so
+    neither a huge nor a deeply nested document costs more than refusing it. Text that is
+    not valid Unicode (a lone surrogate escape) is refused here, before any of it can reach
+    the database."""
     if _content_type(request) != "application/json":
         raise MalformedRequest("The request body must be application/json.")
+    raw = await _read_bounded(request, MAX_JSON_BODY)
     try:
-        document = jsonsafe.loads(await request.body())
+        document = jsonsafe.loads(raw, max_depth=MAX_JSON_DEPTH, max_bytes=MAX_JSON_BODY)
+        json.dumps(document, ensure_ascii=False, allow_nan=False).encode()
     except UnsafeJson as exc:
         raise MalformedRequest(str(exc)) from None
-    except ValueError:
+    except (ValueError, UnicodeError):
         raise MalformedRequest("The request body is not valid JSON.") from None
     if not isinstance(document, dict):
         raise MalformedRequest("The request body must be a JSON object.")
     snapshot = _snapshot(request, issuer, _parse(request.scope.get("query_string", b"")), ())
     return dataclasses.replace(snapshot, json=document)
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
+    too_large = MalformedRequest(f"The request body is larger than {limit // 1024} KB.", 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 def _snapshot(request: Request, issuer: str, query: Params, form: Params) -> RequestSnapshot:

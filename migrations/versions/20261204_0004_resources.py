@@ -1,7 +1,7 @@
 """protected resources (RFC 8707): the registry, and the resources of codes and grants
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-04 16:30:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import authserver.db
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
