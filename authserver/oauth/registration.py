@@ -27,6 +27,7 @@ cookie is involved, a caller proves itself with the token in its Authorization h
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,7 +47,7 @@ from starlette.responses import JSONResponse, Response
 from authserver import audit, db
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.errors import NO_STORE, AppError, NotFound, oauth_error_response, render_error
-from authserver.oauth import clients, cors
+from authserver.oauth import clients, cors, resources
 from authserver.oauth.clients import Client
 from authserver.oauth.discovery import SCOPES, signing_algs
 from authserver.oauth.requests import (
@@ -100,6 +101,13 @@ class Policy:
     name: str
     grant_types: tuple[str, ...]
     scopes: frozenset[str]
+
+    def with_resources(self) -> Policy:
+        """The policy plus the scopes of the protected resources an operator registered
+        (never `admin`): an app registers itself to call those APIs on a person's behalf,
+        and the person still consents to each scope."""
+        extra = resources.registered_scopes() - {"admin"}
+        return dataclasses.replace(self, scopes=self.scopes | extra)
 
 
 POLICIES = {
@@ -498,7 +506,7 @@ def _apply(client: Client, metadata: Metadata, policy: Policy) -> None:
 
 
 def _policy_of(client: Client) -> Policy:
-    return POLICIES[(client.info or {}).get(POLICY_KEY, "open")]
+    return POLICIES[(client.info or {}).get(POLICY_KEY, "open")].with_resources()
 
 
 # -- RFC 7591: POST /register -------------------------------------------------------------
@@ -515,7 +523,9 @@ def _register(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
         if initial_token is None:
             raise _bad_token(settings, "The initial access token is invalid, expired or used up.")
         policy = POLICIES["token"]
-    metadata = read_metadata(snapshot.json, policy, signing_algs(services.keystore))
+    metadata = read_metadata(
+        snapshot.json, policy.with_resources(), signing_algs(services.keystore)
+    )
     try:
         client, secret = clients.create(
             digester, auth_method=metadata.token_endpoint_auth_method, **metadata.client_fields()

@@ -281,6 +281,16 @@ def find(id_or_uri: str) -> Resource | None:
     )
 
 
+def registered_scopes() -> set[str]:
+    """Every scope some registered resource accepts: what a client may register for so that
+    it can ask for tokens to those APIs (RFC 8707, the MCP authorization flow)."""
+    return {
+        scope
+        for text in current_session().scalars(select(Resource.scope))
+        for scope in text.split()
+    }
+
+
 def listing(*, after: Position | None, limit: int) -> list[Resource]:
     query = select(Resource)
     if after is not None:

@@ -18,12 +18,12 @@ from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from authserver import jsonsafe
 from authserver.app import Services
 from authserver.db import current_session
 from authserver.oauth import clients, registration
 from authserver.oauth.clients import Client
 from authserver.oauth.registration import InitialAccessToken
-from authserver.oauth.requests import _too_deep
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories
@@ -363,9 +363,25 @@ def test_deeply_nested_json_is_refused_before_parsing(
 
 
 def test_nesting_is_counted_outside_strings_only() -> None:
-    assert not _too_deep(b'{"a": "[[[[[[[[[[[[[[[[[["}', 2)
-    assert not _too_deep(b'{"a": "\\"[[[[[[[[[[[[", "b": [[1]]}', 3)
-    assert _too_deep(b'{"a": "\\\\", "b": [[[1]]]}', 3)
+    assert jsonsafe.depth(b'{"a": "[[[[[[[[[[[[[[[[[["}') == 1
+    assert jsonsafe.depth(b'{"a": "\\"[[[[[[[[[[[[", "b": [[1]]}') == 3
+    assert jsonsafe.depth(b'{"a": "\\\\", "b": [[[1]]]}') == 4
+
+
+def test_an_app_registers_for_the_scopes_of_a_registered_resource(
+    client: TestClient, make: factories.Factory
+) -> None:
+    """The MCP path: an anonymous client asks for the scopes of an API an operator
+    registered as a protected resource (RFC 8707); `admin` stays out of reach even when a
+    resource names it, and scopes nobody registered are still refused."""
+    make.resource_server("https://tools.example.com/mcp", ["mcp:tools", "admin"])
+    accepted = register(client, {**WEB_APP, "scope": "openid mcp:tools"})
+    assert accepted.status_code == 201
+    assert accepted.json()["scope"] == "openid mcp:tools"
+    for scope in ("openid admin", "openid mcp:other"):
+        assert is_error(
+            register(client, {**WEB_APP, "scope": scope}), 400, "invalid_client_metadata"
+        )
 
 
 def test_a_megabyte_body_is_413(client: TestClient, services: Services) -> None:
