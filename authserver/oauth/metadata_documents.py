@@ -25,15 +25,17 @@ from sqlalchemy.exc import IntegrityError
 from authserver.db import current_session
 from authserver.errors import Invalid
 from authserver.fetch import Fetcher, FetchError
-from authserver.oauth import assertions, clients
+from authserver.oauth import assertions, clients, resources
 from authserver.oauth.clients import CLIENT_ID_MAX, Client
+from authserver.rest import API_SCOPES
 from authserver.settings import Settings
 
 log = logging.getLogger("authserver.oauth.metadata_documents")
 
 AUTH_METHODS = ("none", "private_key_jwt")
 GRANT_TYPES = ("authorization_code", "refresh_token")
-#: What a document may ask for: scopes that speak for the person, never the API scopes.
+#: What a document may ask for: scopes that speak for the person, and those of the APIs an
+#: operator registered as resources (RFC 8707), never this server's own API scopes.
 SCOPES = ("openid", "profile", "email", "offline_access", "organization")
 SECRET_MEMBERS = ("client_secret", "client_secret_expires_at")
 MAX_REDIRECT_URIS = 20
@@ -94,8 +96,12 @@ def read_document(client_id: str, document: Any) -> dict[str, Any]:
     for uri in post_logout:
         clients.validate_redirect_uri(uri)
     scope = document.get("scope", clients.DEFAULT_SCOPE)
-    if not isinstance(scope, str) or not set(scope.split()) <= set(SCOPES):
-        raise Invalid(f"A metadata document client may ask for {', '.join(SCOPES)} only.")
+    allowed = set(SCOPES) | (resources.registered_scopes() - API_SCOPES.keys())
+    if not isinstance(scope, str) or not set(scope.split()) <= allowed:
+        raise Invalid(
+            f"A metadata document client may ask for {', '.join(SCOPES)} and the scopes of "
+            "the registered resources only."
+        )
     name = document.get("client_name", host_of(client_id))
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 200:
         raise Invalid("The client_name must be 1 to 200 characters.")

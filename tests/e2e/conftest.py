@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,14 +61,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def live_server(
-    tmp_path_factory: pytest.TempPathFactory,
-    keys_template: Path,
-    database_url: str,
-    schema: Database,
+@contextmanager
+def running_server(
+    folder: Path, keys_template: Path, database_url: str, **environment: str
 ) -> Iterator[LiveServer]:
-    folder = tmp_path_factory.mktemp("live")
+    """An authserver in its own uvicorn process on a free port of 127.0.0.1, on the test
+    database, with `environment` (`AUTHSERVER_*` settings, `SSL_CERT_FILE`) on top."""
     shutil.copytree(keys_template, folder / "keys")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -79,6 +78,7 @@ def live_server(
         AUTHSERVER_PASSWORD_TIME_COST="1",
         AUTHSERVER_PASSWORD_MEMORY_COST="8",
         AUTHSERVER_LOG_FORMAT="json",
+        **environment,
     )
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
@@ -107,6 +107,17 @@ def live_server(
         process.terminate()
         process.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    keys_template: Path,
+    database_url: str,
+    schema: Database,
+) -> Iterator[LiveServer]:
+    with running_server(tmp_path_factory.mktemp("live"), keys_template, database_url) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
