@@ -310,16 +310,14 @@ def _needs_consent(request: Any, end_user: EndUser, prompts: set[str]) -> bool:
     """Consent is asked unless remembered for every requested scope. `prompt=consent`
     forces it; clients marked `skip_consent` (first party) never ask. A client whose
     identity nobody vouched for (`Client.unverified`: dynamically registered, or known by its
-    metadata document) asks whenever a person is there to answer, whatever its registration
-    says (ASVS 10.4.7); a silent `prompt=none` request from it passes only on a consent the
-    person gave it before."""
+    metadata document) always asks, whatever its registration says, so a silent
+    `prompt=none` request from it is `consent_required` (ASVS 10.4.7, RFC 9700 §4.11.2)."""
     client = request.client
-    remembered = consent.covers(end_user.user.id, client.id, request.scope)
     if client.unverified:
-        return "none" not in prompts or not remembered
+        return True
     if client.skip_consent:
         return False
-    return "consent" in prompts or not remembered
+    return "consent" in prompts or not consent.covers(end_user.user.id, client.id, request.scope)
 
 
 def _auth_marker_serializer(services: Services) -> URLSafeSerializer:

@@ -739,15 +739,17 @@ def test_an_operator_flag_does_not_silence_a_registered_clients_consent(
     assert "Not verified by the operator" in to_consent(client, rp).text
 
 
-def test_prompt_none_needs_an_earlier_consent_for_a_registered_client(
+def test_prompt_none_is_consent_required_for_a_registered_client(
     client: TestClient, services: Services, user: User, signed_in: LoginSession
 ) -> None:
+    """The screen is always shown to a self-registered client's person, so a request that
+    forbids showing it cannot succeed, not even after an earlier consent."""
     rp = _registered_rp(services, register(client, WEB_APP).json(), CALLBACK)
     silent = client.get("/authorize", params=authorization_params(rp, prompt="none"))
     assert location_params(silent)["error"] == "consent_required"
     answer(client, to_consent(client, rp), "allow")
     silent = client.get("/authorize", params=authorization_params(rp, prompt="none"))
-    assert "code" in location_params(silent)
+    assert location_params(silent)["error"] == "consent_required"
 
 
 def test_the_unverified_marker_names_a_native_apps_scheme(
