@@ -133,7 +133,7 @@ class EndUser:
 
 
 class AccessTokenGenerator(JWTBearerTokenGenerator):
-    """RFC 9068 access tokens, always RS256 (what every resource server verifies).
+    """RFC 9068 access tokens, RS256 unless `settings.access_token_alg` says ES256.
 
     Audience rule: a token issued for a user is for this server's API resource
     (`settings.api_audience`, which /userinfo and /api/v1 accept); a client_credentials
@@ -144,7 +144,7 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
     def __init__(self, keystore: KeyStore, settings: Settings) -> None:
         super().__init__(
             issuer=settings.issuer,
-            alg="RS256",
+            alg=settings.access_token_alg,
             refresh_token_generator=lambda **_: new_token(),
             expires_generator=lambda client, grant_type: settings.access_token_ttl,
         )
