@@ -23,7 +23,7 @@ from typing import Any
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import Boolean, ForeignKey, String, delete, select, update
+from sqlalchemy import Boolean, ForeignKey, String, delete, insert, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import audit, db
@@ -407,8 +407,8 @@ def save_token(token: dict[str, Any], request: Any) -> None:
     revoked and introspected. The grant has stored the family and refresh token already."""
     claims = json.loads(_b64decode(token["access_token"].split(".")[1]))
     client, end_user = request.client, request.user
-    current_session().add(
-        AccessToken(
+    current_session().execute(
+        insert(AccessToken).values(
             jti=claims["jti"],
             family_id=request.family_id,
             client_id=client.id,
