@@ -128,7 +128,8 @@ HEADER = [
     "err",
     "CPU ms/req",
     "RSS MiB",
-    "ours/peer",
+    "ours/peer /s",
+    "peer/ours CPU",
 ]
 
 
@@ -138,11 +139,19 @@ def ratio(ours: Summary | None, peer: Summary | None) -> str:
     return f"{ours.median / peer.median:.2f}×"
 
 
+def cpu_ratio(ours: Summary | None, peer: Summary | None) -> str:
+    """Less sensitive to a busy machine than throughput: the CPU each request cost."""
+    if ours is None or peer is None or not ours.cpu_ms:
+        return "n/a"
+    return f"{peer.cpu_ms / ours.cpu_ms:.2f}×"
+
+
 def table(rows: list[tuple[str, str, Summary | None, Summary | None]]) -> str:
     """A Markdown table: one row per (workload, our database), the peer beside it."""
     lines = [HEADER]
     for workload, database, ours, peer in rows:
-        lines.append([workload, database, *_cell(ours), *_cell(peer), ratio(ours, peer)])
+        cells = [*_cell(ours), *_cell(peer), ratio(ours, peer), cpu_ratio(ours, peer)]
+        lines.append([workload, database, *cells])
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
     rendered = [
         "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"

@@ -537,7 +537,11 @@ def main() -> int:
     parser.add_argument("--load-cpus", default="1")
     parser.add_argument("--port", type=int, default=18400, help="ours; the peer gets port + 1")
     parser.add_argument("--json", type=Path, help="also write the summaries here")
+    parser.add_argument("--table-from", type=Path, help="print the table of a --json file")
     args = parser.parse_args()
+    if args.table_from:
+        print(table_from(json.loads(args.table_from.read_text())))
+        return 0
     if args.quick:
         args.runs, args.duration = 1, 2.0
     options = Options(args.runs, args.duration, args.connections, args.load_cpus)
@@ -586,6 +590,25 @@ def main() -> int:
         summaries = {name: {w: vars(s) for w, s in r.items()} for name, r in everything.items()}
         args.json.write_text(json.dumps(summaries, indent=2))
     return 0
+
+
+def table_from(saved: dict[str, dict[str, dict[str, Any]]]) -> str:
+    peer_results = saved.pop("peer", {})
+    workloads = [w for w in WORKLOADS if any(w in r for r in [*saved.values(), peer_results])]
+    rows = []
+    for workload in workloads:
+        for database, results in saved.items():
+            ours_summary = results.get(workload)
+            peer_summary = peer_results.get(workload)
+            rows.append(
+                (
+                    workload,
+                    database,
+                    report.Summary(**ours_summary) if ours_summary else None,
+                    report.Summary(**peer_summary) if peer_summary else None,
+                )
+            )
+    return report.table(rows)
 
 
 def scaling(args: argparse.Namespace, options: Options) -> int:

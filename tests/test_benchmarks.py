@@ -85,13 +85,18 @@ def test_summary_takes_medians_and_adds_errors() -> None:
 
 
 def test_table_has_a_row_per_workload_and_the_ratio() -> None:
-    ours = report.summarise([report.Run(requests=1200, seconds=1, p50_ms=1, p99_ms=2)])
-    peer = report.summarise([report.Run(requests=1000, seconds=1, p50_ms=1, p99_ms=2)])
+    ours = report.summarise(
+        [report.Run(requests=1200, seconds=1, p50_ms=1, p99_ms=2, cpu_ms_per_request=0.5)]
+    )
+    peer = report.summarise(
+        [report.Run(requests=1000, seconds=1, p50_ms=1, p99_ms=2, cpu_ms_per_request=0.2)]
+    )
     lines = report.table([("W3", "sqlite", ours, peer), ("W7", "sqlite", ours, None)]).splitlines()
     assert len(lines) == 4
     assert lines[0].startswith("| workload")
     assert set(lines[1]) <= {"|", "-"}
-    assert "1.20\N{MULTIPLICATION SIGN}" in lines[2]
+    cells = [cell.strip() for cell in lines[2].split("|")]
+    assert cells[-3:-1] == ["1.20\N{MULTIPLICATION SIGN}", "0.40\N{MULTIPLICATION SIGN}"]
     assert lines[3].rstrip(" |").endswith("n/a")
 
 
