@@ -32,8 +32,9 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 P = ParamSpec("P")
-POOL_SIZE = 10
 T = TypeVar("T")
+#: Pooled PostgreSQL connections, and so units of work at once, per worker.
+POOL_SIZE = 10
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

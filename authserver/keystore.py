@@ -123,6 +123,7 @@ class KeyStore:
         self._public: dict[str, Key] = {}
         #: The published kids and their JWKs: a kid is the key's thumbprint (RFC 7638).
         self._jwks: tuple[tuple[str, ...], list[dict[str, Any]]] | None = None
+        self._verifying: tuple[tuple[str, ...], KeySet] | None = None
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -267,7 +268,10 @@ class KeyStore:
         """Public keys for checking our own tokens; matches `public_jwks` exactly."""
         with self._mutex:
             self._refresh()
-            return KeySet([self._public[info.kid] for info in self._published()])
+            kids = tuple(info.kid for info in self._published())
+            if self._verifying is None or self._verifying[0] != kids:
+                self._verifying = (kids, KeySet([self._public[kid] for kid in kids]))
+            return self._verifying[1]
 
     # -- state ---------------------------------------------------------------------------
 
