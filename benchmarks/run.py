@@ -421,7 +421,7 @@ def wrk_run(target: Target, workload: str, options: Options, duration: float) ->
     try:
         command = [
             *("taskset", "-c", options.load_cpus, "wrk", "-t1", f"-c{options.connections}"),
-            *(f"-d{duration:g}s", "--latency", "-s", file.name, url),
+            *(f"-d{duration:g}s", "--timeout", "10s", "--latency", "-s", file.name, url),
         ]
         with measured(target.pid) as usage:
             finished = subprocess.run(command, capture_output=True, text=True, check=True)
