@@ -126,6 +126,9 @@ class KeyStore:
         self._stamp: tuple[int, int, int] | None = None
         self._private: dict[str, Key] = {}
         self._public: dict[str, Key] = {}
+        #: The published kids and their JWKs: a kid is the key's thumbprint (RFC 7638).
+        self._jwks: tuple[tuple[str, ...], list[dict[str, Any]]] | None = None
+        self._verifying: tuple[tuple[str, ...], KeySet] | None = None
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -253,7 +256,10 @@ class KeyStore:
         whose tokens may still be live."""
         with self._mutex:
             self._refresh()
-            return {"keys": [self._public[info.kid].as_dict() for info in self._published()]}
+            kids = tuple(info.kid for info in self._published())
+            if self._jwks is None or self._jwks[0] != kids:
+                self._jwks = (kids, [self._public[kid].as_dict() for kid in kids])
+            return {"keys": [dict(jwk) for jwk in self._jwks[1]]}
 
     def sign(self, claims: dict[str, Any], *, alg: str = DEFAULT_ALG, typ: str = "JWT") -> str:
         """A compact JWT whose header names the kid, so verifiers can pick the key from
@@ -267,7 +273,10 @@ class KeyStore:
         """Public keys for checking our own tokens; matches `public_jwks` exactly."""
         with self._mutex:
             self._refresh()
-            return KeySet([self._public[info.kid] for info in self._published()])
+            kids = tuple(info.kid for info in self._published())
+            if self._verifying is None or self._verifying[0] != kids:
+                self._verifying = (kids, KeySet([self._public[kid] for kid in kids]))
+            return self._verifying[1]
 
     # -- state ---------------------------------------------------------------------------
 

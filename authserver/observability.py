@@ -8,6 +8,7 @@ it is echoed back.
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import logging
 import re
@@ -94,13 +95,20 @@ class RequestLogMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # A request id names a log line, it guards nothing: a random prefix drawn once per
+        # process and a counter make it unique without a system call per request.
+        self._id_prefix = new_token(9)
+        self._id_counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID.match(incoming) else new_token(12)
+        if REQUEST_ID.match(incoming):
+            request_id = incoming
+        else:
+            request_id = f"{self._id_prefix}.{next(self._id_counter):x}"
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 TOKEN_BYTES = 32
+#: argon2id runs on these few threads, however many requests wait for it: each hash takes
+#: `memory_cost` KiB, and the C allocator keeps what every thread once used, so 40 sign-ins
+#: at once on the request threadpool grew a worker past 600 MiB. The work is CPU-bound:
+#: more threads than cores would not make it faster.
+PASSWORD_THREADS = os.cpu_count() or 1
+_password_threads = ThreadPoolExecutor(PASSWORD_THREADS, thread_name_prefix="argon2")
 
 
 def new_token(nbytes: int = TOKEN_BYTES) -> str:
@@ -52,7 +60,7 @@ class Passwords:
         self._dummy = self._hasher.hash(new_token())
 
     def hash(self, password: str) -> str:
-        return self._hasher.hash(password)
+        return _password_threads.submit(self._hasher.hash, password).result()
 
     def verify(self, stored_hash: str | None, password: str) -> bool:
         """Check a password; with no stored hash, spend the same time and say no.
@@ -60,9 +68,12 @@ class Passwords:
         Verifying against a dummy hash keeps unknown accounts indistinguishable by timing.
         """
         try:
-            return self._hasher.verify(stored_hash or self._dummy, password) and bool(stored_hash)
+            verified = _password_threads.submit(
+                self._hasher.verify, stored_hash or self._dummy, password
+            ).result()
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
+        return verified and bool(stored_hash)
 
     def needs_rehash(self, stored_hash: str) -> bool:
         try:

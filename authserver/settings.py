@@ -160,6 +160,9 @@ class Settings:
     log_format: str | None = _setting(None, _choice("text", "json"), "text on a terminal")
 
     access_token_ttl: int = _setting(600, _positive_int, "access token lifetime, seconds")
+    access_token_alg: str = _setting(
+        "RS256", _choice("RS256", "ES256"), "signing algorithm of JWT access tokens"
+    )
     id_token_ttl: int = _setting(3600, _positive_int, "ID token lifetime, seconds")
     code_ttl: int = _setting(60, _positive_int, "authorization code lifetime, seconds")
     refresh_token_ttl: int = _setting(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
-from authserver.security import Digester, Passwords, new_token
+from authserver.security import PASSWORD_THREADS, Digester, Passwords, new_token
 
 FAST = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
 
@@ -52,3 +54,24 @@ def test_rehash_needed_when_parameters_rise() -> None:
     assert stronger.verify(stored, "pw-pw-pw-pw")
     assert stronger.needs_rehash(stored)
     assert not Passwords(**FAST).needs_rehash(stored)
+
+
+def test_passwords_are_hashed_on_a_few_threads_however_many_ask() -> None:
+    """The argon2 memory of a worker is bounded by `PASSWORD_THREADS`, not by the number
+    of sign-ins at once."""
+    passwords = Passwords(**FAST)
+    stored = passwords.hash("pw-pw-pw-pw")
+    seen: set[str] = set()
+    hasher = passwords._hasher
+
+    class Recording:
+        def verify(self, *args: str) -> bool:
+            seen.add(threading.current_thread().name)
+            return hasher.verify(*args)
+
+    passwords._hasher = Recording()  # type: ignore[assignment]
+    with ThreadPoolExecutor(16) as callers:
+        results = list(callers.map(lambda _: passwords.verify(stored, "pw-pw-pw-pw"), range(64)))
+    assert all(results)
+    assert 0 < len(seen) <= PASSWORD_THREADS
+    assert all(name.startswith("argon2") for name in seen)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -15,9 +16,10 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, InvalidRequestError
-from sqlalchemy import JSON, Boolean, String, false, select, tuple_
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, Boolean, String, event, false, inspect, select, tuple_
+from sqlalchemy.orm import Mapped, Session, mapped_column, object_session
 
+from authserver.cache import TtlCache
 from authserver.db import Base, Position, current_session, utcnow
 from authserver.errors import Conflict, Invalid, TooManyRequests
 from authserver.oauth import assertions
@@ -129,12 +131,49 @@ def plausible_client_id(client_id: str | None) -> bool:
     return client_id.isprintable()
 
 
+#: Every token, introspection and revocation request reads its client, so `query` keeps
+#: registrations this many seconds per process. A change made through the ORM in this
+#: process (disable, delete, new secret, fewer scopes) counts at once; one made by another
+#: worker or instance counts within this bound.
+CLIENT_CACHE_SECONDS = 2.0
+_registrations: TtlCache[str, Client | None] = TtlCache(CLIENT_CACHE_SECONDS, max_entries=1024)
+
+
 def query(client_id: str | None) -> Client | None:
-    """The client Authlib asks for: a disabled client does not exist for the protocol."""
+    """The client Authlib asks for: a disabled client does not exist for the protocol.
+
+    A read-only copy bound to no session (see `CLIENT_CACHE_SECONDS`); change a client
+    through `get`."""
     if client_id is None or not plausible_client_id(client_id):
         return None
-    client = get(client_id)
+    client = _registrations.get(client_id, lambda: _unbound_copy(get(client_id)))
     return client if client is not None and client.is_active else None
+
+
+def _unbound_copy(client: Client | None) -> Client | None:
+    """A copy no unit of work can expire or change under another thread's feet."""
+    if client is None:
+        return None
+    columns = inspect(Client).column_attrs
+    return Client(**{c.key: copy.deepcopy(getattr(client, c.key)) for c in columns})
+
+
+@event.listens_for(Client, "after_insert")
+@event.listens_for(Client, "after_update")
+@event.listens_for(Client, "after_delete")
+def _forget_changed(_mapper: Any, _connection: Any, client: Client) -> None:
+    """Forget at flush, and again at commit: a reader in another thread may have cached
+    the row as it was committed in between."""
+    _registrations.forget(client.id)
+    session = object_session(client)
+    if session is not None:
+        session.info.setdefault("changed_clients", set()).add(client.id)
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_committed(session: Session) -> None:
+    for client_id in session.info.pop("changed_clients", ()):
+        _registrations.forget(client_id)
 
 
 _LOOPBACK = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?(/.*)?", re.DOTALL)

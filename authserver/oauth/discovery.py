@@ -4,11 +4,12 @@ from any origin (`cors.public_preflight` answers their preflights)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.oauth.assertions import SIGNING_ALGS
@@ -71,13 +72,19 @@ def signing_algs(keystore: KeyStore) -> list[str]:
     return [alg for alg in ALGORITHMS if alg in active]
 
 
-async def openid_configuration(request: Request) -> JSONResponse:
+async def openid_configuration(request: Request) -> Response:
     state = request.app.state
-    document = metadata(state.settings, signing_algs(state.keystore))
-    return JSONResponse(document, headers=PUBLIC_DOCUMENT)
+    body = _encoded_metadata(state.settings, tuple(signing_algs(state.keystore)))
+    return Response(body, headers=PUBLIC_DOCUMENT, media_type="application/json")
 
 
-async def jwks(request: Request) -> JSONResponse:
+@functools.lru_cache(maxsize=16)
+def _encoded_metadata(settings: Settings, signing_algs: tuple[str, ...]) -> bytes:
+    """The document changes only with the settings and the algorithms keys exist for."""
+    return bytes(JSONResponse(metadata(settings, signing_algs)).body)
+
+
+async def jwks(request: Request) -> Response:
     """Every key that may have signed a live token (RFC 7517); short cache so rotation shows."""
     keys = request.app.state.keystore.public_jwks()
     headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}

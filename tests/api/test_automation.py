@@ -70,7 +70,7 @@ def test_admin_stops_counting_when_the_registration_drops_it(
     assert client.get("/api/v1/users", headers=headers).status_code == 200
 
     def drop_admin() -> None:
-        found = clients.query(bot_id)
+        found = clients.get(bot_id)
         assert found is not None
         found.scope = "users:read"
 
