@@ -2,6 +2,14 @@
 
 from authserver.audit import AuditEvent
 from authserver.db import Base
+from authserver.mfa.models import (
+    MfaPreference,
+    OrganizationMfaPolicy,
+    Passkey,
+    RecoveryCode,
+    TotpFactor,
+    WebAuthnChallenge,
+)
 from authserver.oauth.clients import Client
 from authserver.oauth.codes import AuthorizationCode
 from authserver.oauth.consent import Consent
@@ -21,6 +29,12 @@ __all__ = [
     "EmailToken",
     "LoginSession",
     "Membership",
+    "MfaPreference",
+    "OrganizationMfaPolicy",
+    "Passkey",
+    "RecoveryCode",
+    "TotpFactor",
+    "WebAuthnChallenge",
     "Organization",
     "RefreshToken",
     "Resource",

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from authserver.keystore import ALGORITHMS, KeyStore
+from authserver.mfa.policy import ACR_VALUES
 from authserver.oauth.clients import AUTH_METHODS, GRANT_TYPES, SECRET_AUTH_METHODS
 from authserver.resource_server import PUBLIC_DOCUMENT, protected_resource_metadata
 from authserver.rest import API_PREFIX, API_SCOPES
@@ -47,6 +48,7 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "introspection_endpoint_auth_methods_supported": list(SECRET_AUTH_METHODS),
         "code_challenge_methods_supported": ["S256"],
+        "acr_values_supported": list(ACR_VALUES),
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": False,
