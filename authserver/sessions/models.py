@@ -10,6 +10,7 @@ from sqlalchemy import (
     ForeignKey,
     String,
     delete,
+    false,
     or_,
     select,
     tuple_,
@@ -36,7 +37,7 @@ class LoginSession(Base):
     amr: Mapped[str] = mapped_column(String(100), default="pwd")
     acr: Mapped[str | None] = mapped_column(String(100))
     #: A password was right but the second factor is still to come: not yet a session.
-    awaiting_factor: Mapped[bool] = mapped_column(Boolean, default=False)
+    awaiting_factor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: When each kind of factor was last used in this session.
     password_at: Mapped[datetime | None]
     otp_at: Mapped[datetime | None]

@@ -188,7 +188,7 @@ async def _sign_in(request: Request) -> Response:
     if opened is None:
         return _login_form(request, email=email, next_url=next_url, error=FAILED, status=400)
     await run_in_threadpool(services.limiter.forgive, "login-account", account, ACCOUNT_WINDOW)
-    if opened is UNVERIFIED:
+    if isinstance(opened, str):
         return render(request, "message.html", VERIFY_FIRST, status=403)
     raw_sid, awaiting_factor = opened
     target = next_url or LANDING

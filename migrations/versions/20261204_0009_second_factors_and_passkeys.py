@@ -14,7 +14,6 @@ from alembic import op
 
 import authserver.db
 
-
 revision: str = "0009"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
