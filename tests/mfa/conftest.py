@@ -16,7 +16,7 @@ from authserver.mfa import recovery, totp
 from authserver.users.models import User
 from tests import factories
 from tests.conftest import csrf_token
-from tests.oauth.conftest import allow, flow, now, rp, user  # noqa: F401
+from tests.oauth.conftest import allow, flow, now, rp, sign_in, user  # noqa: F401
 
 SignIn = Callable[..., httpx.Response]
 

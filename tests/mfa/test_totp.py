@@ -93,8 +93,12 @@ def test_a_used_code_an_old_code_and_a_wrong_code_are_refused(
 ) -> None:
     secret = enrol_totp(services, user)
     password_sign_in(user.email)
-    assert submit_factor(client, "otp", "123456" if code_now(secret) != "123456" else "654321")\
-        .status_code == 400
+    assert (
+        submit_factor(
+            client, "otp", "123456" if code_now(secret) != "123456" else "654321"
+        ).status_code
+        == 400
+    )
     assert submit_factor(client, "otp", code_now(secret, -3)).status_code == 400, "too old"
     used = code_now(secret)
     assert submit_factor(client, "otp", used).status_code == 303
