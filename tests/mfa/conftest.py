@@ -33,22 +33,22 @@ def password_sign_in(client: TestClient) -> SignIn:
     return submit
 
 
-def enrol_totp(services: Services, user: User, *, required: bool = True) -> bytes:
-    """A confirmed authenticator app for `user` (and, by default, "ask at every sign-in");
+def enrol_totp(services: Services, person: User, *, required: bool = True) -> bytes:
+    """A confirmed authenticator app for `person` (and, by default, "ask at every sign-in");
     returns its secret, from which tests compute codes as the app would."""
     secret = totp.new_secret()
 
     def enrol() -> None:
-        mfa_models.start_totp(user.id, totp.encrypt(services.digester, user.id, secret))
-        assert mfa_models.take_step(user.id, 0, confirm=True)
-        mfa_models.set_person_requires(user.id, required)
+        mfa_models.start_totp(person.id, totp.encrypt(services.digester, person.id, secret))
+        assert mfa_models.take_step(person.id, 0, confirm=True)
+        mfa_models.set_person_requires(person.id, required)
 
     services.db.call(enrol)
     return secret
 
 
-def recovery_codes(services: Services, user: User) -> list[str]:
-    return services.db.call(recovery.regenerate, services.digester, user.id)
+def recovery_codes(services: Services, person: User) -> list[str]:
+    return services.db.call(recovery.regenerate, services.digester, person.id)
 
 
 def code_now(secret: bytes, offset_steps: int = 0) -> str:

@@ -72,9 +72,11 @@ def test_passwordless_sign_in_opens_a_multi_factor_session(
     [login] = sessions_of(services, user.id)
     assert login.amr.split() == ["hwk", "user", "mfa"]
     assert login.acr == ACR_MFA
-    assert login.passkey_at is not None and login.password_at is None
+    assert login.passkey_at is not None
+    assert login.password_at is None
     [stored] = services.db.call(mfa_models.passkeys_of, user.id)
-    assert stored.sign_count == 1 and stored.last_used_at is not None
+    assert stored.sign_count == 1
+    assert stored.last_used_at is not None
     assert client.get("/account").status_code == 200
 
 

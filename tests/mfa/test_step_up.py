@@ -41,7 +41,8 @@ def test_acr_values_asking_for_mfa_prompts_a_password_session_for_the_factor(
     secret = enrol_totp(services, user, required=False)
     assert password_sign_in(user.email).status_code == 303
     [login] = sessions_of(services, user.id)
-    assert login.amr == "pwd" and not login.awaiting_factor, "not required: password only"
+    assert login.amr == "pwd", "not required: password only"
+    assert not login.awaiting_factor
     flow.allow(user, rp)
 
     plain = client.get("/authorize", params=authorization_params(rp))

@@ -84,7 +84,8 @@ def test_a_right_password_then_the_code_completes_the_session(
     assert not login.awaiting_factor
     assert login.amr.split() == ["pwd", "otp", "mfa"]
     assert login.acr == ACR_MFA
-    assert login.otp_at is not None and login.password_at is not None
+    assert login.otp_at is not None
+    assert login.password_at is not None
     assert client.get("/account").status_code == 200
 
 
