@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -67,10 +68,19 @@ def live_server(
     database_url: str,
     schema: Database,
 ) -> Iterator[LiveServer]:
-    folder = tmp_path_factory.mktemp("live")
+    with serve(tmp_path_factory.mktemp("live"), keys_template, database_url) as server:
+        yield server
+
+
+@contextmanager
+def serve(
+    folder: Path, keys_template: Path, database_url: str, host: str = "127.0.0.1"
+) -> Iterator[LiveServer]:
+    """uvicorn on 127.0.0.1 and a free port, with the issuer `http://<host>:<port>` (WebAuthn
+    needs `localhost`: Chromium refuses an IP address as the relying party ID)."""
     shutil.copytree(keys_template, folder / "keys")
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")}
     env.update(
         AUTHSERVER_ISSUER=url,
@@ -92,7 +102,7 @@ def live_server(
             if process.poll() is not None:
                 raise RuntimeError((folder / "server.log").read_text())
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -191,4 +201,4 @@ def sign_in(page: Page, email: str) -> None:
     """Fill in and send the sign-in page the browser is on."""
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
