@@ -5,7 +5,7 @@ derived from the root secret, the person's id as associated data, so a row copie
 another account does not decrypt). A code is accepted for the current 30-second step and
 one step either side (clock drift), and a step is taken at most once: `models.take_step`
 moves the last used step forward with a conditional UPDATE, so a replayed code, and any
-code older than one already accepted, is refused by the database (docs/security.md K84).
+code older than one already accepted, is refused by the database.
 """
 
 from __future__ import annotations

@@ -289,7 +289,7 @@ def _second_factor(
     services: Services, snapshot: RequestSnapshot, login: LoginSession
 ) -> Outcome | None:
     """The second step for a session signed in with a password only, when the client asks
-    for multi-factor (`acr_values`, docs/security.md A15) or a policy requires it. A client
+    for multi-factor (`acr_values`) or a policy requires it. A client
     merely preferring it for someone without a factor gets tokens whose `acr` says `pwd`
     (`acr_values` is voluntary, OIDC Core §3.1.2.1); a policy is not."""
     if "mfa" in login.amr.split():

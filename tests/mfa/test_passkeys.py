@@ -190,7 +190,7 @@ def test_json_endpoints_need_the_csrf_token(client: TestClient) -> None:
 def test_an_assertion_for_another_origin_or_rp_id_is_refused(
     services: Services, authenticator: SoftAuthenticator, origin: str | None, rp_id: str | None
 ) -> None:
-    """docs/security.md A15: a relayed assertion names the phishing origin in its
+    """A relayed assertion names the phishing origin in its
     clientDataJSON, and a credential of another relying party hashes another RP ID."""
     challenge = secrets.token_bytes(32)
     passkey = authenticator.passkey_for("someone")
