@@ -400,7 +400,12 @@ def account_view(user_id: str) -> dict[str, Any]:
     }
 
 
-async def _account_post(request: Request) -> tuple[Services, LoginSession, dict[str, str]] | None:
+async def _account_post(
+    request: Request,
+) -> tuple[Services, LoginSession, dict[str, str]] | Response:
+    """The signed-in person's form, or where to send them first: to sign in, or, when they
+    have a second factor and this session was made without it, to the second step. A
+    stolen password alone must not add a passkey, remove the app or turn the factor off."""
     services: Services = request.app.state.services
     form = await read_form(request)
     services.csrf.verify(request, form.get(CSRF_FIELD))
@@ -409,8 +414,15 @@ async def _account_post(request: Request) -> tuple[Services, LoginSession, dict[
         sessions.find_active, services.digester, services.settings, raw_sid
     )
     if login is None:
-        return None
+        return RedirectResponse("/login?next=/account", status_code=303)
+    if await services.db.run_sync(_lacks_factor, login):
+        return RedirectResponse(policy.factor_url("/account"), status_code=303)
     return services, login, form
+
+
+def _lacks_factor(login: LoginSession) -> bool:
+    """The person has a second factor and this session was made without it."""
+    return "mfa" not in login.amr.split() and models.has_factor(login.user_id)
 
 
 def _record(login: LoginSession, ip: str, event: str, **details: Any) -> None:
@@ -423,8 +435,8 @@ def _record(login: LoginSession, ip: str, event: str, **details: Any) -> None:
 async def totp_start(request: Request) -> Response:
     """A new secret for an authenticator app, shown once as a QR code and as text."""
     posted = await _account_post(request)
-    if posted is None:
-        return RedirectResponse("/login?next=/account", status_code=303)
+    if isinstance(posted, Response):
+        return posted
     services, login, _ = posted
     secret = totp.new_secret()
 
@@ -463,8 +475,8 @@ def _enrol_page(
 
 async def totp_confirm(request: Request) -> Response:
     posted = await _account_post(request)
-    if posted is None:
-        return RedirectResponse("/login?next=/account", status_code=303)
+    if isinstance(posted, Response):
+        return posted
     services, login, form = posted
     ip = client_ip(request)
     retry_after = await run_in_threadpool(
@@ -476,6 +488,7 @@ async def totp_confirm(request: Request) -> Response:
     def confirm() -> tuple[bytes, str] | None:
         if totp.check(services.digester, login.user_id, form.get("code", ""), confirm=True):
             _record(login, ip, "mfa.totp_enrolled")
+            _complete(login, [policy.OTP], policy.OTP, ip)
             return None
         factor = models.totp_of(login.user_id)
         user = users.get(login.user_id)
@@ -495,8 +508,8 @@ async def totp_confirm(request: Request) -> Response:
 
 async def totp_remove(request: Request) -> Response:
     posted = await _account_post(request)
-    if posted is None:
-        return RedirectResponse("/login?next=/account", status_code=303)
+    if isinstance(posted, Response):
+        return posted
     services, login, _ = posted
     ip = client_ip(request)
 
@@ -511,8 +524,8 @@ async def totp_remove(request: Request) -> Response:
 async def recovery_codes(request: Request) -> Response:
     """A new set of recovery codes, shown once; the old set stops working."""
     posted = await _account_post(request)
-    if posted is None:
-        return RedirectResponse("/login?next=/account", status_code=303)
+    if isinstance(posted, Response):
+        return posted
     services, login, _ = posted
     ip = client_ip(request)
 
@@ -527,8 +540,8 @@ async def recovery_codes(request: Request) -> Response:
 
 async def require_factor(request: Request) -> Response:
     posted = await _account_post(request)
-    if posted is None:
-        return RedirectResponse("/login?next=/account", status_code=303)
+    if isinstance(posted, Response):
+        return posted
     services, login, form = posted
     wanted = form.get("required") == "on"
     ip = client_ip(request)
@@ -546,8 +559,8 @@ async def require_factor(request: Request) -> Response:
 
 async def passkey_remove(request: Request) -> Response:
     posted = await _account_post(request)
-    if posted is None:
-        return RedirectResponse("/login?next=/account", status_code=303)
+    if isinstance(posted, Response):
+        return posted
     services, login, _ = posted
     passkey_id = str(request.path_params["passkey_id"])[:36]
     ip = client_ip(request)
@@ -627,6 +640,7 @@ async def passkey_register(request: Request) -> Response:
             )
         )
         _record(login, ip, "mfa.passkey_added", passkey_id=passkey.id)
+        _complete(login, policy.passkey_methods(passkey.backup_eligible), "passkey", ip)
 
     await services.db.run_sync(register)
     response = JSONResponse({"redirect": "/account?done=passkey_added"}, headers=NO_STORE)
@@ -642,4 +656,6 @@ async def _live_login(request: Request) -> LoginSession:
     )
     if login is None:
         raise Forbidden("Sign in first.")
+    if await services.db.run_sync(_lacks_factor, login):
+        raise Forbidden("Confirm it is you with your second factor first: sign in again.")
     return login

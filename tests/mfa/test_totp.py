@@ -48,6 +48,8 @@ def test_enrolment_shows_the_secret_once_and_counts_only_once_confirmed(
     assert right.headers["location"] == "/account?done=totp_enrolled"
     assert services.db.call(mfa_models.has_factor, user.id)
     assert [e.event for e in audit_events(services, "mfa.totp_enrolled")] == ["mfa.totp_enrolled"]
+    [login] = sessions_of(services, user.id)
+    assert login.amr.split() == ["pwd", "otp", "mfa"], "confirming used the factor"
     again = client.get("/account")
     assert "Remove authenticator app" in again.text
     restarted = client.post("/account/totp/start", data={"csrf_token": csrf_token(again)})
@@ -166,3 +168,30 @@ def test_an_unknown_method_is_a_clear_error(
 def test_without_a_pending_sign_in_the_page_sends_to_login(client: TestClient) -> None:
     answer = client.get("/login/factor", params={"next": "/account"})
     assert answer.headers["location"] == "/login?next=%2Faccount"
+
+
+def test_a_password_alone_cannot_change_the_factors_of_someone_who_has_one(
+    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+) -> None:
+    """Otherwise a stolen password would add the thief's passkey or remove the app."""
+    secret = enrol_totp(services, user, required=False)
+    password_sign_in(user.email)
+    [login] = sessions_of(services, user.id)
+    assert login.amr == "pwd"
+    account = client.get("/account")
+    for action in ("/account/totp/remove", "/account/recovery-codes"):
+        answer = client.post(action, data={"csrf_token": csrf_token(account)})
+        assert answer.headers["location"] == "/login/factor?next=%2Faccount"
+    options = client.post(
+        "/account/passkeys/options",
+        json={},
+        headers={"X-CSRF-Token": csrf_token(account), "Accept": "application/json"},
+    )
+    assert options.status_code == 403
+    assert services.db.call(mfa_models.has_factor, user.id)
+    assert audit_events(services, prefix="mfa.") == []
+
+    assert submit_factor(client, "otp", code_now(secret), "/account").status_code == 303
+    removed = client.post("/account/totp/remove", data={"csrf_token": csrf_token(account)})
+    assert removed.headers["location"] == "/account?done=totp_removed"
+    assert not services.db.call(mfa_models.has_factor, user.id)
