@@ -176,3 +176,36 @@ def test_passkey_registration_then_passwordless_code_flow(
     assert "mfa" in claims["amr"]
     assert {"hwk", "swk"} & set(claims["amr"])
     assert "pwd" not in claims["amr"]
+
+
+def test_acr_values_step_up_a_password_session_in_the_browser(
+    live_server: LiveServer, relying_party: RelyingParty, page: Page
+) -> None:
+    from tests.mfa.conftest import enrol_totp
+
+    server = live_server.url
+    callback = f"{relying_party.url}/callback"
+    user = live_server.make.user(email="stepup@example.com")
+    secret = enrol_totp(live_server.services, user, required=False)
+    client, client_secret = live_server.make.client(
+        name="Bank", redirect_uris=[callback], scope="openid", skip_consent=True
+    )
+    page.goto(f"{server}/login?next=/account")
+    sign_in(page, user.email)
+    page.wait_for_url(f"{server}/account")
+
+    url, verifier = authorize_url(server, client.id, callback, acr_values=ACR_MFA)
+    page.goto(url)
+    page.wait_for_url(f"{server}/login/factor?**")
+    _enter_code(page, _code(secret, 1))
+    page.wait_for_url(f"{callback}?**")
+    code = parse_qs(urlsplit(page.url).query)["code"][0]
+    response = httpx.post(
+        f"{server}/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": callback,
+              "code_verifier": verifier},
+        auth=(client.id, client_secret or ""),
+    )  # fmt: skip
+    claims = jwt.decode(response.json()["id_token"], options={"verify_signature": False})
+    assert claims["acr"] == ACR_MFA
+    assert claims["amr"] == ["pwd", "otp", "mfa"]
