@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from webauthn.helpers import bytes_to_base64url
 from webauthn.helpers.structs import CredentialDeviceType
 
-from authserver import audit
+from authserver import audit, rest
 from authserver.db import utcnow
 from authserver.errors import NO_STORE, Forbidden, Invalid, TooManyRequests
 from authserver.mfa import models, policy, recovery, totp
@@ -37,6 +37,7 @@ from authserver.security import new_token
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import (
+    IP_WINDOW,
     read_form,
     render,
     safe_next,
@@ -227,6 +228,15 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return value
 
 
+def _ticket(body: dict[str, Any]) -> str:
+    """The challenge's id as sent back; anything no row could have is refused here (the
+    database might refuse a NUL with an error rather than find nothing)."""
+    ticket = body.get("ticket")
+    if not isinstance(ticket, str) or not 0 < len(ticket) <= 36 or not ticket.isprintable():
+        raise Invalid("Send the ticket and the credential.")
+    return ticket
+
+
 def _binding_cookie(services: Services) -> str:
     return cookie_name(CHALLENGE_COOKIE, services.settings.is_https)
 
@@ -280,14 +290,14 @@ async def passkey_sign_in(request: Request) -> Response:
     was made for one, else as a sign-in of its own, which opens a fresh session."""
     services: Services = request.app.state.services
     body = await _json_body(request)
-    ticket, credential = body.get("ticket"), body.get("credential")
-    if not isinstance(ticket, str) or not isinstance(credential, dict):
+    ticket, credential = _ticket(body), body.get("credential")
+    if not isinstance(credential, dict):
         raise Invalid("Send the ticket and the credential.")
     next_url = safe_next(body.get("next") if isinstance(body.get("next"), str) else None)
     raw = request.cookies.get(_binding_cookie(services), "")
     ip = client_ip(request)
     retry_after = await run_in_threadpool(
-        services.limiter.check, "login-ip", ip, services.settings.login_rate_per_ip, 60
+        services.limiter.check, "login-ip", ip, services.settings.login_rate_per_ip, IP_WINDOW
     )
     if retry_after is not None:
         raise TooManyRequests("Too many sign-in attempts.", retry_after=retry_after)
@@ -562,7 +572,7 @@ async def passkey_remove(request: Request) -> Response:
     if isinstance(posted, Response):
         return posted
     services, login, _ = posted
-    passkey_id = str(request.path_params["passkey_id"])[:36]
+    passkey_id = rest.path_id(request, "passkey_id")
     ip = client_ip(request)
 
     def remove() -> None:
@@ -606,8 +616,8 @@ async def passkey_register(request: Request) -> Response:
     services: Services = request.app.state.services
     body = await _json_body(request)
     login = await _live_login(request)
-    ticket, credential, name = body.get("ticket"), body.get("credential"), body.get("name")
-    if not isinstance(ticket, str) or not isinstance(credential, dict):
+    ticket, credential, name = _ticket(body), body.get("credential"), body.get("name")
+    if not isinstance(credential, dict):
         raise Invalid("Send the ticket and the credential.")
     if not isinstance(name, str) or not name.strip() or not name.isprintable():
         name = "Passkey"

@@ -211,3 +211,14 @@ def test_an_assertion_for_another_origin_or_rp_id_is_refused(
         passkeys.verify_authentication(
             services.settings, other_challenge, challenge, passkey, require_user_verification=True
         )
+
+
+@pytest.mark.parametrize("ticket", ["x\x00y", "a" * 37, "", 5])
+def test_a_malformed_ticket_is_a_clear_error(client: TestClient, ticket: object) -> None:
+    csrf = _csrf(client)
+    answer = client.post(
+        "/login/passkey",
+        json={"ticket": ticket, "credential": {}},
+        headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
+    )
+    assert answer.status_code == 400
