@@ -69,6 +69,8 @@ def purge(now: datetime) -> int:
 
 
 SID_PURPOSE = "session"
+#: A right password waits this long for its second factor, and no longer.
+AWAITING_FACTOR_TTL = 10 * 60
 COOKIE = "sid"
 
 
@@ -93,11 +95,14 @@ def start(
 
     Each sign-in gets a fresh random id, so an id planted before sign-in is worthless after.
     With `awaiting_factor` it is not a session yet (`find_active` ignores it) until
-    `complete_factor` records the second factor. `factor_times` names the columns of the
+    `complete_factor` records the second factor, within `AWAITING_FACTOR_TTL`. `factor_times` names the columns of the
     factors used (`password_at`, `passkey_at`, ...).
     """
     now = now or utcnow()
     raw_sid = new_token()
+    idle = settings.session_idle_ttl
+    if awaiting_factor:
+        idle = min(idle, AWAITING_FACTOR_TTL)
     login_session = LoginSession(
         digest=digester.digest(SID_PURPOSE, raw_sid),
         user_id=user_id,
@@ -110,7 +115,7 @@ def start(
         **(factor_times if factor_times is not None else {"password_at": now}),
         created_at=now,
         last_seen_at=now,
-        idle_expires_at=now + timedelta(seconds=settings.session_idle_ttl),
+        idle_expires_at=now + timedelta(seconds=idle),
         expires_at=now + timedelta(seconds=settings.session_ttl),
     )
     current_session().add(login_session)
@@ -143,7 +148,7 @@ def find_active(
     user = current_session().get(User, found.user_id)
     if user is None or not user.is_active:
         return None
-    if touch:
+    if touch and not found.awaiting_factor:
         found.last_seen_at = now
         found.idle_expires_at = min(
             now + timedelta(seconds=settings.session_idle_ttl), found.expires_at

@@ -195,3 +195,19 @@ def test_a_password_alone_cannot_change_the_factors_of_someone_who_has_one(
     removed = client.post("/account/totp/remove", data={"csrf_token": csrf_token(account)})
     assert removed.headers["location"] == "/account?done=totp_removed"
     assert not services.db.call(mfa_models.has_factor, user.id)
+
+
+def test_a_right_password_waits_ten_minutes_for_its_factor(
+    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+) -> None:
+    secret = enrol_totp(services, user)
+    password_sign_in(user.email)
+    [pending] = sessions_of(services, user.id)
+    assert (pending.idle_expires_at - pending.created_at).total_seconds() == 600
+    client.get("/login/factor")
+    [still] = sessions_of(services, user.id)
+    assert still.idle_expires_at == pending.idle_expires_at, "waiting does not extend it"
+    submit_factor(client, "otp", code_now(secret))
+    client.get("/account")
+    [done] = sessions_of(services, user.id)
+    assert (done.idle_expires_at - done.created_at).total_seconds() > 600
