@@ -95,8 +95,8 @@ def start(
 
     Each sign-in gets a fresh random id, so an id planted before sign-in is worthless after.
     With `awaiting_factor` it is not a session yet (`find_active` ignores it) until
-    `complete_factor` records the second factor, within `AWAITING_FACTOR_TTL`. `factor_times` names the columns of the
-    factors used (`password_at`, `passkey_at`, ...).
+    `complete_factor` records the second factor, within `AWAITING_FACTOR_TTL`.
+    `factor_times` names the columns of the factors used (`password_at`, `passkey_at`, ...).
     """
     now = now or utcnow()
     raw_sid = new_token()
