@@ -222,3 +222,21 @@ def test_a_malformed_ticket_is_a_clear_error(client: TestClient, ticket: object)
         headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
     )
     assert answer.status_code == 400
+
+
+def test_a_signature_counter_that_went_back_is_refused(
+    client: TestClient, services: Services, user: User, authenticator: SoftAuthenticator
+) -> None:
+    """A cloned authenticator shows up as a counter lower than one already seen."""
+    _register(services, user, authenticator)
+    csrf = _csrf(client)
+    options = _options(client, csrf)
+    first = authenticator.assertion(options["publicKey"]["challenge"])
+    assert _send(client, csrf, options["ticket"], first).status_code == 200
+    authenticator.counter = 0
+    client.cookies.clear()
+    csrf = _csrf(client)
+    options = _options(client, csrf)
+    clone = authenticator.assertion(options["publicKey"]["challenge"])
+    assert _send(client, csrf, options["ticket"], clone).status_code == 403
+    assert len(sessions_of(services, user.id)) == 1
