@@ -11,12 +11,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from authserver import audit, rest
+from authserver.mfa import api as mfa_api
 from authserver.oauth import clients_api, consents_api, resources_api
 from authserver.organizations import api as organizations_api
 from authserver.sessions import api as sessions_api
 from authserver.users import api as users_api
 
 OPERATIONS: list[rest.Operation] = [
+    *mfa_api.OPERATIONS,
     *users_api.OPERATIONS,
     *sessions_api.OPERATIONS,
     *consents_api.OPERATIONS,

@@ -21,6 +21,7 @@ from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
 from authserver.keystore import KeyStore
 from authserver.maintenance import purge_periodically
+from authserver.mfa import pages as mfa_pages
 from authserver.oauth import (
     authorize,
     bearer,
@@ -146,7 +147,18 @@ def routes() -> list[BaseRoute]:
             "/reset-password/confirm", user_pages.reset_password_confirm, methods=["GET", "POST"]
         ),
         Route("/account/password", user_pages.change_password, methods=["GET", "POST"]),
+        Route("/login/factor", mfa_pages.second_factor, methods=["GET", "POST"]),
+        Route("/login/passkey/options", mfa_pages.passkey_options, methods=["POST"]),
+        Route("/login/passkey", mfa_pages.passkey_sign_in, methods=["POST"]),
         Route("/account", account.account),
+        Route("/account/totp/start", mfa_pages.totp_start, methods=["POST"]),
+        Route("/account/totp/confirm", mfa_pages.totp_confirm, methods=["POST"]),
+        Route("/account/totp/remove", mfa_pages.totp_remove, methods=["POST"]),
+        Route("/account/recovery-codes", mfa_pages.recovery_codes, methods=["POST"]),
+        Route("/account/second-factor-required", mfa_pages.require_factor, methods=["POST"]),
+        Route("/account/passkeys/options", mfa_pages.passkey_register_options, methods=["POST"]),
+        Route("/account/passkeys", mfa_pages.passkey_register, methods=["POST"]),
+        Route("/account/passkeys/{passkey_id}/remove", mfa_pages.passkey_remove, methods=["POST"]),
         Route("/account/sessions/end-others", account.end_other_sessions, methods=["POST"]),
         Route("/account/sessions/{session_id}/end", account.end_session, methods=["POST"]),
         Route("/account/consents/{consent_id}/revoke", account.revoke_consent, methods=["POST"]),

@@ -7,6 +7,7 @@ import logging
 import anyio
 
 from authserver.db import Database, utcnow
+from authserver.mfa import models as mfa_models
 from authserver.oauth import codes, registration, tokens
 from authserver.sessions import models as sessions
 from authserver.users import models as users
@@ -22,6 +23,7 @@ def purge_expired() -> dict[str, int]:
         "login_sessions": sessions.purge(now),
         "email_tokens": users.purge_email_tokens(now),
         "initial_access_tokens": registration.purge(now),
+        "webauthn_challenges": mfa_models.purge_challenges(now),
     }
 
 

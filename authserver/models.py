@@ -2,6 +2,14 @@
 
 from authserver.audit import AuditEvent
 from authserver.db import Base
+from authserver.mfa.models import (
+    MfaPreference,
+    OrganizationMfaPolicy,
+    Passkey,
+    RecoveryCode,
+    TotpFactor,
+    WebAuthnChallenge,
+)
 from authserver.oauth.clients import Client
 from authserver.oauth.codes import AuthorizationCode
 from authserver.oauth.consent import Consent
@@ -23,9 +31,15 @@ __all__ = [
     "InitialAccessToken",
     "LoginSession",
     "Membership",
+    "MfaPreference",
     "Organization",
+    "OrganizationMfaPolicy",
+    "Passkey",
+    "RecoveryCode",
     "RefreshToken",
     "Resource",
     "TokenFamily",
+    "TotpFactor",
     "User",
+    "WebAuthnChallenge",
 ]

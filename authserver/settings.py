@@ -233,6 +233,9 @@ class Settings:
     require_verified_email: bool = _setting(
         False, _bool, "people sign in only after verifying their email address"
     )
+    mfa_required: bool = _setting(
+        False, _bool, "everyone with a second factor is asked for it at every sign-in"
+    )
     db_pool_size: int = _setting(
         10, _positive_int, "database connections per worker (as many again in overflow)"
     )

@@ -26,12 +26,13 @@ STATIC_DIR = TEMPLATES_DIR / "static"
 CSRF_FIELD = "csrf_token"
 CSRF_MAX_AGE = 4 * 3600
 
+#: `connect-src 'self'`: passkeys.js posts the WebAuthn ceremony to this origin (and only there).
 #: No `form-action`: browsers apply it to the redirect after a form POST, and the sign-in and
 #: consent forms end in a redirect to the client's redirect URI, which may be any https
 #: origin, a loopback port, or a native app's private-use scheme that no source list covers.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self' https: data:; script-src 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 

@@ -37,6 +37,8 @@ from starlette.responses import RedirectResponse, Response
 
 from authserver import audit, db
 from authserver.errors import NO_STORE, Invalid, html_error_response
+from authserver.mfa import models as mfa_models
+from authserver.mfa import policy as mfa
 from authserver.oauth import consent, oidc, registration
 from authserver.oauth.grants import (
     RESPONSE_MODES,
@@ -82,6 +84,10 @@ NO_RESPONSE_TYPE = "The response_type parameter is missing: send response_type=c
 #: The chooser lists at most this many of the user's organizations (the oldest ones).
 CHOOSER_LIMIT = 200
 NOT_YOUR_ORGANIZATION = "Choose one of your organizations to continue."
+SET_UP_FACTOR = (
+    "Your account must use a second factor. Set up an authenticator app or a passkey on "
+    "your account page (/account), then go back to the application and try again."
+)
 
 
 @dataclass(frozen=True)
@@ -233,6 +239,11 @@ def _interact(
             raise LoginRequiredError()
         marker = _auth_after(services, client.id, now) if login is not None else None
         return SeeOther(_login_url(snapshot, marker))
+    step_up = _second_factor(services, snapshot, login)
+    if step_up is not None:
+        if "none" in prompts:
+            raise InteractionRequiredError()
+        return step_up
     check_admin_scope(request.scope, end_user)
     offered = _choices(end_user) if ORGANIZATION in request.scope.split() else None
     binding = _binding(services, grant, end_user, offered)
@@ -277,7 +288,25 @@ def _end_user(login: LoginSession | None) -> EndUser | None:
     user = users.get(login.user_id) if login is not None else None
     if login is None or user is None:
         return None
-    return EndUser(user, login.id, login.auth_time, login.amr)
+    return EndUser(user, login.id, login.auth_time, login.amr, login.acr or mfa.acr_for(login.amr))
+
+
+def _second_factor(
+    services: Services, snapshot: RequestSnapshot, login: LoginSession
+) -> Outcome | None:
+    """The second step for a session signed in with a password only, when the client asks
+    for multi-factor (`acr_values`) or a policy requires it. A client
+    merely preferring it for someone without a factor gets tokens whose `acr` says `pwd`
+    (`acr_values` is voluntary, OIDC Core §3.1.2.1); a policy is not."""
+    if "mfa" in login.amr.split():
+        return None
+    wanted = mfa.asks_for_mfa(snapshot.first("acr_values"))
+    required = mfa.required(services.settings, login.user_id)
+    if not (wanted or required):
+        return None
+    if mfa_models.has_factor(login.user_id):
+        return SeeOther(mfa.factor_url("/authorize?" + urlencode(snapshot.params)))
+    return ErrorPage(SET_UP_FACTOR) if required else None
 
 
 def _needs_sign_in(services: Services, request: Any, login: LoginSession, now: datetime) -> bool:

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver.keystore import ALGORITHMS, KeyStore
+from authserver.mfa.policy import ACR_VALUES
 from authserver.oauth.assertions import SIGNING_ALGS
 from authserver.oauth.clients import AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES
 from authserver.resource_server import PUBLIC_DOCUMENT, protected_resource_metadata
@@ -53,6 +54,7 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         "introspection_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH_METHODS),
         "introspection_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGS),
         "code_challenge_methods_supported": ["S256"],
+        "acr_values_supported": list(ACR_VALUES),
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": False,

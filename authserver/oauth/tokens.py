@@ -201,7 +201,8 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         )
 
     def access_token_for(self, client: Any, user: EndUser | None, audience: Audience) -> str:
-        """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time, and
+        """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time, acr,
+        amr (§2.2.1), and
         `org_id`/`org_role` as extra claims, §2.2.3);
         the header says `typ: at+jwt` (§2.1) so an access token is never taken for an ID
         token, or the other way round."""
@@ -219,7 +220,10 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
             claims["scope"] = audience.scope
         if user is not None:
             claims.update(
-                auth_time=int(user.auth_time.timestamp()), **user.org_claims(audience.scope)
+                auth_time=int(user.auth_time.timestamp()),
+                amr=user.amr.split(),
+                **({"acr": user.acr} if user.acr else {}),
+                **user.org_claims(audience.scope),
             )
         return self.keystore.sign(claims, alg=self.alg, typ="at+jwt")
 

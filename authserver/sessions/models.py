@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, ForeignKey, String, delete, or_, select, tuple_, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    ForeignKey,
+    String,
+    delete,
+    false,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import web
@@ -24,6 +35,14 @@ class LoginSession(Base):
     ip: Mapped[str] = mapped_column(String(64), default="")
     auth_time: Mapped[datetime]
     amr: Mapped[str] = mapped_column(String(100), default="pwd")
+    acr: Mapped[str | None] = mapped_column(String(100))
+    #: A password was right but the second factor is still to come: not yet a session.
+    awaiting_factor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: When each kind of factor was last used in this session.
+    password_at: Mapped[datetime | None]
+    otp_at: Mapped[datetime | None]
+    passkey_at: Mapped[datetime | None]
+    recovery_code_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     idle_expires_at: Mapped[datetime]
@@ -31,6 +50,10 @@ class LoginSession(Base):
     ended_at: Mapped[datetime | None]
 
     def is_active(self, now: datetime) -> bool:
+        return self.is_open(now) and not self.awaiting_factor
+
+    def is_open(self, now: datetime) -> bool:
+        """Not ended nor expired, whether or not the second factor is still awaited."""
         return self.ended_at is None and now < self.idle_expires_at and now < self.expires_at
 
 
@@ -46,6 +69,8 @@ def purge(now: datetime) -> int:
 
 
 SID_PURPOSE = "session"
+#: A right password waits this long for its second factor, and no longer.
+AWAITING_FACTOR_TTL = 10 * 60
 COOKIE = "sid"
 
 
@@ -61,14 +86,23 @@ def start(
     user_agent: str = "",
     ip: str = "",
     amr: str = "pwd",
+    acr: str | None = None,
+    awaiting_factor: bool = False,
+    factor_times: dict[str, datetime] | None = None,
     now: datetime | None = None,
 ) -> tuple[LoginSession, str]:
     """Open a session for a user who just signed in; returns it with the raw cookie value.
 
     Each sign-in gets a fresh random id, so an id planted before sign-in is worthless after.
+    With `awaiting_factor` it is not a session yet (`find_active` ignores it) until
+    `complete_factor` records the second factor, within `AWAITING_FACTOR_TTL`.
+    `factor_times` names the columns of the factors used (`password_at`, `passkey_at`, ...).
     """
     now = now or utcnow()
     raw_sid = new_token()
+    idle = settings.session_idle_ttl
+    if awaiting_factor:
+        idle = min(idle, AWAITING_FACTOR_TTL)
     login_session = LoginSession(
         digest=digester.digest(SID_PURPOSE, raw_sid),
         user_id=user_id,
@@ -76,9 +110,12 @@ def start(
         ip=ip[:64],
         auth_time=now,
         amr=amr,
+        acr=acr,
+        awaiting_factor=awaiting_factor,
+        **(factor_times if factor_times is not None else {"password_at": now}),
         created_at=now,
         last_seen_at=now,
-        idle_expires_at=now + timedelta(seconds=settings.session_idle_ttl),
+        idle_expires_at=now + timedelta(seconds=idle),
         expires_at=now + timedelta(seconds=settings.session_ttl),
     )
     current_session().add(login_session)
@@ -93,10 +130,12 @@ def find_active(
     *,
     now: datetime | None = None,
     touch: bool = True,
+    awaiting: bool = False,
 ) -> LoginSession | None:
     """The live session behind a cookie value, or None; slides the idle expiry when touched.
 
     A session of a deactivated user is not live, so disabling an account signs it out at once.
+    One still awaiting its second factor counts only with `awaiting` (the second-step page).
     """
     if not raw_sid or len(raw_sid) > 200:
         return None
@@ -104,17 +143,32 @@ def find_active(
     found = current_session().scalar(
         select(LoginSession).where(LoginSession.digest == digester.digest(SID_PURPOSE, raw_sid))
     )
-    if found is None or not found.is_active(now):
+    if found is None or not (found.is_open(now) if awaiting else found.is_active(now)):
         return None
     user = current_session().get(User, found.user_id)
     if user is None or not user.is_active:
         return None
-    if touch:
+    if touch and not found.awaiting_factor:
         found.last_seen_at = now
         found.idle_expires_at = min(
             now + timedelta(seconds=settings.session_idle_ttl), found.expires_at
         )
     return found
+
+
+def complete_factor(
+    session_id: str, *, amr: str, acr: str, factor_column: str, now: datetime | None = None
+) -> bool:
+    """Record a second factor on an open session (completing a sign-in, or stepping up one
+    that had a password only); False if the session ended meanwhile."""
+    now = now or utcnow()
+    result = current_session().execute(
+        update(LoginSession)
+        .where(LoginSession.id == session_id, LoginSession.ended_at.is_(None))
+        .values(amr=amr, acr=acr, awaiting_factor=False, **{factor_column: now})
+        .execution_options(synchronize_session="fetch")
+    )
+    return bool(rowcount(result))
 
 
 def end(session_id: str, *, now: datetime | None = None) -> bool:
@@ -147,6 +201,7 @@ def _live(now: datetime) -> ColumnElement[bool]:
     """`LoginSession.is_active` as SQL."""
     return (
         LoginSession.ended_at.is_(None)
+        & LoginSession.awaiting_factor.is_(False)
         & (LoginSession.idle_expires_at > now)
         & (LoginSession.expires_at > now)
     )

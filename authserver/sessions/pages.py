@@ -17,6 +17,8 @@ from starlette.responses import RedirectResponse, Response
 
 from authserver import audit
 from authserver.errors import NO_STORE
+from authserver.mfa import policy
+from authserver.mfa.policy import ACR_PWD
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
@@ -172,22 +174,27 @@ async def _sign_in(request: Request) -> Response:
     new_hash = None
     if user_id is not None and services.passwords.needs_rehash(candidate.password_hash or ""):
         new_hash = await run_in_threadpool(services.passwords.hash, password)
-    raw_sid = await services.db.run_sync(
+    opened = await services.db.run_sync(
         _open_session,
         services,
         email=email,
+        acr_values=policy.acr_values_of(next_url),
         candidate=candidate if user_id is not None else None,
         new_hash=new_hash,
         previous_sid=request.cookies.get(sessions.cookie_name(settings)),
         ip=ip,
         user_agent=request.headers.get("user-agent", ""),
     )
-    if raw_sid is None:
+    if opened is None:
         return _login_form(request, email=email, next_url=next_url, error=FAILED, status=400)
     await run_in_threadpool(services.limiter.forgive, "login-account", account, ACCOUNT_WINDOW)
-    if raw_sid is UNVERIFIED:
+    if isinstance(opened, str):
         return render(request, "message.html", VERIFY_FIRST, status=403)
-    response = RedirectResponse(next_url or LANDING, status_code=303)
+    raw_sid, awaiting_factor = opened
+    target = next_url or LANDING
+    if awaiting_factor:
+        target = policy.factor_url(next_url or "/account")
+    response = RedirectResponse(target, status_code=303)
     set_session_cookie(response, settings, raw_sid)
     return response
 
@@ -216,10 +223,12 @@ def _open_session(
     previous_sid: str | None,
     ip: str,
     user_agent: str,
-) -> str | None:
+    acr_values: str | None = None,
+) -> tuple[str, bool] | str | None:
     """Start a session for a checked password under a brand-new id (no fixation, H63); the
     browser's previous session, if any, ends. With no candidate, record the failure.
-    Returns the raw cookie value, or None; `UNVERIFIED` (and no session) for the right
+    Returns the raw cookie value and whether the session still awaits a second factor
+    (`mfa.pages.needs_second_step`), or None; `UNVERIFIED` (and no session) for the right
     password of an unverified address when `AUTHSERVER_REQUIRE_VERIFIED_EMAIL` is on."""
     user = users.get(candidate.user_id) if candidate and candidate.user_id else None
     if (
@@ -262,18 +271,25 @@ def _open_session(
     previous = sessions.find_active(services.digester, services.settings, previous_sid, touch=False)
     if previous is not None:
         sessions.end(previous.id)
+    awaiting = policy.needs_second_step(services.settings, user.id, acr_values)
     login_session, raw_sid = sessions.start(
-        services.digester, services.settings, user_id=user.id, user_agent=user_agent, ip=ip
+        services.digester,
+        services.settings,
+        user_id=user.id,
+        user_agent=user_agent,
+        ip=ip,
+        acr=ACR_PWD,
+        awaiting_factor=awaiting,
     )
     audit.record(
-        "login.succeeded",
+        "login.password_accepted" if awaiting else "login.succeeded",
         actor_type="user",
         actor_id=user.id,
         ip=ip,
         target_type="session",
         target_id=login_session.id,
     )
-    return raw_sid
+    return raw_sid, awaiting
 
 
 async def _signed_in_user(request: Request) -> users.User | None:

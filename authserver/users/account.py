@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from authserver import rest
 from authserver.app_access import AppAccess
 from authserver.db import utcnow
+from authserver.mfa import pages as mfa_pages
 from authserver.organizations import models as orgs
 from authserver.sessions import api as sessions_api
 from authserver.sessions import models as sessions
@@ -37,6 +38,7 @@ NOTICES = {
     "session_ended": "The session has ended: that device is signed out.",
     "sessions_ended": "Your other sessions have ended.",
     "consent_revoked": "Access revoked: the app can no longer use your account.",
+    **mfa_pages.ACCOUNT_NOTICES,
 }
 BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
             ("Safari/", "Safari"))  # fmt: skip
@@ -131,6 +133,7 @@ def _view(access: AppAccess, login: LoginSession) -> dict[str, Any]:
             }
             for app in access.allowed_apps(user.id, limit=SHOWN)
         ],
+        "mfa": mfa_pages.account_view(user.id),
         "organizations": [
             {"name": organization.name, "role": role}
             for organization, role in orgs.list_for_user(user.id, after=None, limit=SHOWN)

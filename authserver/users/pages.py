@@ -174,7 +174,7 @@ async def reset_password_confirm(request: Request) -> Response:
         "Your new password is set, and every device that was signed in has been signed out.",
         action=("/login", "Sign in"),
     )
-    return _mail_later(request, response, letter)
+    return mail_later(request, response, letter)
 
 
 async def change_password(request: Request) -> Response:
@@ -222,7 +222,7 @@ async def change_password(request: Request) -> Response:
         "Password changed",
         "Your new password is set. Every other device that was signed in has been signed out.",
     )
-    return _mail_later(request, response, letter)
+    return mail_later(request, response, letter)
 
 
 def _register(services: Services, *, name: str, email: str, password_hash: str, ip: str) -> Letter:
@@ -351,7 +351,7 @@ def _verification_mail(services: Services, user: users.User) -> Letter:
     return Letter("verify_email", user.email, {"link": link, "lifetime": lifetime})
 
 
-def _mail_later(request: Request, response: Response, letter: Letter | None) -> Response:
+def mail_later(request: Request, response: Response, letter: Letter | None) -> Response:
     """Send `letter` once `response` has gone out (so after the commit), in the threadpool."""
     if letter is not None:
         templates = request.app.state.templates.env
@@ -397,7 +397,7 @@ def _check_email(
     unknown address are byte for byte the same."""
     lifetime = _duration(services.settings.password_reset_ttl)
     response = render(request, "check_email.html", {"kind": kind, "lifetime": lifetime})
-    return _mail_later(request, response, letter)
+    return mail_later(request, response, letter)
 
 
 def _signup_form(

@@ -63,13 +63,19 @@ def _free_port() -> int:
 
 @contextmanager
 def running_server(
-    folder: Path, keys_template: Path, database_url: str, **environment: str
+    folder: Path,
+    keys_template: Path,
+    database_url: str,
+    host: str = "127.0.0.1",
+    **environment: str,
 ) -> Iterator[LiveServer]:
     """An authserver in its own uvicorn process on a free port of 127.0.0.1, on the test
-    database, with `environment` (`AUTHSERVER_*` settings, `SSL_CERT_FILE`) on top."""
+    database, with `environment` (`AUTHSERVER_*` settings, `SSL_CERT_FILE`) on top; the
+    issuer is `http://<host>:<port>` (WebAuthn needs `localhost`: Chromium refuses an IP
+    address as the relying party ID)."""
     shutil.copytree(keys_template, folder / "keys")
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")}
     env.update(
         AUTHSERVER_ISSUER=url,
@@ -92,7 +98,7 @@ def running_server(
             if process.poll() is not None:
                 raise RuntimeError((folder / "server.log").read_text())
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -202,4 +208,4 @@ def sign_in(page: Page, email: str) -> None:
     """Fill in and send the sign-in page the browser is on."""
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
