@@ -2,6 +2,7 @@
 
 from authserver.audit import AuditEvent
 from authserver.db import Base
+from authserver.keystore import ServerSecret, SigningKey
 from authserver.oauth.clients import Client
 from authserver.oauth.codes import AuthorizationCode
 from authserver.oauth.consent import Consent
@@ -22,6 +23,8 @@ __all__ = [
     "Membership",
     "Organization",
     "RefreshToken",
+    "ServerSecret",
+    "SigningKey",
     "TokenFamily",
     "User",
 ]

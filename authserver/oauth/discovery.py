@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -18,7 +19,8 @@ CLAIMS = (
     "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "at_hash",
     "name", "email", "email_verified", "org_id", "org_role",
 )  # fmt: skip
-PUBLIC_CACHE = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
+#: The longest a relying party is told to cache the JWKS or discovery.
+MAX_CACHE_SECONDS = 300
 
 
 def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
@@ -60,14 +62,27 @@ def signing_algs(keystore: KeyStore) -> list[str]:
     return [alg for alg in ALGORITHMS if alg in active]
 
 
+def public_cache(settings: Settings, keystore: KeyStore) -> dict[str, str]:
+    """Headers for the JWKS and discovery. A rotated key signs `key_activation_delay` seconds
+    after it is made, and another instance may show it up to `refresh_lag` seconds late: a
+    copy cached for longer than the difference could miss the key of a fresh token."""
+    lag = int(-(-keystore.refresh_lag // 1))
+    max_age = max(0, min(MAX_CACHE_SECONDS, settings.key_activation_delay - lag))
+    return {"Cache-Control": f"public, max-age={max_age}", "Access-Control-Allow-Origin": "*"}
+
+
 async def openid_configuration(request: Request) -> JSONResponse:
     state = request.app.state
-    document = metadata(state.settings, signing_algs(state.keystore))
-    return JSONResponse(document, headers=PUBLIC_CACHE)
+    algs = await run_in_threadpool(signing_algs, state.keystore)
+    document = metadata(state.settings, algs)
+    return JSONResponse(document, headers=public_cache(state.settings, state.keystore))
 
 
 async def jwks(request: Request) -> JSONResponse:
-    """Every key that may have signed a live token (RFC 7517); short cache so rotation shows."""
-    keys = request.app.state.keystore.public_jwks()
-    headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}
+    """Every key that may have signed a live token (RFC 7517); cached no longer than a
+    rotated key waits before it signs. Read in the threadpool: the database key store may
+    query the database."""
+    state = request.app.state
+    keys = await run_in_threadpool(state.keystore.public_jwks)
+    headers = public_cache(state.settings, state.keystore)
     return JSONResponse(keys, headers=headers, media_type="application/jwk-set+json")
