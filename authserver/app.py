@@ -163,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
             tasks.cancel_scope.cancel()
         services.db.dispose()
+        services.keystore.close()
         services.limiter.close()
 
     app = Starlette(

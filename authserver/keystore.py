@@ -120,6 +120,8 @@ class SigningKey(Base):
     __table_args__ = (UniqueConstraint("alg", "rotation_slot"),)
 
     kid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: The key's place in the ring (keys.json's list order): the newest signs, ties included.
+    position: Mapped[int] = mapped_column(Integer)
     alg: Mapped[str] = mapped_column(String(10))
     status: Mapped[str] = mapped_column(String(10))
     created_at: Mapped[int] = mapped_column(Integer)
@@ -201,6 +203,8 @@ class KeyBackend(Protocol):
     def read_secret(self) -> bytes | None: ...
 
     def write_secret(self, value: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class FolderKeys:
@@ -305,6 +309,9 @@ class FolderKeys:
             self._secret_path, base64.urlsafe_b64encode(value).rstrip(b"=") + b"\n"
         )
 
+    def close(self) -> None:
+        pass
+
     def _pem_path(self, kid: str) -> Path:
         return self._dir / f"{kid}.pem"
 
@@ -403,7 +410,7 @@ class DatabaseKeys:
 
     def read(self) -> tuple[Any, tuple[KeyInfo, ...]]:
         columns = [getattr(SigningKey, f.name) for f in dataclasses.fields(KeyInfo)]
-        query = select(*columns).order_by(SigningKey.created_at, SigningKey.kid)
+        query = select(*columns).order_by(SigningKey.position, SigningKey.kid)
         rows = self._run(lambda c: c.execute(query).all())
         infos = tuple(
             _parse_entry(self.where(), n, dict(row._mapping)) for n, row in enumerate(rows)
@@ -412,8 +419,8 @@ class DatabaseKeys:
 
     def save(self, infos: tuple[KeyInfo, ...], added: Mapping[str, bytes]) -> Any:
         def write(connection: Connection) -> None:
-            for info in infos:
-                values = dataclasses.asdict(info)
+            for position, info in enumerate(infos):
+                values = {**dataclasses.asdict(info), "position": position}
                 if info.kid in added:
                     connection.execute(
                         insert(SigningKey).values(**values, private_pem=added[info.kid])
@@ -447,6 +454,9 @@ class DatabaseKeys:
     def write_secret(self, value: bytes) -> None:
         sealed = self._seal(value)
         self._run(lambda c: c.execute(insert(ServerSecret).values(name=ROOT_SECRET, sealed=sealed)))
+
+    def close(self) -> None:
+        self._engine.dispose()
 
     def _run(self, work: Any) -> Any:
         if self._connection is not None:
@@ -728,6 +738,10 @@ class KeyStore:
         with self._mutex:
             self._refresh()
             return KeySet([self._public[info.kid] for info in self._published()])
+
+    def close(self) -> None:
+        """Release the backend's database connections (the folder holds none open)."""
+        self._backend.close()
 
     # -- state ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ def upgrade() -> None:
     op.create_table(
         "signing_keys",
         sa.Column("kid", sa.String(length=128), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("alg", sa.String(length=10), nullable=False),
         sa.Column("status", sa.String(length=10), nullable=False),
         sa.Column("created_at", sa.Integer(), nullable=False),
