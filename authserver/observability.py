@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -21,6 +22,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -66,7 +68,10 @@ class Metrics:
     """Request counts and latencies per endpoint, in a registry owned by one app.
 
     Labels use the endpoint's name, never the raw path, so ids in URLs cannot blow up
-    cardinality. Each worker process keeps its own numbers; scrape every worker.
+    cardinality. Each worker process keeps its own numbers. With `PROMETHEUS_MULTIPROC_DIR`
+    set (prometheus-client's multiprocess mode, for `serve --workers N` behind one port),
+    every worker writes them to files in that folder and `/metrics` answers the sum of all
+    workers; otherwise scrape each process on its own port.
     """
 
     def __init__(self) -> None:
@@ -143,6 +148,9 @@ async def metrics(request: Request) -> Response:
                 "Unauthorized", 401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'}
             )
     registry = request.app.state.metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

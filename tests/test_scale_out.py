@@ -217,14 +217,14 @@ class Server:
         self.log.close()
 
 
-def _start(folder: Path, env: dict[str, str]) -> Server:
+def _start(folder: Path, env: dict[str, str], workers: int = 1) -> Server:
     folder.mkdir(parents=True)
     port = _free_port()
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "authserver.app:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--timeout-graceful-shutdown", "15"],
+         "--timeout-graceful-shutdown", "15", "--workers", str(workers)],
         cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     return Server(f"http://127.0.0.1:{port}", process, folder, log)
@@ -271,11 +271,13 @@ class Cluster:
     def both(self) -> tuple[Server, Server]:
         return self.a, self.b
 
-    def start(self, name: str, db_proxy: TcpProxy | None = None, **overrides: str) -> Server:
+    def start(
+        self, name: str, db_proxy: TcpProxy | None = None, workers: int = 1, **overrides: str
+    ) -> Server:
         env = {**self.env, **overrides}
         if db_proxy is not None:
             env["AUTHSERVER_DATABASE_URL"] = _proxied(self.database_url, db_proxy.port)
-        server = _start(self.folder / name, env)
+        server = _start(self.folder / name, env, workers)
         self.extra.append(server)
         _wait_healthy([server])
         return server
@@ -708,6 +710,37 @@ def test_sigterm_lets_in_flight_requests_finish(cleanup: Cluster) -> None:
         assert not SERVER_ERROR.search(solo.log_text())
     finally:
         slow.close()
+
+
+def test_metrics_of_all_workers_behind_one_port_in_multiprocess_mode(
+    cleanup: Cluster, tmp_path: Path
+) -> None:
+    """/metrics is per process; with PROMETHEUS_MULTIPROC_DIR any worker answers the sum."""
+    cluster = cleanup
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    server = cluster.start("workers", workers=2, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    before = _health_count(server)
+    sent = 0
+    with ThreadPoolExecutor(4) as pool:
+        while sent < 400:  # until both workers have answered (the kernel picks the worker)
+            assert set(pool.map(lambda _: server.get("/health").status_code, range(20))) == {200}
+            sent += 20
+            if len({p.name for p in folder.glob("counter_*.db")}) >= 2:
+                break
+    assert len({p.name for p in folder.glob("counter_*.db")}) == 2
+    for _ in range(4):
+        assert _health_count(server) == before + sent
+
+
+def _health_count(server: Server) -> float:
+    text = server.get("/metrics").text
+    line = re.search(
+        r'^authserver_http_requests_total\{endpoint="health",method="GET",status="200"\} (\S+)$',
+        text,
+        re.M,
+    )
+    return float(line.group(1)) if line else 0.0
 
 
 # -- load ---------------------------------------------------------------------------------
