@@ -32,7 +32,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -192,8 +192,11 @@ class KeyBackend(Protocol):
 
     def stamp(self) -> Any: ...
 
-    def save(self, infos: tuple[KeyInfo, ...], added: Mapping[str, bytes]) -> Any:
-        """Store the ring and the PEMs of the keys it gained; return the new stamp."""
+    def save(
+        self, infos: tuple[KeyInfo, ...], added: Mapping[str, bytes], removed: Sequence[str] = ()
+    ) -> Any:
+        """Store the ring, the PEMs of the keys it gained, and forget the `removed` keys'
+        private parts; return the new stamp."""
 
     def private_pem(self, kid: str) -> bytes: ...
 
@@ -274,10 +277,16 @@ class FolderKeys:
         infos = tuple(_parse_entry(path, n, entry) for n, entry in enumerate(entries))
         return (st.st_ino, st.st_mtime_ns, st.st_size), infos
 
-    def save(self, infos: tuple[KeyInfo, ...], added: Mapping[str, bytes]) -> Any:
+    def save(
+        self, infos: tuple[KeyInfo, ...], added: Mapping[str, bytes], removed: Sequence[str] = ()
+    ) -> Any:
         for kid, pem in added.items():
             self._write_new_file(self._pem_path(kid), pem)
-        return self._write_manifest(infos)
+        stamp = self._write_manifest(infos)
+        for kid in removed:
+            with contextlib.suppress(FileNotFoundError):
+                self._pem_path(kid).unlink()
+        return stamp
 
     def private_pem(self, kid: str) -> bytes:
         path = self._pem_path(kid)
@@ -417,7 +426,9 @@ class DatabaseKeys:
         )
         return infos, infos
 
-    def save(self, infos: tuple[KeyInfo, ...], added: Mapping[str, bytes]) -> Any:
+    def save(
+        self, infos: tuple[KeyInfo, ...], added: Mapping[str, bytes], removed: Sequence[str] = ()
+    ) -> Any:
         def write(connection: Connection) -> None:
             for position, info in enumerate(infos):
                 values = {**dataclasses.asdict(info), "position": position}
@@ -667,7 +678,8 @@ class KeyStore:
         algorithm and period: the exclusive lock serialises instances, and the database store
         also has a unique constraint), unless the newest key was already made in this period.
         Once the newest key signs, older active keys of its algorithm are retired: they stay
-        published for `retention` seconds, the lifetime of every token they signed.
+        published for `retention` seconds, the lifetime of every token they signed. A period
+        after that they leave the ring, so the ring (and each process's copy) stays small.
         """
         if period <= 0:
             raise ValueError("period must be positive")
@@ -697,8 +709,16 @@ class KeyStore:
                         retired = dataclasses.replace(old, status="retired", retired_at=now)
                         ring[ring.index(old)] = retired
                         changes.append(("retired", retired))
+            expired = [
+                info
+                for info in ring
+                if info.retired_at is not None and info.retired_at + self._retention + period <= now
+            ]
+            for info in expired:
+                ring.remove(info)
+                changes.append(("removed", info))
             if changes:
-                self._save(tuple(ring), added)
+                self._save(tuple(ring), added, [info.kid for info in expired])
         return changes
 
     def signing_key(self, alg: str = DEFAULT_ALG) -> Key:
@@ -759,9 +779,18 @@ class KeyStore:
                 self._load_private_keys(infos)
                 yield infos
 
-    def _save(self, infos: tuple[KeyInfo, ...], added: Mapping[str, bytes]) -> None:
-        self._infos, self._stamp = infos, self._backend.save(infos, added)
+    def _save(
+        self, infos: tuple[KeyInfo, ...], added: Mapping[str, bytes], removed: Sequence[str] = ()
+    ) -> None:
+        self._infos, self._stamp = infos, self._backend.save(infos, added, removed)
+        self._forget_removed()
         self._checked = time.monotonic()
+
+    def _forget_removed(self) -> None:
+        """Keep only the keys the ring lists: the cache is bounded by the ring."""
+        listed = {info.kid for info in self._infos}
+        for kid in [kid for kid in self._private if kid not in listed]:
+            del self._private[kid], self._public[kid]
 
     def _published(self) -> list[KeyInfo]:
         now = _now()
@@ -809,6 +838,7 @@ class KeyStore:
             self._checked = time.monotonic()
             return
         self._infos, self._stamp = infos, stamp
+        self._forget_removed()
         self._checked = time.monotonic()
 
     # -- keys ----------------------------------------------------------------------------

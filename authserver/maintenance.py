@@ -47,11 +47,15 @@ async def purge_periodically(db: Database, interval: int) -> None:
 
 def rotate_keys(keystore: KeyStore, period: int) -> list[str]:
     """One step of automatic key rotation, each change written to the audit log in the
-    current unit of work; returns "rotated <kid>" / "retired <kid>" lines."""
+    current unit of work: "rotated" (made and published), "retired" (no longer signs; the
+    JWKS keeps it until `published_until`), "removed" (gone from the ring). Returns
+    "<step> <kid>" lines."""
     done = []
     for step, info in keystore.rotate_due(period):
         if step == "rotated":
             details = {"alg": info.alg, "signs_from": _iso(info.activates_at)}
+        elif step == "removed":
+            details = {"alg": info.alg}
         else:
             published_until = (info.retired_at or 0) + keystore.retention
             details = {"alg": info.alg, "published_until": _iso(published_until)}

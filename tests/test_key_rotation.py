@@ -215,6 +215,11 @@ def test_automatic_rotation_publishes_then_signs_then_retires_then_unpublishes(
     clock[0] += 60  # every token the old key signed has expired
     assert old not in {key["kid"] for key in other.public_jwks()["keys"]}
 
+    clock[0] += period  # a period later the ring forgets it, in every instance
+    assert ("removed", old) in [(step, info.kid) for step, info in store.rotate_due(period)]
+    assert old not in {info.kid for info in other.keys()}
+    assert old not in other._private
+
 
 def test_two_instances_never_both_rotate_for_one_period(
     ring: tuple[KeyStore, KeyStore], clock: list[int]
