@@ -80,7 +80,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from authserver import serving
     from authserver.app import open_keystore
 
-    open_keystore(settings)
+    open_keystore(settings).close()
     if not schema_is_current(settings.database_url):
         raise CliError("the database schema is not current: run `authserver migrate` first")
     print(f"authserver {__version__} serving issuer {settings.issuer}")
@@ -100,6 +100,13 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
     from authserver.app import open_keystore
 
     store = open_keystore(settings)
+    try:
+        _keys_command(args, store)
+    finally:
+        store.close()
+
+
+def _keys_command(args: argparse.Namespace, store: Any) -> None:
     if args.keys_command == "rotate":
         info = store.rotate(args.alg)
         _emit(args, asdict(info), f"added {info.alg} key {info.kid}")

@@ -599,6 +599,7 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
     cluster = cleanup
     app = _app(cluster)
     tokens = _tokens(cluster, app, code_at=cluster.a, redeem_at=cluster.b)
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
     user = cluster.make.user()
     rows_before: dict[str, int] = {}
     statuses: Counter[int] = Counter()
@@ -638,6 +639,9 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
                 assert response.headers["content-type"].startswith("application/json")
                 assert response.json().get("active") is not True
             assert server.get("/ready").status_code == 503
+            api = server.get("/api/v1/users/me", headers=bearer)
+            _assert_unavailable(api)
+            assert api.headers["content-type"].startswith("application/problem+json")
             with httpx.Client(base_url=server.url, timeout=15) as browser:
                 page = browser.get("/login")
                 data = {"csrf_token": CSRF_INPUT.search(page.text).group(1),  # type: ignore[union-attr]
