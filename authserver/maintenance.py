@@ -53,7 +53,11 @@ def rotate_keys(keystore: KeyStore, period: int) -> list[str]:
     done = []
     for step, info in keystore.rotate_due(period):
         if step == "rotated":
-            details = {"alg": info.alg, "signs_from": _iso(info.activates_at)}
+            details = {
+                "alg": info.alg,
+                "signs_from": _iso(info.activates_at),
+                "period": info.rotation_slot,
+            }
         elif step == "removed":
             details = {"alg": info.alg}
         else:
