@@ -82,6 +82,8 @@ SECRET_BYTES = 32
 FIRST_ALGS = ("RS256", "ES256")
 #: How stale the ring of one instance may be after another changes it in the database.
 DB_REFRESH_SECONDS = 2
+#: After a failed refresh, the next waits this many refresh intervals more.
+OUTAGE_BACKOFF = 4
 
 MANIFEST = "keys.json"
 SECRET_FILE = "secret.key"
@@ -835,7 +837,8 @@ class KeyStore:
             if not interval:
                 raise
             log.warning("key ring not refreshed: %s", error)
-            self._checked = time.monotonic()
+            # While the database is away, only one caller in a while waits for it to time out.
+            self._checked = time.monotonic() + OUTAGE_BACKOFF * interval
             return
         self._infos, self._stamp = infos, stamp
         self._forget_removed()

@@ -353,7 +353,7 @@ def test_a_real_server_restarts_with_the_same_keys(tmp_path: Path) -> None:
 
 def test_keys_work_the_same_in_the_database_store(env: Path, capsys, monkeypatch) -> None:
     """AUTHSERVER_KEYS_STORE=database: no folder is read or written; a wrong passphrase is
-    one line and exit 2, and nothing is made in its place (docs/security.md L88)."""
+    one line and exit 2, and nothing is made in its place (docs/security.md L92)."""
     shutil.rmtree("keys")
     monkeypatch.setenv("AUTHSERVER_KEYS_STORE", "database")
     status, _, err = run(["keys", "list"], capsys, monkeypatch)

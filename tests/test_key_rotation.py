@@ -1,5 +1,6 @@
 """The database key store and automatic rotation, in one process (tests/test_scale_out.py
-runs them across real server processes). docs/security.md L88: keys shared without a disk."""
+runs them across real server processes). docs/security.md L92, L93, K86: keys shared
+without a disk, rotated with publication before use."""
 
 from __future__ import annotations
 
@@ -299,3 +300,25 @@ def test_a_database_key_store_lag_shortens_the_cache(app_with, settings: Setting
     )
     lag = keystore_module.DB_REFRESH_SECONDS
     assert client.get("/jwks.json").headers["cache-control"] == f"public, max-age={30 - lag}"
+
+
+def test_an_unreachable_database_keeps_the_loaded_ring_serving(
+    database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/security.md L88: with the database away, tokens still verify and JWKS answers;
+    the next attempt to refresh waits a few intervals instead of blocking every request."""
+    store = db_store(database).open()
+    jwks = store.public_jwks()
+    calls = []
+
+    def unreachable() -> None:
+        calls.append(1)
+        raise KeyStoreError("database key store: cannot use the database: connection refused")
+
+    monkeypatch.setattr(store._backend, "stamp", unreachable)
+    monkeypatch.setattr(store, "_checked", 0.0)
+    token = store.sign({"sub": "alice"})
+    assert store.public_jwks() == jwks
+    assert store.verification_keys().get_by_kid(jwt.get_unverified_header(token)["kid"])
+    assert calls == [1]
+    assert "key ring not refreshed" in caplog.text
