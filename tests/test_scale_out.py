@@ -393,7 +393,7 @@ def _sign_in(browser: httpx.Client, email: str, password: str = factories.PASSWO
     return browser.post("/login", data=data).status_code
 
 
-def _code(browser: httpx.Client, app: App) -> tuple[str, str]:
+def _authorize_url(app: App) -> tuple[str, str]:
     verifier = base64.urlsafe_b64encode(os.urandom(40)).rstrip(b"=").decode()
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
     query = {
@@ -401,7 +401,12 @@ def _code(browser: httpx.Client, app: App) -> tuple[str, str]:
         "scope": "openid email offline_access", "state": "s", "nonce": "n",
         "code_challenge": challenge.rstrip(b"=").decode(), "code_challenge_method": "S256",
     }  # fmt: skip
-    response = browser.get("/authorize?" + urlencode(query))
+    return "/authorize?" + urlencode(query), verifier
+
+
+def _code(browser: httpx.Client, app: App) -> tuple[str, str]:
+    url, verifier = _authorize_url(app)
+    response = browser.get(url)
     assert response.status_code in (302, 303), response.text
     params = parse_qs(urlsplit(response.headers["location"]).query)
     return params["code"][0], verifier
@@ -607,6 +612,8 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
     tokens = _tokens(cluster, app, code_at=cluster.a, redeem_at=cluster.b)
     bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
     user = cluster.make.user()
+    signed_in = httpx.Client(base_url=cluster.a.url, timeout=15)
+    assert _sign_in(signed_in, user.email) == 303
     rows_before: dict[str, int] = {}
     statuses: Counter[int] = Counter()
     wrong: list[str] = []
@@ -656,6 +663,11 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
                 _assert_unavailable(answer)
                 assert answer.headers["content-type"].startswith("text/html")
                 assert "temporarily unavailable" in answer.text
+        # /authorize cannot check the client: an error page, never a code (nor a redirect).
+        for server in cluster.both:
+            answer = signed_in.get(server.url + _authorize_url(app)[0])
+            _assert_unavailable(answer)
+            assert answer.headers["content-type"].startswith("text/html")
         time.sleep(0.5)
         rows_during = {table: _count(cluster, table) for table in rows_before}
         assert rows_during == rows_before  # nothing issued, nothing half-written
@@ -667,6 +679,7 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
         time.sleep(0.5)
         stop.set()
         worker.join()
+        signed_in.close()
 
     assert set(statuses) <= {200, 503}, statuses
     assert statuses[503] > 0
