@@ -217,7 +217,7 @@ class FolderKeys:
 
     poll_interval = 0.0
 
-    def __init__(self, directory: Path, passphrase: bytes | None = None) -> None:
+    def __init__(self, directory: Path) -> None:
         self._dir = Path(directory)
         self._manifest = self._dir / MANIFEST
         self._secret_path = self._dir / SECRET_FILE
