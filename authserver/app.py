@@ -19,8 +19,8 @@ from authserver import api, fetch, kv, observability, outbound, web
 from authserver.app_access import AppAccess
 from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
-from authserver.keystore import KeyStore
-from authserver.maintenance import purge_periodically
+from authserver.keystore import DatabaseKeys, KeyStore
+from authserver.maintenance import purge_periodically, rotate_periodically
 from authserver.mfa import pages as mfa_pages
 from authserver.oauth import (
     authorize,
@@ -64,13 +64,21 @@ class Services:
 
 
 def open_keystore(settings: Settings) -> KeyStore:
-    """Open (on first start: create) the key store; raises KeyStoreError when unreadable."""
+    """Open (on first start: create) the key store; raises KeyStoreError when unreadable.
+
+    In the database the store keeps a root secret only when `AUTHSERVER_SECRET_KEY` does
+    not provide one."""
     retention = max(settings.access_token_ttl, settings.id_token_ttl)
+    database = settings.keys_store == "database"
+    passphrase = settings.keys_passphrase
     return KeyStore(
-        settings.keys_dir,
-        settings.keys_passphrase,
+        DatabaseKeys(settings.database_url, (passphrase or "").encode())
+        if database
+        else settings.keys_dir,
+        passphrase,
         activation_delay=settings.key_activation_delay,
         retention=retention,
+        manage_secret=not (database and settings.secret_key),
     ).open()
 
 
@@ -87,6 +95,7 @@ def build_services(settings: Settings) -> Services:
             settings.database_url,
             pool_size=settings.db_pool_size,
             pool_timeout=settings.db_pool_timeout,
+            statement_timeout=settings.db_statement_timeout,
         ),
         keystore=keystore,
         digester=digester,
@@ -178,9 +187,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async with anyio.create_task_group() as tasks:
             if settings.purge_interval:
                 tasks.start_soon(purge_periodically, services.db, settings.purge_interval)
+            if settings.key_rotation_period:
+                tasks.start_soon(
+                    rotate_periodically,
+                    services.db,
+                    services.keystore,
+                    settings.key_rotation_period,
+                )
             yield
             tasks.cancel_scope.cancel()
         services.db.dispose()
+        services.keystore.close()
         services.limiter.close()
         services.fetcher.close()
 

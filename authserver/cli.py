@@ -131,6 +131,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     if first_start:
         made = ", ".join(f"{info.alg} {info.kid}" for info in store.keys())
         print(f"created signing keys in {settings.keys_dir}/: {made}")
+    store.close()
     if not schema_is_current(settings.database_url):
         raise CliError("the database schema is not current: run `authserver migrate` first")
     print(f"authserver {__version__} serving issuer {settings.issuer}")
@@ -160,6 +161,13 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
     from authserver.app import open_keystore
 
     store = open_keystore(settings)
+    try:
+        _keys_command(args, store)
+    finally:
+        store.close()
+
+
+def _keys_command(args: argparse.Namespace, store: Any) -> None:
     if args.keys_command == "rotate":
         info = store.rotate(args.alg)
         _emit(args, asdict(info), f"added {info.alg} key {info.kid}")

@@ -107,7 +107,11 @@ POOL_TIMEOUT = 5
 
 
 def create_db_engine(
-    url: str, *, pool_size: int = POOL_SIZE, pool_timeout: float = POOL_TIMEOUT
+    url: str,
+    *,
+    pool_size: int = POOL_SIZE,
+    pool_timeout: float = POOL_TIMEOUT,
+    statement_timeout: float | None = None,
 ) -> Engine:
     """An engine tuned for the backend.
 
@@ -119,6 +123,10 @@ def create_db_engine(
     Both get a bounded pool (`pool_size` plus as many overflow connections) and wait at most
     `pool_timeout` seconds for a connection: when every connection is busy, a request ends
     in a 503 with Retry-After instead of queueing for SQLAlchemy's default 30 s.
+
+    On PostgreSQL a connection attempt gives up after `pool_timeout` seconds, and with
+    `statement_timeout` the server cancels a statement running longer: the request ends in a
+    503 and its connection goes back to the pool instead of being held by a stuck query.
     """
     pool = {"pool_size": pool_size, "max_overflow": pool_size, "pool_timeout": pool_timeout}
     backend = make_url(url).get_backend_name()
@@ -145,7 +153,10 @@ def create_db_engine(
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **pool)
+    connect_args: dict[str, Any] = {"connect_timeout": max(1, int(pool_timeout))}
+    if statement_timeout:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
 def table_of(model: type[Base]) -> Table:
@@ -157,10 +168,17 @@ class Database:
     """The engine and the unit-of-work boundary; one per app, kept on `app.state`."""
 
     def __init__(
-        self, url: str, *, pool_size: int = POOL_SIZE, pool_timeout: float = POOL_TIMEOUT
+        self,
+        url: str,
+        *,
+        pool_size: int = POOL_SIZE,
+        pool_timeout: float = POOL_TIMEOUT,
+        statement_timeout: float | None = None,
     ) -> None:
         self.url = url
-        self.engine = create_db_engine(url, pool_size=pool_size, pool_timeout=pool_timeout)
+        self.engine = create_db_engine(
+            url, pool_size=pool_size, pool_timeout=pool_timeout, statement_timeout=statement_timeout
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._concurrency = 1 if self.engine.dialect.name == "sqlite" else pool_size
         self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter]

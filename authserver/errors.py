@@ -142,7 +142,8 @@ def render_error(
         return oauth_error_response(error, detail, status, headers=headers)
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/html" not in accept:
-        return JSONResponse({"error": STATUS_TITLES.get(status, "Error"), "detail": detail}, status)
+        body = {"error": STATUS_TITLES.get(status, "Error"), "detail": detail}
+        return JSONResponse(body, status, headers=headers)
     return html_error_response(request, status, detail, headers=headers)
 
 

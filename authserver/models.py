@@ -2,6 +2,7 @@
 
 from authserver.audit import AuditEvent
 from authserver.db import Base
+from authserver.keystore import ServerSecret, SigningKey
 from authserver.mfa.models import (
     MfaPreference,
     OrganizationMfaPolicy,
@@ -38,6 +39,8 @@ __all__ = [
     "RecoveryCode",
     "RefreshToken",
     "Resource",
+    "ServerSecret",
+    "SigningKey",
     "TokenFamily",
     "TotpFactor",
     "User",

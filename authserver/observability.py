@@ -11,6 +11,7 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -22,6 +23,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -67,7 +69,10 @@ class Metrics:
     """Request counts and latencies per endpoint, in a registry owned by one app.
 
     Labels use the endpoint's name, never the raw path, so ids in URLs cannot blow up
-    cardinality. Each worker process keeps its own numbers; scrape every worker.
+    cardinality. Each worker process keeps its own numbers. With `PROMETHEUS_MULTIPROC_DIR`
+    set (prometheus-client's multiprocess mode, for `serve --workers N` behind one port),
+    every worker writes them to files in that folder and `/metrics` answers the sum of all
+    workers; otherwise scrape each process on its own port.
     """
 
     def __init__(self) -> None:
@@ -151,6 +156,9 @@ async def metrics(request: Request) -> Response:
                 "Unauthorized", 401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'}
             )
     registry = request.app.state.metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

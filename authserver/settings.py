@@ -129,6 +129,19 @@ def _networks(value: str) -> tuple[str, ...]:
     return entries
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> int:
+    """Seconds, written as a whole number with an optional unit: `30s`, `15m`, `12h`, `90d`."""
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    if not number.isdigit():
+        raise ValueError("must be a duration such as 90d, 12h, 30m, 30s or seconds (0: off)")
+    return int(number) * (unit or 1)
+
+
 def _metrics_token(value: str) -> str:
     if len(value) < 16 or not value.isascii() or not value.isprintable() or " " in value:
         raise ValueError("must be at least 16 printable ASCII characters without spaces")
@@ -154,7 +167,12 @@ class Settings:
     issuer: str = _setting("http://127.0.0.1:8000", _issuer, "issuer identifier")
     database_url: str = _setting("sqlite:///authserver.db", _database_url, "SQLAlchemy URL")
     keys_dir: Path = _setting(Path("keys"), Path, "key store folder")
-    keys_passphrase: str | None = _setting(None, str, "encrypts private keys on disk")
+    keys_store: str = _setting(
+        "folder", _choice("folder", "database"), "where signing keys live: folder or database"
+    )
+    keys_passphrase: str | None = _setting(
+        None, str, "encrypts private keys (required with the database key store)"
+    )
     secret_key: str | None = _setting(None, _secret_key, "signs cookies; generated if unset")
     redis_url: str | None = _setting(None, _redis_url, "shares rate limits and replay caches")
     log_format: str | None = _setting(None, _choice("text", "json"), "text on a terminal")
@@ -184,6 +202,9 @@ class Settings:
     )
     key_activation_delay: int = _setting(
         0, _non_negative_int, "seconds a rotated key is published before it signs"
+    )
+    key_rotation_period: int = _setting(
+        0, _duration, "automatic key rotation every period (90d, 12h, 30s); 0 turns it off"
     )
 
     password_time_cost: int = _setting(2, _positive_int, "argon2id iterations")
@@ -242,6 +263,9 @@ class Settings:
     db_pool_timeout: int = _setting(
         5, _positive_int, "seconds a request waits for a database connection before a 503"
     )
+    db_statement_timeout: int = _setting(
+        10, _non_negative_int, "PostgreSQL cancels a statement running longer (seconds; 0: never)"
+    )
 
     @classmethod
     def from_env(
@@ -269,7 +293,18 @@ class Settings:
                 kwargs[spec.name] = spec.metadata["parse"](raw)
             except ValueError as exc:
                 raise ConfigError(variable, str(exc)) from None
-        return cls(**kwargs)
+        settings = cls(**kwargs)
+        if settings.keys_store == "database" and not settings.keys_passphrase:
+            raise ConfigError(
+                PREFIX + "KEYS_PASSPHRASE", "is required with AUTHSERVER_KEYS_STORE=database"
+            )
+        period, delay = settings.key_rotation_period, settings.key_activation_delay
+        if period and period <= delay:
+            raise ConfigError(
+                PREFIX + "KEY_ROTATION_PERIOD",
+                f"must be longer than AUTHSERVER_KEY_ACTIVATION_DELAY ({delay} s)",
+            )
+        return settings
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -543,3 +543,35 @@ def test_resources_create_list_and_delete(env: Path, capsys, monkeypatch) -> Non
     status, out, _ = run(["resources", "list", "--json"], capsys, monkeypatch)
     assert json.loads(out) == []
     assert run(["resources", "delete", uri], capsys, monkeypatch)[0] == 1
+
+
+def test_keys_work_the_same_in_the_database_store(env: Path, capsys, monkeypatch) -> None:
+    """AUTHSERVER_KEYS_STORE=database: no folder is read or written; a wrong passphrase is
+    one line and exit 2, and nothing is made in its place (docs/security.md L92)."""
+    shutil.rmtree("keys")
+    monkeypatch.setenv("AUTHSERVER_KEYS_STORE", "database")
+    status, _, err = run(["keys", "list"], capsys, monkeypatch)
+    assert (status, err.strip()) == (
+        2,
+        "authserver: configuration error: AUTHSERVER_KEYS_PASSPHRASE: is required with "
+        "AUTHSERVER_KEYS_STORE=database",
+    )
+    monkeypatch.setenv("AUTHSERVER_KEYS_PASSPHRASE", "the right passphrase")
+    status, out, _ = run(["keys", "list", "--json"], capsys, monkeypatch)
+    assert status == 0
+    first = json.loads(out)
+    assert sorted(key["alg"] for key in first) == ["ES256", "RS256"]
+    status, out, _ = run(["keys", "rotate", "--alg", "ES256", "--json"], capsys, monkeypatch)
+    assert status == 0
+    new = json.loads(out)["kid"]
+    status, out, _ = run(["keys", "retire", new, "--json"], capsys, monkeypatch)
+    assert (status, json.loads(out)["status"]) == (0, "retired")
+    assert not Path("keys").exists()
+    assert len(query(env, "SELECT kid FROM signing_keys")) == 3
+
+    monkeypatch.setenv("AUTHSERVER_KEYS_PASSPHRASE", "a wrong passphrase")
+    status, _, err = run(["keys", "list"], capsys, monkeypatch)
+    assert status == 2
+    assert "cannot be decrypted with the configured passphrase" in err
+    assert len(err.strip().splitlines()) == 1
+    assert len(query(env, "SELECT kid FROM signing_keys")) == 3

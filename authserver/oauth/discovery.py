@@ -5,9 +5,10 @@ from any origin (`cors.public_preflight` answers their preflights)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -19,11 +20,15 @@ from authserver.resource_server import PUBLIC_DOCUMENT, protected_resource_metad
 from authserver.rest import API_PREFIX, API_SCOPES
 from authserver.settings import Settings
 
+T = TypeVar("T")
+
 SCOPES = ("openid", "profile", "email", "offline_access", "organization", *API_SCOPES)
 CLAIMS = (
     "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "at_hash",
     "name", "email", "email_verified", "org_id", "org_role",
 )  # fmt: skip
+#: The longest a relying party is told to cache the JWKS or discovery.
+MAX_CACHE_SECONDS = 300
 
 
 def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
@@ -74,10 +79,27 @@ def signing_algs(keystore: KeyStore) -> list[str]:
     return [alg for alg in ALGORITHMS if alg in active]
 
 
+def public_cache(settings: Settings, keystore: KeyStore) -> dict[str, str]:
+    """Headers for the JWKS and discovery. A rotated key signs `key_activation_delay` seconds
+    after it is made, and another instance may show it up to `refresh_lag` seconds late: a
+    copy cached for longer than the difference could miss the key of a fresh token."""
+    lag = int(-(-keystore.refresh_lag // 1))
+    max_age = max(0, min(MAX_CACHE_SECONDS, settings.key_activation_delay - lag))
+    return {"Cache-Control": f"public, max-age={max_age}", "Access-Control-Allow-Origin": "*"}
+
+
+async def _read(keystore: KeyStore, read: Callable[[], T]) -> T:
+    """The folder store answers from memory after one `stat`; the database store may query
+    the database (every `refresh_lag` seconds), which belongs in the threadpool."""
+    return await run_in_threadpool(read) if keystore.refresh_lag else read()
+
+
 async def openid_configuration(request: Request) -> Response:
     state = request.app.state
-    body = _encoded_metadata(state.settings, tuple(signing_algs(state.keystore)))
-    return Response(body, headers=PUBLIC_DOCUMENT, media_type="application/json")
+    algs = await _read(state.keystore, lambda: tuple(signing_algs(state.keystore)))
+    body = _encoded_metadata(state.settings, algs)
+    headers = public_cache(state.settings, state.keystore)
+    return Response(body, headers=headers, media_type="application/json")
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,10 +108,12 @@ def _encoded_metadata(settings: Settings, signing_algs: tuple[str, ...]) -> byte
     return bytes(JSONResponse(metadata(settings, signing_algs)).body)
 
 
-async def jwks(request: Request) -> Response:
-    """Every key that may have signed a live token (RFC 7517); short cache so rotation shows."""
-    keys = request.app.state.keystore.public_jwks()
-    headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}
+async def jwks(request: Request) -> JSONResponse:
+    """Every key that may have signed a live token (RFC 7517); cached no longer than a
+    rotated key waits before it signs."""
+    state = request.app.state
+    keys = await _read(state.keystore, state.keystore.public_jwks)
+    headers = public_cache(state.settings, state.keystore)
     return JSONResponse(keys, headers=headers, media_type="application/jwk-set+json")
 
 

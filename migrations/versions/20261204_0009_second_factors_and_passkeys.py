@@ -3,7 +3,7 @@
 On this branch it follows 0004 (the head it was written on); the integrator re-chains.
 
 Revision ID: 0009
-Revises: 0005
+Revises: 0008
 Create Date: 2026-12-04 16:57:21.511114
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import authserver.db
 
 revision: str = "0009"
-down_revision: str | None = "0005"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
