@@ -26,9 +26,11 @@ from authserver.oauth import (
     bearer,
     build_server,
     cors,
+    device,
     discovery,
     endpoints,
     logout,
+    par,
 )
 from authserver.oauth.app_access import OAuthAppAccess
 from authserver.oauth.metadata_documents import ClientLookup
@@ -129,6 +131,9 @@ def routes() -> list[BaseRoute]:
         Route("/revoke", endpoints.revoke, methods=["POST"]),
         Route("/revoke", cors.preflight(["POST"]), methods=["OPTIONS"]),
         Route("/introspect", endpoints.introspect, methods=["POST"]),
+        Route("/device_authorization", device.device_authorization, methods=["POST"]),
+        Route(device.PATH, device.device_page, methods=["GET", "POST"]),
+        Route("/par", par.push, methods=["POST"]),
         Route("/userinfo", endpoints.userinfo, methods=["GET", "POST"]),
         Route("/userinfo", cors.preflight(["GET", "POST"]), methods=["OPTIONS"]),
         Route("/login", pages.login, methods=["GET", "POST"]),

@@ -7,7 +7,7 @@ import logging
 import anyio
 
 from authserver.db import Database, utcnow
-from authserver.oauth import codes, tokens
+from authserver.oauth import codes, device, par, tokens
 from authserver.sessions import models as sessions
 from authserver.users import models as users
 
@@ -17,6 +17,8 @@ def purge_expired() -> dict[str, int]:
     now = utcnow()
     return {
         "authorization_codes": codes.purge(now),
+        "device_authorizations": device.purge(now),
+        "pushed_authorization_requests": par.purge(now),
         **tokens.purge(now),
         "login_sessions": sessions.purge(now),
         "email_tokens": users.purge_email_tokens(now),

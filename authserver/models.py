@@ -5,6 +5,8 @@ from authserver.db import Base
 from authserver.oauth.clients import Client
 from authserver.oauth.codes import AuthorizationCode
 from authserver.oauth.consent import Consent
+from authserver.oauth.device import DeviceAuthorization
+from authserver.oauth.par import PushedRequest
 from authserver.oauth.resources import Resource
 from authserver.oauth.tokens import AccessToken, RefreshToken, TokenFamily
 from authserver.organizations.models import Membership, Organization
@@ -18,10 +20,12 @@ __all__ = [
     "Base",
     "Client",
     "Consent",
+    "DeviceAuthorization",
     "EmailToken",
     "LoginSession",
     "Membership",
     "Organization",
+    "PushedRequest",
     "RefreshToken",
     "Resource",
     "TokenFamily",

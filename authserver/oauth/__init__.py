@@ -62,6 +62,13 @@ def build_server(
         [oidc.IDTokens(keystore, settings)],
     )
     server.register_grant(grants.bind(grants.ClientCredentialsGrant, settings, digester, generator))
+    if settings.device_flow:
+        from authserver.oauth import device
+
+        server.register_grant(
+            grants.bind(device.DeviceCodeGrant, settings, digester, generator),
+            [oidc.IDTokens(keystore, settings)],
+        )
     server.register_endpoint(endpoints.Revocation(keystore, settings, digester))
     server.register_endpoint(endpoints.Introspection(keystore, settings, digester))
     return server

@@ -25,7 +25,9 @@ from authserver.oauth.assertions import AssertionFailed, AssertionVerifier
 from authserver.ratelimit import RateLimiter
 from authserver.security import Digester, new_token
 
-GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+#: The device grant (RFC 8628) is named by its URN; see `device.GRANT_TYPE`.
+DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials", DEVICE_CODE)
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 #: The methods that prove who the client is (everything but `none`).
@@ -58,6 +60,13 @@ class Client(Base, ClientMixin):
     #: server decides who may ask); operators grant it, never the client itself.
     resource_server: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     refresh_rotation: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: RFC 9126 §6: every authorization request of this client must be pushed to /par.
+    require_pushed_authorization_requests: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    #: RFC 9701: a resource server registered for signed introspection answers, signed
+    #: with this algorithm; None: plain JSON only.
+    introspection_signed_response_alg: Mapped[str | None] = mapped_column(String(10))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     dynamically_registered: Mapped[bool] = mapped_column(Boolean, default=False)
     registration_token_digest: Mapped[str | None] = mapped_column(String(64))
