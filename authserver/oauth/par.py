@@ -97,9 +97,7 @@ class Refused(Exception):
 # -- storage -------------------------------------------------------------------------------
 
 
-def create(
-    digester: Digester, *, client_id: str, params: Params, now: datetime, ttl: int
-) -> str:
+def create(digester: Digester, *, client_id: str, params: Params, now: datetime, ttl: int) -> str:
     """Store a pushed request; returns its `request_uri`, kept only as a digest."""
     request_uri = URN_PREFIX + new_token()
     current_session().add(

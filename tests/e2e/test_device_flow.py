@@ -18,9 +18,7 @@ from tests.e2e.conftest import LiveServer, sign_in
 pytestmark = pytest.mark.e2e
 
 
-def test_a_person_connects_a_device_by_typing_its_code(
-    live_server: LiveServer, page: Page
-) -> None:
+def test_a_person_connects_a_device_by_typing_its_code(live_server: LiveServer, page: Page) -> None:
     server = live_server.url
     user = live_server.make.user(email="device-e2e@example.com", name="Dana Device")
     tv, _ = live_server.make.client(
