@@ -35,7 +35,7 @@ def build_server(
     `authserver.models` reaches the tables through this package, and loading the tables
     should not load Authlib's server and every endpoint with them.
     """
-    from authserver.oauth import clients, endpoints, grants, oidc, tokens
+    from authserver.oauth import clients, endpoints, grants, introspection_jwt, oidc, tokens
     from authserver.oauth.assertions import AssertionVerifier
     from authserver.oauth.server import AuthorizationServer
 
@@ -70,5 +70,5 @@ def build_server(
             [oidc.IDTokens(keystore, settings)],
         )
     server.register_endpoint(endpoints.Revocation(keystore, settings, digester))
-    server.register_endpoint(endpoints.Introspection(keystore, settings, digester))
+    server.register_endpoint(introspection_jwt.SignedIntrospection(keystore, settings, digester))
     return server

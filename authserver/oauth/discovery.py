@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from authserver.keystore import ALGORITHMS, KeyStore
-from authserver.oauth import device, par
+from authserver.oauth import device, introspection_jwt, par
 from authserver.oauth.assertions import SIGNING_ALGS
 from authserver.oauth.clients import (
     AUTH_METHODS,
@@ -68,6 +68,7 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         **({"client_id_metadata_document_supported": True} if documents else {}),
         **device.discovery_fields(settings),
         **par.discovery_fields(settings),
+        **introspection_jwt.discovery_fields(settings, signing_algs),
     }
 
 

@@ -216,7 +216,7 @@ def _push(services: Services, snapshot: RequestSnapshot) -> Response:
         client = server.authenticate_client(request, CLIENT_AUTH_METHODS, "par")
         params = tuple((n, v) for n, v in snapshot.form if n not in CLIENT_AUTH_PARAMS)
         if any(name == "request_uri" for name, _ in params):
-            raise InvalidRequestError("A pushed request must not carry a request_uri (RFC 9126 section 2.1).")
+            raise InvalidRequestError("A pushed request must not carry a request_uri.")
         if not any(name == "client_id" for name, _ in params):
             params = (("client_id", client.id), *params)
         pushed = dataclasses.replace(snapshot, query=params, form=())
