@@ -27,8 +27,10 @@ def build_server(
     fetcher: Fetcher,
     lookup: ClientLookup,
 ) -> AuthorizationServer:
-    """Authlib's server with our grants (code + PKCE + OIDC, refresh, client_credentials),
-    revocation and introspection, and storage through `clients` and `tokens`.
+    """Authlib's server with our grants (code + PKCE + OIDC, refresh, client_credentials,
+    and the device grant when `settings.device_flow` is on), revocation and introspection
+    (signed per RFC 9701 for clients registered for it), and storage through `clients`
+    and `tokens`.
 
     It takes the services it needs rather than `Services`, so that `Services` can
     hold the server it builds. The protocol modules are imported here, not at the top:

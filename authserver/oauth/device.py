@@ -41,6 +41,7 @@ from authlib.oauth2.rfc8628 import (
 )
 from authlib.oauth2.rfc8628 import DeviceCodeGrant as _DeviceCodeGrant
 from sqlalchemy import JSON, ForeignKey, Integer, String, delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -78,6 +79,7 @@ GRANT_TYPE = clients.DEVICE_CODE
 #: RFC 8628 §6.1's example alphabet: consonants only, no lookalikes (0/O, 1/I/L are absent).
 ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 USER_CODE_LENGTH = 8
+USER_CODE_DRAWS = 3
 DEVICE_PURPOSE = "device_code"
 USER_CODE_PURPOSE = "device_user_code"
 #: §3.5: "the interval MUST be increased by 5 seconds for this and all subsequent requests".
@@ -146,23 +148,30 @@ def create(
     interval: int,
 ) -> tuple[DeviceAuthorization, str, str]:
     """A new pending authorization; returns it with the device code and the user code,
-    which exist only in this return value."""
-    device_code = secrets.token_urlsafe(32)
-    user_code = "".join(secrets.choice(ALPHABET) for _ in range(USER_CODE_LENGTH))
-    row = DeviceAuthorization(
-        device_code_digest=digester.digest(DEVICE_PURPOSE, device_code),
-        user_code_digest=digester.digest(USER_CODE_PURPOSE, user_code),
-        client_id=client_id,
-        scope=scope,
-        resources=resources or None,
-        interval=interval,
-        status=PENDING,
-        created_at=now,
-        expires_at=now + timedelta(seconds=ttl),
-    )
-    current_session().add(row)
-    current_session().flush()
-    return row, device_code, user_code
+    which exist only in this return value. A user code equal to one still stored (about
+    one chance in 2.5e10 per stored code) is drawn again, in a savepoint."""
+    for attempt in range(USER_CODE_DRAWS):
+        device_code = secrets.token_urlsafe(32)
+        user_code = "".join(secrets.choice(ALPHABET) for _ in range(USER_CODE_LENGTH))
+        row = DeviceAuthorization(
+            device_code_digest=digester.digest(DEVICE_PURPOSE, device_code),
+            user_code_digest=digester.digest(USER_CODE_PURPOSE, user_code),
+            client_id=client_id,
+            scope=scope,
+            resources=resources or None,
+            interval=interval,
+            status=PENDING,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+        )
+        try:
+            with current_session().begin_nested():
+                current_session().add(row)
+            return row, device_code, user_code
+        except IntegrityError:
+            if attempt == USER_CODE_DRAWS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def find_by_device_code(digester: Digester, raw: str) -> DeviceAuthorization | None:

@@ -292,3 +292,28 @@ def test_advertised_when_on(client: TestClient, settings: Any) -> None:
     metadata = client.get("/.well-known/openid-configuration").json()
     assert metadata["device_authorization_endpoint"] == f"{settings.issuer}/device_authorization"
     assert DEVICE_CODE in metadata["grant_types_supported"]
+
+
+def test_a_user_code_already_stored_is_drawn_again(
+    client: TestClient, tv: RP, monkeypatch: pytest.MonkeyPatch, services: Services
+) -> None:
+    """The user code is unique in the database; a clash draws another, never a 500."""
+    first = start(client, tv)
+    taken = iter(first["user_code"].replace("-", "") + "BCDFGHJK")
+    monkeypatch.setattr(device.secrets, "choice", lambda _: next(taken))
+    second = start(client, tv)
+    assert second["user_code"] == "BCDF-GHJK"
+
+
+def test_the_admin_scope_is_only_allowed_by_an_admin(
+    client: TestClient, make: factories.Factory, user: User, signed_in: LoginSession
+) -> None:
+    """As at /authorize: a person who is not an administrator cannot hand a device `admin`."""
+    console, _ = make.client(
+        name="Printer", scope="openid admin", auth_method="none", grant_types=[DEVICE_CODE]
+    )
+    rp = RP(console, None, "")
+    body = start(client, rp, scope="openid admin")
+    refused = answer(client, body["user_code"], "allow")
+    assert refused.status_code == 403
+    assert poll(client, rp, body["device_code"]).json()["error"] == "access_denied"
