@@ -1,17 +1,19 @@
 """The device authorization grant (RFC 8628) through the ASGI app: /device_authorization,
 the /device page with its consent step, and the device polling /token.
 
-Cited by docs/security.md D43 (the device flow's user code and polling rules)."""
+Cited by docs/security.md D43 (the device flow's user code and polling rules) and K81."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from authserver.app import Services
@@ -20,8 +22,9 @@ from authserver.oauth.clients import DEVICE_CODE
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories
-from tests.conftest import csrf_token
+from tests.conftest import count_rows, csrf_token
 from tests.oauth.conftest import RP, SCOPE
+from tests.oauth.test_races import PARALLEL, outcomes, post_all
 
 
 def consent_nonce(page: httpx.Response) -> str:
@@ -317,3 +320,20 @@ def test_the_admin_scope_is_only_allowed_by_an_admin(
     refused = answer(client, body["user_code"], "allow")
     assert refused.status_code == 403
     assert poll(client, rp, body["device_code"]).json()["error"] == "access_denied"
+
+
+def test_an_approved_device_code_redeemed_twenty_times_at_once(
+    app: Starlette,
+    client: TestClient,
+    tv: RP,
+    user: User,
+    signed_in: LoginSession,
+    services: Services,
+) -> None:
+    """docs/security.md K81 for device codes: one poll gets tokens, one token family."""
+    body = start(client, tv)
+    assert answer(client, body["user_code"], "allow").status_code == 200
+    data = {"grant_type": DEVICE_CODE, "device_code": body["device_code"], "client_id": tv.id}
+    responses = post_all(app, [{"url": "/token", "data": data}] * PARALLEL)
+    assert outcomes(responses) == Counter({"ok": 1, "400 invalid_grant": PARALLEL - 1})
+    assert count_rows(services.db, "token_families") == 1
