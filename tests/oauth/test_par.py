@@ -5,6 +5,7 @@ authorization request with PKCE; the request is pushed by hand, as RFC 9126 §2.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -12,13 +13,17 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from authserver.app import Services
 from authserver.oauth import par
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories
+from tests.conftest import count_rows
 from tests.oauth.conftest import CALLBACK, RP, SCOPE, authorization_params, location_params
+from tests.oauth.test_races import PARALLEL, post_all
 
 
 @pytest.fixture
@@ -267,3 +272,27 @@ def test_advertised_only_when_on(
     assert "pushed_authorization_request_endpoint" not in metadata
     assert "require_pushed_authorization_requests" not in metadata
     assert off.post("/par", data=authorization_params(rp), auth=rp.basic).status_code == 404
+
+
+def test_one_request_uri_answered_twenty_times_at_once(
+    app: Starlette,
+    client: TestClient,
+    rp: RP,
+    oauth_client: OAuth2Client,
+    settings: Any,
+    consented: None,
+    services: Services,
+) -> None:
+    """docs/security.md K81 for pushed requests: one authorization response, one code."""
+    params, _ = pushed_params(oauth_client, settings.issuer)
+    request_uri = push(client, rp, params)["request_uri"]
+    cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+    request = {
+        "url": "/authorize",
+        "data": {"client_id": rp.id, "request_uri": request_uri},
+        "headers": {"Cookie": cookie},
+    }
+    responses = post_all(app, [request] * PARALLEL)
+    statuses = Counter(response.status_code for response in responses)
+    assert statuses == Counter({303: 1, 400: PARALLEL - 1})
+    assert count_rows(services.db, "authorization_codes") == 1
