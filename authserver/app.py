@@ -27,9 +27,11 @@ from authserver.oauth import (
     bearer,
     build_server,
     cors,
+    device,
     discovery,
     endpoints,
     logout,
+    par,
     registration,
 )
 from authserver.oauth.app_access import OAuthAppAccess
@@ -140,6 +142,9 @@ def routes() -> list[BaseRoute]:
         Route("/revoke", endpoints.revoke, methods=["POST"]),
         Route("/revoke", cors.preflight(["POST"]), methods=["OPTIONS"]),
         Route("/introspect", endpoints.introspect, methods=["POST"]),
+        Route("/device_authorization", device.device_authorization, methods=["POST"]),
+        Route(device.PATH, device.device_page, methods=["GET", "POST"]),
+        Route("/par", par.push, methods=["POST"]),
         Route("/userinfo", endpoints.userinfo, methods=["GET", "POST"]),
         Route("/userinfo", cors.preflight(["GET", "POST"]), methods=["OPTIONS"]),
         Route("/register", registration.register, methods=["POST"]),

@@ -243,6 +243,8 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
             resource_server=args.resource_server,
             jwks=jwks,
             jwks_uri=args.jwks_uri,
+            require_pushed_authorization_requests=args.require_par,
+            introspection_signed_response_alg=args.introspection_signed_response_alg,
         )
         audit.record("client.created", actor_type="cli", target_type="client", target_id=client.id)
         record = clients.as_dict(client)
@@ -463,6 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--resource-server",
         action="store_true",
         help="an API: may introspect access tokens issued to any client",
+    )
+    clients_create.add_argument(
+        "--require-par",
+        action="store_true",
+        help="every authorization request must be pushed to /par first (RFC 9126)",
+    )
+    clients_create.add_argument(
+        "--introspection-signed-response-alg",
+        default=None,
+        help="answer this client's introspection requests as signed JWTs (RFC 9701), e.g. RS256",
     )
     key_source = clients_create.add_mutually_exclusive_group()
     key_source.add_argument(

@@ -19,7 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("authserver.errors")
 
-OAUTH_JSON_PATHS = ("/token", "/revoke", "/introspect", "/userinfo", "/register")
+OAUTH_JSON_PATHS = (
+    "/token", "/revoke", "/introspect", "/userinfo", "/register", "/device_authorization", "/par"
+)  # fmt: skip
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 

@@ -12,7 +12,7 @@ from authserver import audit
 from authserver.db import Database, utcnow
 from authserver.keystore import KeyStore
 from authserver.mfa import models as mfa_models
-from authserver.oauth import codes, registration, tokens
+from authserver.oauth import codes, device, par, registration, tokens
 from authserver.sessions import models as sessions
 from authserver.users import models as users
 
@@ -23,6 +23,8 @@ def purge_expired() -> dict[str, int]:
     now = utcnow()
     return {
         "authorization_codes": codes.purge(now),
+        "device_authorizations": device.purge(now),
+        "pushed_authorization_requests": par.purge(now),
         **tokens.purge(now),
         "login_sessions": sessions.purge(now),
         "email_tokens": users.purge_email_tokens(now),

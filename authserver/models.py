@@ -14,6 +14,8 @@ from authserver.mfa.models import (
 from authserver.oauth.clients import Client
 from authserver.oauth.codes import AuthorizationCode
 from authserver.oauth.consent import Consent
+from authserver.oauth.device import DeviceAuthorization
+from authserver.oauth.par import PushedRequest
 from authserver.oauth.registration import InitialAccessToken
 from authserver.oauth.resources import Resource
 from authserver.oauth.tokens import AccessToken, RefreshToken, TokenFamily
@@ -28,6 +30,7 @@ __all__ = [
     "Base",
     "Client",
     "Consent",
+    "DeviceAuthorization",
     "EmailToken",
     "InitialAccessToken",
     "LoginSession",
@@ -36,6 +39,7 @@ __all__ = [
     "Organization",
     "OrganizationMfaPolicy",
     "Passkey",
+    "PushedRequest",
     "RecoveryCode",
     "RefreshToken",
     "Resource",

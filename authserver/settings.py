@@ -236,6 +236,27 @@ class Settings:
         (), _host_list, "comma-separated host or host:port; when set, the only metadata hosts"
     )
 
+    device_flow: bool = _setting(
+        True, _bool, "device authorization grant (RFC 8628) at /device_authorization and /device"
+    )
+    device_code_ttl: int = _setting(600, _positive_int, "device and user code lifetime, seconds")
+    device_poll_interval: int = _setting(
+        5, _positive_int, "seconds a device waits between polls of /token"
+    )
+    device_code_attempts: int = _setting(
+        10, _positive_int, "user codes one IP address or person may enter per 15 minutes"
+    )
+    pushed_authorization_requests: bool = _setting(
+        True, _bool, "pushed authorization requests (RFC 9126) at /par"
+    )
+    par_ttl: int = _setting(60, _positive_int, "lifetime of a pushed request's request_uri, s")
+    require_par: bool = _setting(
+        False, _bool, "every authorization request must be pushed to /par first"
+    )
+    jwt_introspection: bool = _setting(
+        True, _bool, "signed introspection responses (RFC 9701) for clients registered for them"
+    )
+
     smtp_url: str | None = _setting(None, _smtp_url, "mail server; unset: mail is only logged")
     mail_from: str | None = _setting(None, _mail_address, "From: of mail; no-reply@issuer host")
     email_verify_ttl: int = _setting(86400, _positive_int, "email verification link lifetime, s")

@@ -186,6 +186,31 @@ def test_clients_create_registers_a_resource_server(env: Path, capsys, monkeypat
     assert query(env, "SELECT resource_server FROM clients") == [(True,)]
 
 
+def test_clients_create_registers_a_device_client(env: Path, capsys, monkeypatch) -> None:
+    device_grant = "urn:ietf:params:oauth:grant-type:device_code"
+    args = ["clients", "create", "--name", "TV", "--public", "--grant-type", device_grant]
+    status, out, _ = run([*args, "--json"], capsys, monkeypatch)
+    assert status == 0, out
+    assert json.loads(out)["grant_types"] == [device_grant]
+
+
+def test_clients_create_requires_par_and_signs_introspection(
+    env: Path, capsys, monkeypatch
+) -> None:
+    args = ["clients", "create", "--name", "Strict", "--redirect-uri", "https://a.example/cb"]
+    flags = ["--require-par", "--introspection-signed-response-alg", "ES256", "--json"]
+    status, out, _ = run([*args, *flags], capsys, monkeypatch)
+    assert status == 0, out
+    record = json.loads(out)
+    assert record["require_pushed_authorization_requests"] is True
+    assert record["introspection_signed_response_alg"] == "ES256"
+    assert query(
+        env,
+        "SELECT require_pushed_authorization_requests, introspection_signed_response_alg "
+        "FROM clients",
+    ) == [(True, "ES256")]
+
+
 PUBLIC_JWK = {
     "kty": "EC",
     "crv": "P-256",

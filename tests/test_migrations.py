@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -78,7 +79,6 @@ def test_widening_client_ids_keeps_every_row(empty_database: str) -> None:
     client id as long as a metadata document URL fits afterwards."""
     from authserver.db import Database, utcnow
     from authserver.oauth import clients, consent
-    from authserver.security import Digester
     from authserver.users import models as users
 
     config = alembic_config(empty_database)
@@ -86,11 +86,31 @@ def test_widening_client_ids_keeps_every_row(empty_database: str) -> None:
     database = Database(empty_database)
 
     def seed() -> None:
+        """The client goes in through the columns revision 0002 has: the model may have
+        grown columns since, which a later revision adds."""
         user = users.create(email="kept@example.com", password_hash=None)
-        client, _ = clients.create(
-            Digester(b"k" * 32), name="Kept", redirect_uris=["https://a.example/cb"]
+        now = utcnow()
+        names = ("redirect_uris", "post_logout_redirect_uris", "grant_types", "response_types")
+        plain = ("id", "secret_digest", "name", "scope", "token_endpoint_auth_method",
+                 "id_token_signed_response_alg", "info", "skip_consent", "resource_server",
+                 "refresh_rotation", "is_active", "dynamically_registered", "created_at",
+                 "updated_at")  # fmt: skip
+        table = sa.table(
+            "clients",
+            *(sa.column(n, sa.JSON()) for n in (*names, "info")),
+            *(sa.column(n) for n in plain if n != "info"),
         )
-        consent.remember(user.id, client.id, "openid", utcnow())
+        current_session().execute(
+            table.insert().values(
+                id="kept-client", secret_digest=None, name="Kept",
+                redirect_uris=["https://a.example/cb"], post_logout_redirect_uris=[],
+                grant_types=["authorization_code"], response_types=["code"], scope="openid",
+                token_endpoint_auth_method="none", id_token_signed_response_alg="RS256",
+                info={}, skip_consent=False, resource_server=False, refresh_rotation=True,
+                is_active=True, dynamically_registered=False, created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+        consent.remember(user.id, "kept-client", "openid", now)
 
     try:
         database.call(seed)

@@ -27,15 +27,17 @@ def build_server(
     fetcher: Fetcher,
     lookup: ClientLookup,
 ) -> AuthorizationServer:
-    """Authlib's server with our grants (code + PKCE + OIDC, refresh, client_credentials),
-    revocation and introspection, and storage through `clients` and `tokens`.
+    """Authlib's server with our grants (code + PKCE + OIDC, refresh, client_credentials,
+    and the device grant when `settings.device_flow` is on), revocation and introspection
+    (signed per RFC 9701 for clients registered for it), and storage through `clients`
+    and `tokens`.
 
     It takes the services it needs rather than `Services`, so that `Services` can
     hold the server it builds. The protocol modules are imported here, not at the top:
     `authserver.models` reaches the tables through this package, and loading the tables
     should not load Authlib's server and every endpoint with them.
     """
-    from authserver.oauth import clients, endpoints, grants, oidc, tokens
+    from authserver.oauth import clients, endpoints, grants, introspection_jwt, oidc, tokens
     from authserver.oauth.assertions import AssertionVerifier
     from authserver.oauth.server import AuthorizationServer
 
@@ -62,6 +64,13 @@ def build_server(
         [oidc.IDTokens(keystore, settings)],
     )
     server.register_grant(grants.bind(grants.ClientCredentialsGrant, settings, digester, generator))
+    if settings.device_flow:
+        from authserver.oauth import device
+
+        server.register_grant(
+            grants.bind(device.DeviceCodeGrant, settings, digester, generator),
+            [oidc.IDTokens(keystore, settings)],
+        )
     server.register_endpoint(endpoints.Revocation(keystore, settings, digester))
-    server.register_endpoint(endpoints.Introspection(keystore, settings, digester))
+    server.register_endpoint(introspection_jwt.SignedIntrospection(keystore, settings, digester))
     return server

@@ -39,14 +39,19 @@ from authserver import audit, db
 from authserver.errors import NO_STORE, Invalid, html_error_response
 from authserver.mfa import models as mfa_models
 from authserver.mfa import policy as mfa
-from authserver.oauth import consent, oidc, registration
+from authserver.oauth import consent, oidc, par, registration
 from authserver.oauth.grants import (
     RESPONSE_MODES,
     AuthorizationCodeGrant,
     check_admin_scope,
     in_organization,
 )
-from authserver.oauth.requests import MalformedRequest, RequestSnapshot, read_authorization_request
+from authserver.oauth.requests import (
+    MalformedRequest,
+    Params,
+    RequestSnapshot,
+    read_authorization_request,
+)
 from authserver.oauth.tokens import ORGANIZATION, EndUser
 from authserver.organizations import models as orgs
 from authserver.security import new_token
@@ -204,7 +209,31 @@ def decide(
     """What to answer to an authorization request; `step` is where it came from:
     `authorize`, the consent page (`show`), or the user's answer there (`allow`/`deny`,
     with the `organization` id picked, as posted and not yet checked, and the form's
-    single-use `nonce`)."""
+    single-use `nonce`).
+
+    A pushed request (RFC 9126) is expanded first, and consumed by the answer that goes
+    back to the client; should another answer have consumed it in between, this one rolls
+    back with its code."""
+    try:
+        pushed = par.expand(services, snapshot, db.utcnow())
+    except par.Refused as refusal:
+        return ErrorPage(refusal.description)
+    if pushed is None:
+        return _decide(services, snapshot, raw_sid, step, organization, nonce)
+    outcome = _decide(services, _with_pushed(snapshot, pushed), raw_sid, step, organization, nonce)
+    if isinstance(outcome, ToClient) and not par.consume(pushed.id, db.utcnow()):
+        raise Invalid(par.ALREADY_USED)
+    return outcome
+
+
+def _decide(
+    services: Services,
+    snapshot: RequestSnapshot,
+    raw_sid: str | None,
+    step: str,
+    organization: str | None,
+    nonce: str | None,
+) -> Outcome:
     now = db.utcnow()
     login = sessions.find_active(services.digester, services.settings, raw_sid, now=now)
     end_user = _end_user(login)
@@ -272,9 +301,9 @@ def _interact(
             if step == "show":
                 ask = _ask(snapshot, request, end_user, choices, choose_only=not asking)
                 return replace(ask, binding=binding)
-            return SeeOther("/consent?" + urlencode(snapshot.params))
+            return SeeOther("/consent?" + urlencode(snapshot.url_params))
         if step == "show":
-            return SeeOther("/authorize?" + urlencode(snapshot.params))
+            return SeeOther("/authorize?" + urlencode(snapshot.url_params))
         if choices:
             end_user = replace(end_user, organization_id=choices[0].id, org_role=choices[0].role)
     code = grant.issue_code(end_user)
@@ -374,15 +403,7 @@ def _login_url(snapshot: RequestSnapshot, marker: str | None = None) -> str:
     """`/login?next=/authorize?...`, minus what asked for re-authentication, so the loop ends
     once the user has signed in again (the login page accepts only such a `next`); with
     `marker`, `next` carries it so that only a sign-in made after now is accepted."""
-    params: list[tuple[str, str]] = []
-    for name, value in snapshot.params:
-        if name in REAUTHENTICATION:
-            continue
-        if name == "prompt":
-            value = " ".join(p for p in value.split() if p not in REAUTHENTICATION_PROMPTS)
-            if not value:
-                continue
-        params.append((name, value))
+    params = _without_reauthentication(snapshot.url_params)
     if marker is not None:
         params.append((AUTH_AFTER, marker))
     query = [("next", "/authorize?" + urlencode(params))]
@@ -390,6 +411,31 @@ def _login_url(snapshot: RequestSnapshot, marker: str | None = None) -> str:
     if hint:
         query.append(("login_hint", hint))
     return "/login?" + urlencode(query)
+
+
+def _without_reauthentication(params: Params) -> list[tuple[str, str]]:
+    kept: list[tuple[str, str]] = []
+    for name, value in params:
+        if name in REAUTHENTICATION:
+            continue
+        if name == "prompt":
+            value = " ".join(p for p in value.split() if p not in REAUTHENTICATION_PROMPTS)
+            if not value:
+                continue
+        kept.append((name, value))
+    return kept
+
+
+def _with_pushed(snapshot: RequestSnapshot, pushed: par.Pushed) -> RequestSnapshot:
+    """The request as pushed (RFC 9126 §4: nothing else from the query counts), its URLs
+    still carrying only what the browser sent. On the way back from a sign-in the pushed
+    request asked for, the `auth_after` marker stands in for `prompt=login` / `max_age`,
+    as `_login_url` arranges for an ordinary request."""
+    params: Params = pushed.params
+    marker = snapshot.first(AUTH_AFTER)
+    if marker is not None:
+        params = (*_without_reauthentication(params), (AUTH_AFTER, marker))
+    return replace(snapshot, query=params, form=(), carried=snapshot.params)
 
 
 def _choices(end_user: EndUser) -> list[OrganizationChoice]:
@@ -412,10 +458,10 @@ def _ask(
     return AskConsent(
         client_name=client.name,
         scopes=consent.describe(request.scope, client.name),
-        query=urlencode(snapshot.params),
+        query=urlencode(snapshot.url_params),
         email=end_user.user.email,
         unverified_host=_destination(redirect_uri) if client.dynamically_registered else None,
-        document_host=urlsplit(client.id).netloc if client.metadata_document else None,
+        document_host=document_host(client),
         links=registration.consent_links(client),
         organizations=choices,
         choose_only=choose_only,
@@ -468,6 +514,16 @@ def _binding(
         " ".join(sorted(c.id for c in offered)) if offered is not None else "-",
     ]
     return services.digester.digest(CONSENT_NONCE_FIELD + ".binding", "\n".join(parts))
+
+
+def consume_consent_nonce(services: Services, nonce: str | None, binding: str) -> ErrorPage | None:
+    """`_consume_nonce` for the device flow's consent form."""
+    return _consume_nonce(services, nonce, binding)
+
+
+def document_host(client: Any) -> str | None:
+    """For a client known by its metadata document: the host that serves it."""
+    return urlsplit(client.id).netloc if client.metadata_document else None
 
 
 def _consume_nonce(services: Services, nonce: str | None, binding: str) -> ErrorPage | None:
@@ -535,13 +591,21 @@ def _respond(request: Request, services: Services, outcome: Outcome) -> Response
 
 
 def _consent_form(request: Request, services: Services, ask: AskConsent) -> Response:
+    return render_consent(request, services, ask, action=f"/consent?{ask.query}")
+
+
+def render_consent(
+    request: Request, services: Services, ask: AskConsent, *, action: str
+) -> Response:
+    """The consent page posting to `action`, with a single-use nonce bound to
+    `ask.binding`; the device flow's /device page shows it too."""
     form_token, cookie_value = services.csrf.token(request)
     title = "Choose an organization" if ask.choose_only else f"Allow {ask.client_name}?"
     context = {
         "title": title,
         "ask": ask,
         "link_labels": registration.CONSENT_LINKS,
-        "action": f"/consent?{ask.query}",
+        "action": action,
         "csrf_field": CSRF_FIELD,
         "csrf_token": form_token,
         "nonce_field": CONSENT_NONCE_FIELD,

@@ -22,12 +22,15 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, object_session
 from authserver.cache import TtlCache
 from authserver.db import Base, Position, current_session, utcnow
 from authserver.errors import Conflict, Invalid, TooManyRequests
+from authserver.keystore import ALGORITHMS
 from authserver.oauth import assertions
 from authserver.oauth.assertions import AssertionFailed, AssertionVerifier
 from authserver.ratelimit import RateLimiter
 from authserver.security import Digester, new_token
 
-GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+#: The device grant (RFC 8628) is named by its URN; see `device.GRANT_TYPE`.
+DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials", DEVICE_CODE)
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 #: The methods that prove who the client is (everything but `none`).
@@ -60,6 +63,13 @@ class Client(Base, ClientMixin):
     #: server decides who may ask); operators grant it, never the client itself.
     resource_server: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     refresh_rotation: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: RFC 9126 §6: every authorization request of this client must be pushed to /par.
+    require_pushed_authorization_requests: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    #: RFC 9701: a resource server registered for signed introspection answers, signed
+    #: with this algorithm; None: plain JSON only.
+    introspection_signed_response_alg: Mapped[str | None] = mapped_column(String(10))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     dynamically_registered: Mapped[bool] = mapped_column(Boolean, default=False)
     registration_token_digest: Mapped[str | None] = mapped_column(String(64))
@@ -270,6 +280,17 @@ def _check_resource_server(resource_server: bool, auth_method: str) -> None:
         raise Invalid("A resource server must authenticate (a secret or private_key_jwt).")
 
 
+def _check_introspection_alg(alg: str | None, auth_method: str) -> None:
+    """RFC 9701: signed introspection answers, with an algorithm the key store signs with,
+    for a caller that authenticates (introspection needs it, RFC 7662 §2.1)."""
+    if alg is None:
+        return
+    if alg not in ALGORITHMS:
+        raise Invalid(f"introspection_signed_response_alg must be one of {', '.join(ALGORITHMS)}.")
+    if auth_method not in CONFIDENTIAL_AUTH_METHODS:
+        raise Invalid("Signed introspection needs a client that authenticates.")
+
+
 def create(
     digester: Digester,
     *,
@@ -283,6 +304,8 @@ def create(
     resource_server: bool = False,
     jwks: dict[str, Any] | None = None,
     jwks_uri: str | None = None,
+    require_pushed_authorization_requests: bool = False,
+    introspection_signed_response_alg: str | None = None,
 ) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret, which exists only in this return value."""
     name = name.strip()
@@ -299,6 +322,7 @@ def create(
         jwks_uri=jwks_uri,
     )
     _check_resource_server(resource_server, auth_method)
+    _check_introspection_alg(introspection_signed_response_alg, auth_method)
     for uri in post_logout_redirect_uris:
         validate_redirect_uri(uri)
     secret = None if auth_method in {"none", "private_key_jwt"} else new_token()
@@ -316,6 +340,8 @@ def create(
         resource_server=resource_server,
         jwks=jwks,
         jwks_uri=jwks_uri,
+        require_pushed_authorization_requests=require_pushed_authorization_requests,
+        introspection_signed_response_alg=introspection_signed_response_alg,
     )
     current_session().add(client)
     current_session().flush()
@@ -336,6 +362,12 @@ def as_dict(client: Client) -> dict[str, Any]:
         "resource_server": client.resource_server,
         "is_active": client.is_active,
         "created_at": client.created_at.isoformat(),
+        "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
+        **(
+            {"introspection_signed_response_alg": client.introspection_signed_response_alg}
+            if client.introspection_signed_response_alg
+            else {}
+        ),
         **({"jwks": client.jwks} if client.jwks else {}),
         **({"jwks_uri": client.jwks_uri} if client.jwks_uri else {}),
     }
@@ -488,6 +520,8 @@ def update(
     skip_consent: bool | None = None,
     resource_server: bool | None = None,
     is_active: bool | None = None,
+    require_pushed_authorization_requests: bool | None = None,
+    introspection_signed_response_alg: str | None = None,
 ) -> list[str]:
     """Change a registration, validated as `create` validates it; None leaves a field as it
     is. Returns the names of the fields that changed, for the audit trail.
@@ -512,6 +546,7 @@ def update(
         )
     if resource_server:
         _check_resource_server(resource_server, client.token_endpoint_auth_method)
+    _check_introspection_alg(introspection_signed_response_alg, client.token_endpoint_auth_method)
     logout_uris = None
     if post_logout_redirect_uris is not None:
         logout_uris = [validate_redirect_uri(u) for u in dict.fromkeys(post_logout_redirect_uris)]
@@ -528,6 +563,8 @@ def update(
         "skip_consent": skip_consent,
         "resource_server": resource_server,
         "is_active": is_active,
+        "require_pushed_authorization_requests": require_pushed_authorization_requests,
+        "introspection_signed_response_alg": introspection_signed_response_alg,
     }
     changed = [f for f, v in wanted.items() if v is not None and getattr(client, f) != v]
     for field in changed:

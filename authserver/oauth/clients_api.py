@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from authserver import rest
 from authserver.errors import NO_STORE, Invalid, NotFound
+from authserver.keystore import ALGORITHMS
 from authserver.oauth import clients
 from authserver.oauth.clients import Client
 from authserver.users.api import ADMIN, admin, as_admin
@@ -39,6 +40,8 @@ class NewClient:
     resource_server: bool = False
     jwks: dict | None = None  # type: ignore[type-arg]  # rest.read_json checks isinstance
     jwks_uri: str | None = None
+    require_pushed_authorization_requests: bool = False
+    introspection_signed_response_alg: str | None = None
 
 
 @dataclass
@@ -53,6 +56,8 @@ class ClientPatch:
     skip_consent: bool | None = None
     resource_server: bool | None = None
     is_active: bool | None = None
+    require_pushed_authorization_requests: bool | None = None
+    introspection_signed_response_alg: str | None = None
 
 
 def _existing(client_id: str) -> Client:
@@ -92,6 +97,8 @@ async def create_client(request: Request) -> Response:
             resource_server=body.resource_server,
             jwks=body.jwks,
             jwks_uri=body.jwks_uri,
+            require_pushed_authorization_requests=body.require_pushed_authorization_requests,
+            introspection_signed_response_alg=body.introspection_signed_response_alg,
         )
         me.record("client.created", "client", client.id)
         created = clients.as_dict(client)
@@ -131,6 +138,8 @@ async def update_client(request: Request) -> Response:
             skip_consent=body.skip_consent,
             resource_server=body.resource_server,
             is_active=body.is_active,
+            require_pushed_authorization_requests=body.require_pushed_authorization_requests,
+            introspection_signed_response_alg=body.introspection_signed_response_alg,
         )
         if changed:
             me.record("client.updated", "client", client_id, fields=changed)
@@ -203,6 +212,15 @@ RESOURCE_SERVER = {
     "type": "boolean",
     "description": "May introspect access tokens issued to any client (needs a secret).",
 }
+REQUIRE_PAR = {
+    "type": "boolean",
+    "description": "Every authorization request must be pushed to /par first (RFC 9126).",
+}
+INTROSPECTION_ALG = {
+    "type": "string",
+    "enum": list(ALGORITHMS),
+    "description": "Signed introspection answers (RFC 9701) with this algorithm.",
+}
 JWKS: dict[str, Any] = {
     "type": "object",
     "description": "private_key_jwt: the client's public keys (RFC 7517); no private members.",
@@ -244,6 +262,8 @@ CLIENT: dict[str, Any] = {
         "skip_consent": {"type": "boolean"},
         "resource_server": RESOURCE_SERVER,
         "is_active": {"type": "boolean"},
+        "require_pushed_authorization_requests": REQUIRE_PAR,
+        "introspection_signed_response_alg": INTROSPECTION_ALG,
         "created_at": rest.TIMESTAMP,
         "jwks": JWKS,
         "jwks_uri": JWKS_URI,
@@ -275,6 +295,8 @@ NEW_CLIENT = {
         "token_endpoint_auth_method": {"type": "string", "enum": list(clients.AUTH_METHODS)},
         "skip_consent": {"type": "boolean"},
         "resource_server": RESOURCE_SERVER,
+        "require_pushed_authorization_requests": REQUIRE_PAR,
+        "introspection_signed_response_alg": INTROSPECTION_ALG,
         "jwks": JWKS,
         "jwks_uri": JWKS_URI,
     },
@@ -323,6 +345,12 @@ CLIENT_PATCH = {
         "skip_consent": {"type": ["boolean", "null"]},
         "resource_server": {**RESOURCE_SERVER, "type": ["boolean", "null"]},
         "is_active": {"type": ["boolean", "null"]},
+        "require_pushed_authorization_requests": {**REQUIRE_PAR, "type": ["boolean", "null"]},
+        "introspection_signed_response_alg": {
+            **INTROSPECTION_ALG,
+            "type": ["string", "null"],
+            "enum": [*ALGORITHMS, None],
+        },
     },
 }
 SECRET = {

@@ -14,8 +14,14 @@ from starlette.responses import JSONResponse, Response
 
 from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.mfa.policy import ACR_VALUES
+from authserver.oauth import device, introspection_jwt, par
 from authserver.oauth.assertions import SIGNING_ALGS
-from authserver.oauth.clients import AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES
+from authserver.oauth.clients import (
+    AUTH_METHODS,
+    CONFIDENTIAL_AUTH_METHODS,
+    DEVICE_CODE,
+    GRANT_TYPES,
+)
 from authserver.resource_server import PUBLIC_DOCUMENT, protected_resource_metadata
 from authserver.rest import API_PREFIX, API_SCOPES
 from authserver.settings import Settings
@@ -49,7 +55,9 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         "claims_supported": list(CLAIMS),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
-        "grant_types_supported": list(GRANT_TYPES),
+        "grant_types_supported": [
+            g for g in GRANT_TYPES if g != DEVICE_CODE or settings.device_flow
+        ],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(signing_algs),
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
@@ -66,6 +74,9 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         **({"client_id_metadata_document_supported": True} if documents else {}),
+        **device.discovery_fields(settings),
+        **par.discovery_fields(settings),
+        **introspection_jwt.discovery_fields(settings, signing_algs),
     }
     if settings.registration != "closed":
         document["registration_endpoint"] = f"{issuer}/register"

@@ -113,7 +113,7 @@ class Policy:
 POLICIES = {
     "open": Policy(
         "open",
-        ("authorization_code", "refresh_token"),
+        ("authorization_code", "refresh_token", clients.DEVICE_CODE),
         frozenset(SCOPES) - set(API_SCOPES),
     ),
     "token": Policy("token", clients.GRANT_TYPES, frozenset(SCOPES) - {"admin"}),
@@ -350,8 +350,12 @@ def _grant_types(document: dict[str, Any], policy: Policy) -> list[str]:
                 f"The grant type {grant_type!r} needs an initial access token from the "
                 "operator of this server."
             )
-    if "refresh_token" in grant_types and "authorization_code" not in grant_types:
-        raise _invalid_metadata("The refresh_token grant goes with authorization_code.")
+    if "refresh_token" in grant_types and not {"authorization_code", clients.DEVICE_CODE} & set(
+        grant_types
+    ):
+        raise _invalid_metadata(
+            "The refresh_token grant goes with authorization_code or the device code grant."
+        )
     return grant_types
 
 

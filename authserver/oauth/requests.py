@@ -67,10 +67,18 @@ class RequestSnapshot:
     form: Params = ()
     client_ip: str = ""
     json: Any = field(default=None)
+    #: For a pushed authorization request (RFC 9126) expanded from its `request_uri`: the
+    #: parameters the browser sent, which the interaction's own URLs carry on.
+    carried: Params | None = None
 
     @property
     def params(self) -> Params:
         return self.query + self.form
+
+    @property
+    def url_params(self) -> Params:
+        """What a URL continuing this request (sign-in, consent) carries."""
+        return self.carried if self.carried is not None else self.params
 
     def first(self, name: str) -> str | None:
         return next((value for key, value in self.params if key == name), None)

@@ -34,7 +34,7 @@ ACCOUNT_WINDOW = 15 * 60
 #: The longest `next` kept through sign-in: the app's URL limit (BodySizeLimitMiddleware), so
 #: no authorization request the app accepted is lost on the way.
 NEXT_MAX = 8192
-INTERNAL_TARGETS = ("/account", "/account/password")
+INTERNAL_TARGETS = ("/account", "/account/password", "/device")
 FAILED = "Incorrect email or password."
 TOO_MANY = "Too many sign-in attempts. Wait {minutes} and try again."
 #: `_open_session`'s answer for a right password whose email address is not verified yet.
@@ -117,8 +117,8 @@ def clear_session_cookie(response: Response, settings: Settings) -> None:
 
 
 def safe_next(value: str | None) -> str | None:
-    """`value` when it is this server's own /authorize request or the account page, else
-    None (docs/security.md H67).
+    """`value` when it is this server's own /authorize request, the device page or the
+    account page, else None (docs/security.md H67).
 
     Only a same-origin path is accepted, so the sign-in page cannot be an open redirector:
     `//evil.com`, `https://evil.com`, `/\\evil.com`, `%2F%2Fevil.com` and `javascript:` all
@@ -126,7 +126,7 @@ def safe_next(value: str | None) -> str | None:
     """
     if value in INTERNAL_TARGETS:
         return value
-    if not value or len(value) > NEXT_MAX or not value.startswith("/authorize?"):
+    if not value or len(value) > NEXT_MAX or not value.startswith(("/authorize?", "/device?")):
         return None
     if "\\" in value or any(ord(ch) < 33 or ord(ch) == 127 for ch in value):
         return None

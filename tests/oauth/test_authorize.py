@@ -388,10 +388,14 @@ def test_post_authorize_works_like_get(client: TestClient, ready: RP) -> None:
     [("request", "request_not_supported"), ("request_uri", "request_uri_not_supported")],
 )
 def test_request_objects_are_refused_not_ignored(
-    client: TestClient, ready: RP, name: str, error: str
+    client: TestClient, app_with: Callable[..., TestClient], ready: RP, name: str, error: str
 ) -> None:
-    """docs/security.md A20."""
-    assert_client_error(get_authorize(client, ready, **{name: "eyJhbGciOiJub25lIn0.e30."}), error)
+    """docs/security.md A20. (With pushed authorization requests on, a request_uri that
+    /par did not issue is `invalid_request_uri` instead: see tests/oauth/test_par.py.)"""
+    without_par = app_with(pushed_authorization_requests=False)
+    without_par.cookies = client.cookies
+    value = "eyJhbGciOiJub25lIn0.e30."
+    assert_client_error(get_authorize(without_par, ready, **{name: value}), error)
 
 
 def test_no_cors_on_the_authorization_endpoint(client: TestClient, ready: RP) -> None:

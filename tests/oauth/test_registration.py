@@ -971,3 +971,23 @@ def test_fuzzed_registrations_never_fail_and_never_half_register(
 
     check()
     assert {(False, 201), (False, 400), (True, 200), (True, 400)} <= seen
+
+
+def test_a_cli_registers_for_the_device_flow_without_redirect_uris(client: TestClient) -> None:
+    """RFC 8628 clients (TVs, command-line tools) have no redirect URI: an anonymous
+    registration asks for the device grant alone and gets a public client for it."""
+    body = {
+        "client_name": "A command-line tool",
+        "grant_types": [clients.DEVICE_CODE, "refresh_token"],
+        "token_endpoint_auth_method": "none",
+    }
+    response = register(client, body)
+    assert response.status_code == 201, response.text
+    registered = response.json()
+    assert registered["grant_types"] == [clients.DEVICE_CODE, "refresh_token"]
+    assert "client_secret" not in registered
+    started = client.post(
+        "/device_authorization", data={"client_id": registered["client_id"], "scope": "openid"}
+    )
+    assert started.status_code == 200, started.text
+    assert started.json()["user_code"]

@@ -474,3 +474,26 @@ def test_private_key_jwt_clients_register_their_public_keys(
         assert {k: created[k] for k in keys} == keys
     else:
         assert is_problem(response, 400)
+
+
+def test_the_issue_14_client_settings(api: Api, admin: Person) -> None:
+    """The device grant, the PAR requirement (RFC 9126 §6) and signed introspection
+    (RFC 9701) are registered, read back and changed through the admin API."""
+    device_grant = clients.DEVICE_CODE
+    created = create(
+        api,
+        admin,
+        grant_types=["authorization_code", device_grant],
+        require_pushed_authorization_requests=True,
+        introspection_signed_response_alg="RS256",
+    )
+    assert created["grant_types"] == ["authorization_code", device_grant]
+    assert created["require_pushed_authorization_requests"] is True
+    assert created["introspection_signed_response_alg"] == "RS256"
+    path = f"{CLIENTS}/{created['client_id']}"
+    patch = {"require_pushed_authorization_requests": False}
+    changed = api.call("PATCH", path, admin.token, patch)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["require_pushed_authorization_requests"] is False
+    bad = api.call("PATCH", path, admin.token, {"introspection_signed_response_alg": "none"})
+    assert is_problem(bad, 400), bad.text
