@@ -2,6 +2,7 @@
 
 from authserver.audit import AuditEvent
 from authserver.db import Base
+from authserver.federation.models import IdentityProvider, LinkedIdentity
 from authserver.oauth.clients import Client
 from authserver.oauth.codes import AuthorizationCode
 from authserver.oauth.consent import Consent
@@ -19,6 +20,8 @@ __all__ = [
     "Client",
     "Consent",
     "EmailToken",
+    "IdentityProvider",
+    "LinkedIdentity",
     "LoginSession",
     "Membership",
     "Organization",

@@ -203,6 +203,12 @@ class Settings:
     client_metadata_hosts: tuple[str, ...] = _setting(
         (), _host_list, "comma-separated host or host:port; when set, the only metadata hosts"
     )
+    trusted_hosts: tuple[str, ...] = _setting(
+        (),
+        _host_list,
+        "comma-separated host or host:port fetched even on a loopback or private address "
+        "(upstream identity providers, jwks); plain http only for such a loopback host",
+    )
 
     smtp_url: str | None = _setting(None, _smtp_url, "mail server; unset: mail is only logged")
     mail_from: str | None = _setting(None, _mail_address, "From: of mail; no-reply@issuer host")

@@ -61,11 +61,13 @@ def start(
     user_agent: str = "",
     ip: str = "",
     amr: str = "pwd",
+    auth_time: datetime | None = None,
     now: datetime | None = None,
 ) -> tuple[LoginSession, str]:
     """Open a session for a user who just signed in; returns it with the raw cookie value.
 
     Each sign-in gets a fresh random id, so an id planted before sign-in is worthless after.
+    `auth_time`: when the person authenticated, if not now (an upstream provider's sign-in).
     """
     now = now or utcnow()
     raw_sid = new_token()
@@ -74,8 +76,8 @@ def start(
         user_id=user_id,
         user_agent=user_agent[:500],
         ip=ip[:64],
-        auth_time=now,
-        amr=amr,
+        auth_time=auth_time or now,
+        amr=amr[:100],
         created_at=now,
         last_seen_at=now,
         idle_expires_at=now + timedelta(seconds=settings.session_idle_ttl),
