@@ -59,9 +59,7 @@ class Federation:
                 return cached
 
         def read() -> list[Choice]:
-            return [
-                Choice(p.id, p.name, tuple(p.domains or ())) for p in providers.enabled()
-            ]
+            return [Choice(p.id, p.name, tuple(p.domains or ())) for p in providers.enabled()]
 
         fresh = self._database.call(read)
         with self._lock:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
-from authserver.errors import Conflict, Forbidden, NotFound
+from authserver.errors import Conflict, NotFound
 from authserver.users.models import User
 
 KINDS = ("oidc", "github")
@@ -141,7 +141,7 @@ def unlink(user_id: str, identity_id: str) -> LinkedIdentity:
         .where(LinkedIdentity.user_id == user_id, LinkedIdentity.id != identity_id)
     )
     if user.password_hash is None and not others:
-        raise Forbidden(
+        raise Conflict(
             "This is your only way to sign in: set a password or link another account first."
         )
     result = session.execute(delete(LinkedIdentity).where(LinkedIdentity.id == identity_id))

@@ -49,8 +49,7 @@ FLOW_TTL = 600
 FLOW_PURPOSE = b"authserver/federation/flow"
 UNAVAILABLE = "That sign-in option is not available."
 EXPIRED = (
-    "Your sign-in with the other provider expired or was started in another browser. "
-    "Start again."
+    "Your sign-in with the other provider expired or was started in another browser. Start again."
 )
 DENIED = "You cancelled the sign-in at {name}, or {name} refused it. Nothing was changed."
 FAILED = "{name} could not sign you in. Try again, or sign in another way."
@@ -226,7 +225,9 @@ async def callback(request: Request) -> Response:
         denied = params.get("error") in {"access_denied", "consent_required", "login_required"}
         message = DENIED.format(name=provider.name) if denied else failed
         await _audit_failure(services, request, provider, "upstream_error")
-        return _clear(request, _refused(request, message, flow.next_url, status=403 if denied else 400))
+        return _clear(
+            request, _refused(request, message, flow.next_url, status=403 if denied else 400)
+        )
     code = params.get("code", "")
     if not code or len(code) > 2000:
         return _clear(request, _refused(request, failed, flow.next_url))
@@ -520,4 +521,3 @@ def account_view(user_id: str) -> dict[str, Any]:
             if provider.id not in linked
         ],
     }
-
