@@ -123,7 +123,7 @@ def links_of(user_id: str) -> list[tuple[LinkedIdentity, IdentityProvider]]:
         .where(LinkedIdentity.user_id == user_id)
         .order_by(LinkedIdentity.created_at, LinkedIdentity.id)
     )
-    return [(identity, provider) for identity, provider in rows.tuples()]
+    return [(identity, provider) for identity, provider in rows]
 
 
 def unlink(user_id: str, identity_id: str) -> LinkedIdentity:

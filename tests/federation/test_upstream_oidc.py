@@ -1,0 +1,301 @@
+"""Signing in through an upstream OpenID provider: the flow, the claims it leaves in our
+session, and every way the upstream answer can be wrong (each refused with a page, nothing
+created). docs/security.md N101, N102, N103."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import respx
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from authserver.db import current_session
+from authserver.federation.models import LinkedIdentity
+from authserver.users import models as users
+from tests.conftest import audit_events, count_rows, sessions_of
+from tests.federation.upstream import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    OTHER_KEY,
+    ROTATED_KEY,
+    SIGNING_KEY,
+    UPSTREAM,
+    FakeOidc,
+    add_provider,
+    begin,
+    finish,
+    s256,
+)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOidc]:
+    upstream = FakeOidc()
+    with respx.mock(assert_all_called=False) as router:
+        upstream.install(router)
+        yield upstream
+
+
+@pytest.fixture
+def provider(services: Any, fake: FakeOidc) -> Any:
+    return add_provider(services, jit=True)
+
+
+def links(services: Any) -> list[LinkedIdentity]:
+    return services.db.call(lambda: list(current_session().scalars(select(LinkedIdentity))))
+
+
+def nothing_created(services: Any) -> bool:
+    return (
+        count_rows(services.db, "users") == 0
+        and count_rows(services.db, "linked_identities") == 0
+        and count_rows(services.db, "login_sessions") == 0
+    )
+
+
+def test_the_request_upstream_carries_state_nonce_pkce_s256_and_our_callback(
+    client: TestClient, fake: FakeOidc, provider: Any
+) -> None:
+    sent = begin(client, provider.id, fake)
+    assert sent["response_type"] == "code"
+    assert sent["client_id"] == CLIENT_ID
+    assert sent["redirect_uri"] == "http://127.0.0.1:8000/login/federated/callback"
+    assert sent["code_challenge_method"] == "S256"
+    assert len(sent["state"]) >= 32 and len(sent["nonce"]) >= 32
+    assert sent["scope"].split() == ["openid", "email", "profile"]
+    finish(client, sent)
+    [form] = fake.token_requests
+    assert s256(form["code_verifier"][0]) == sent["code_challenge"]
+    assert form["redirect_uri"] == [sent["redirect_uri"]]
+
+
+def test_a_new_person_signs_in_just_in_time_with_upstream_claims(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    next_url = "/account"
+    sent = begin(client, provider.id, fake, next=next_url)
+    response = finish(client, sent)
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == next_url
+    user = services.db.call(users.find_by_email, "ann@acme.example")
+    assert user is not None and user.password_hash is None and user.email_verified
+    [session] = sessions_of(services, user.id)
+    assert session.amr == "fed pwd mfa"
+    assert abs(session.auth_time.timestamp() - (time.time() - 5)) < 3
+    [link] = links(services)
+    assert (link.user_id, link.subject) == (user.id, "upstream-1")
+    assert [e.details["method"] for e in audit_events(services, "login.succeeded")] == ["federated"]
+    assert len(audit_events(services, "identity.linked")) == 1
+    assert client.get("/account").status_code == 200
+
+
+def test_the_client_secret_is_stored_encrypted_and_bound_to_the_provider(
+    services: Any, provider: Any
+) -> None:
+    stored = services.db.call(lambda: current_session().get(type(provider), provider.id))
+    assert CLIENT_SECRET not in stored.client_secret
+    box = services.federation.box
+    assert box.open(stored.client_secret, provider.id) == CLIENT_SECRET.encode()
+    assert box.open(stored.client_secret, "another-provider-id") is None
+
+
+def test_an_upstream_refusal_comes_back_to_the_sign_in_page(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    sent = begin(client, provider.id, fake)
+    response = finish(client, sent, code="", error="access_denied")
+    assert response.status_code == 403
+    assert "You cancelled the sign-in at Acme SSO" in response.text
+    assert "Continue with Acme SSO" in response.text
+    assert nothing_created(services)
+
+
+def test_an_upstream_token_error_is_a_clear_page(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    fake.token_status = 400
+    response = finish(client, begin(client, provider.id, fake))
+    assert response.status_code == 400
+    assert "Acme SSO refused to complete the sign-in." in response.text
+    assert nothing_created(services)
+
+
+# -- state, PKCE, iss -------------------------------------------------------------------------
+
+
+def test_a_callback_with_another_state_is_refused(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    sent = begin(client, provider.id, fake)
+    response = finish(client, {**sent, "state": "x" * 43})
+    assert response.status_code == 400
+    assert "expired or was started in another browser" in response.text
+    assert fake.token_requests == []
+    assert nothing_created(services)
+
+
+def test_a_callback_in_a_browser_that_did_not_start_it_is_refused(
+    client: TestClient, app: Any, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    sent = begin(client, provider.id, fake)
+    with TestClient(app, base_url="http://127.0.0.1:8000", follow_redirects=False) as other:
+        response = finish(other, sent)
+    assert response.status_code == 400
+    assert "started in another browser" in response.text
+    assert fake.token_requests == []
+    assert nothing_created(services)
+
+
+def test_a_replayed_callback_is_refused(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    sent = begin(client, provider.id, fake)
+    cookies = dict(client.cookies)
+    assert finish(client, sent).status_code == 303
+    client.cookies.clear()
+    for name, value in cookies.items():
+        client.cookies.set(name, value, path="/login/federated")
+    replay = finish(client, sent)
+    assert replay.status_code == 400
+    assert len(fake.token_requests) == 1
+
+
+def test_a_code_redeemed_with_another_verifier_gets_nothing(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    sent = begin(client, provider.id, fake)
+    fake.request = {**sent, "code_challenge": s256("an attacker's verifier")}
+    response = finish(client, sent)
+    assert response.status_code == 400
+    assert nothing_created(services)
+
+
+def test_an_iss_from_another_issuer_is_refused_rfc_9207(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    response = finish(client, begin(client, provider.id, fake), iss="https://evil.example")
+    assert response.status_code == 400
+    assert "Acme SSO could not sign you in" in response.text
+    assert fake.token_requests == []
+    assert nothing_created(services)
+
+
+def test_a_provider_that_promised_iss_must_send_it(
+    client: TestClient, fake: FakeOidc, services: Any
+) -> None:
+    fake.sends_iss = True
+    provider = add_provider(services, jit=True)
+    assert finish(client, begin(client, provider.id, fake)).status_code == 400
+    assert fake.token_requests == []
+    response = finish(client, begin(client, provider.id, fake), iss=UPSTREAM)
+    assert response.status_code == 303
+
+
+# -- the ID token -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "misbehave",
+    [
+        pytest.param({"claims": {"aud": "someone-else"}}, id="wrong aud"),
+        pytest.param({"claims": {"iss": "https://evil.example"}}, id="wrong iss"),
+        pytest.param({"claims": {"exp": int(time.time()) - 3600}}, id="expired"),
+        pytest.param({"claims": {"azp": "someone-else"}}, id="wrong azp"),
+        pytest.param({"claims": {"aud": [CLIENT_ID, "other"]}}, id="azp missing for two audiences"),
+        pytest.param({"claims": {"nonce": "not-the-one-we-sent"}}, id="wrong nonce"),
+        pytest.param({"claims": {"nonce": None}}, id="no nonce"),
+        pytest.param({"key": OTHER_KEY}, id="bad signature"),
+        pytest.param({"alg": "none"}, id="alg none"),
+        pytest.param({"alg": "HS256"}, id="alg HS256 keyed with the client secret"),
+    ],
+)
+def test_a_bad_id_token_is_refused_and_nothing_is_created(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any, misbehave: dict[str, Any]
+) -> None:
+    for name, value in misbehave.items():
+        setattr(fake, name, value)
+    response = finish(client, begin(client, provider.id, fake))
+    assert response.status_code == 400, response.text
+    assert "The sign-in answer from Acme SSO could not be verified." in response.text
+    assert nothing_created(services)
+    [failure] = audit_events(services, "login.failed")
+    assert failure.details["reason"] == "upstream_refused"
+
+
+def test_an_id_token_from_an_earlier_sign_in_is_refused_nonce_replay(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    first = begin(client, provider.id, fake)
+    earlier = fake.make_id_token(first["nonce"])
+    assert finish(client, first).status_code == 303
+    client.cookies.clear()
+    fake.id_token = earlier
+    response = finish(client, begin(client, provider.id, fake))
+    assert response.status_code == 400
+    assert "could not be verified" in response.text
+    assert len(sessions_of(services, links(services)[0].user_id)) == 1
+
+
+def test_a_new_signing_key_is_fetched_when_an_unknown_kid_appears(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any, monkeypatch: Any
+) -> None:
+    from authserver import fetch
+
+    monkeypatch.setattr(fetch, "REFRESH_FLOOR", 0)
+    assert finish(client, begin(client, provider.id, fake)).status_code == 303
+    client.cookies.clear()
+    fake.key, fake.published = ROTATED_KEY, [SIGNING_KEY, ROTATED_KEY]
+    assert finish(client, begin(client, provider.id, fake)).status_code == 303
+
+
+def test_max_age_is_sent_upstream_and_an_old_upstream_sign_in_is_refused(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    sent = begin(client, provider.id, fake, max_age="60")
+    assert sent["max_age"] == "60"
+    fake.claims = {"auth_time": int(time.time()) - 3600}
+    response = finish(client, sent)
+    assert response.status_code == 400
+    assert "did not confirm a fresh sign-in" in response.text
+    assert nothing_created(services)
+
+
+def test_a_disabled_provider_is_neither_shown_nor_started(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    assert "Continue with Acme SSO" in client.get("/login").text
+    services.db.call(
+        lambda: setattr(current_session().get(type(provider), provider.id), "enabled", False)
+    )
+    services.federation.forget()
+    assert "Continue with Acme SSO" not in client.get("/login").text
+    response = client.get(f"/login/federated/{provider.id}")
+    assert response.status_code == 404
+    assert "not available" in response.text
+
+
+def test_the_provider_for_the_login_hint_domain_is_preselected_and_idp_hint_goes_straight_there(
+    client: TestClient, fake: FakeOidc, services: Any
+) -> None:
+    add_provider(services, name="Other SSO")
+    acme = add_provider(services, domains=["acme.example"])
+    page = client.get("/login", params={"login_hint": "bob@acme.example"}).text
+    assert page.index("Continue with Acme SSO") < page.index("Continue with Other SSO")
+    response = client.get("/login", params={"idp_hint": "Acme SSO"})
+    assert response.status_code == 303
+    assert response.headers["location"].startswith(f"/login/federated/{acme.id}")
+
+
+def test_auth_time_from_upstream_never_lies_in_the_future(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any
+) -> None:
+    fake.claims = {"auth_time": int(time.time()) + 30, "iat": int(time.time())}
+    assert finish(client, begin(client, provider.id, fake)).status_code == 303
+    user = services.db.call(users.find_by_email, "ann@acme.example")
+    [session] = sessions_of(services, user.id)
+    assert session.auth_time <= datetime.now(UTC)
