@@ -66,7 +66,8 @@ def test_the_request_upstream_carries_state_nonce_pkce_s256_and_our_callback(
     assert sent["client_id"] == CLIENT_ID
     assert sent["redirect_uri"] == "http://127.0.0.1:8000/login/federated/callback"
     assert sent["code_challenge_method"] == "S256"
-    assert len(sent["state"]) >= 32 and len(sent["nonce"]) >= 32
+    assert len(sent["state"]) >= 32
+    assert len(sent["nonce"]) >= 32
     assert sent["scope"].split() == ["openid", "email", "profile"]
     finish(client, sent)
     [form] = fake.token_requests
@@ -83,7 +84,9 @@ def test_a_new_person_signs_in_just_in_time_with_upstream_claims(
     assert response.status_code == 303, response.text
     assert response.headers["location"] == next_url
     user = services.db.call(users.find_by_email, "ann@acme.example")
-    assert user is not None and user.password_hash is None and user.email_verified
+    assert user is not None
+    assert user.password_hash is None
+    assert user.email_verified
     [session] = sessions_of(services, user.id)
     assert session.amr == "fed pwd mfa"
     assert abs(session.auth_time.timestamp() - (time.time() - 5)) < 3
