@@ -13,8 +13,8 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,10 +29,11 @@ from authserver.federation import models, providers
 from authserver.federation.buttons import MAX_AGE, choices
 from authserver.federation.models import IdentityProvider
 from authserver.federation.providers import SecretBox
-from authserver.federation.upstream import Attempt, Person, UpstreamError
+from authserver.federation.upstream import LEEWAY, Attempt, Person, UpstreamError
 from authserver.organizations import models as orgs
 from authserver.sessions import models as sessions
 from authserver.sessions.pages import (
+    IP_WINDOW,
     read_form,
     render,
     safe_next,
@@ -61,6 +62,15 @@ NO_ACCOUNT = "There is no account here for the {name} account you used."
 NO_EMAIL = "{name} did not share an email address, so no account can be made for you."
 DISABLED = "This account cannot sign in."
 TAKEN = "That {name} account is already linked to another person here."
+VERIFY_EMAIL = (
+    "Your email address here is not verified yet. Open the link in the message we sent you, "
+    "then sign in again."
+)
+NOT_FRESH = "{name} did not confirm a fresh sign-in."
+TOO_LONG = "This sign-in request is too long to continue with another provider."
+TOO_MANY = "Too many sign-in attempts. Wait a minute and try again."
+#: Browsers keep cookies up to 4096 bytes, name and attributes included.
+COOKIE_MAX = 3800
 RELOGIN_TO_LINK = "Sign in again, then link the account from your account page."
 LINK_NOTICE = "linked"
 UNLINK_NOTICE = "unlinked"
@@ -78,6 +88,9 @@ class Flow:
     max_age: int | None
     link_user: str | None
     expires: float
+    #: We asked upstream for a fresh sign-in (`prompt=login`) at `started`.
+    fresh: bool = False
+    started: float = 0.0
 
     def attempt(self) -> Attempt:
         return Attempt(self.state, self.nonce, self.verifier)
@@ -173,12 +186,17 @@ async def _redirect_upstream(
         max_age=max_age,
         link_user=link_user,
         expires=time.time() + FLOW_TTL,
+        fresh=fresh,
+        started=time.time(),
     )
+    sealed = _seal(services, flow)
+    if len(sealed) > COOKIE_MAX:
+        return _refused(request, TOO_LONG, None)
     response = RedirectResponse(location, status_code=303)
     response.headers["Cache-Control"] = "no-store"
     response.set_cookie(
         _flow_cookie(services),
-        _seal(services, flow),
+        sealed,
         max_age=FLOW_TTL,
         httponly=True,
         secure=services.settings.is_https,
@@ -210,6 +228,13 @@ async def callback(request: Request) -> Response:
     spent = f"federation-state:{services.digester.digest('federation-state', state)}"
     if not await run_in_threadpool(services.limiter.kv.set_if_absent, spent, FLOW_TTL):
         return _clear(request, _refused(request, EXPIRED, flow.next_url))
+    ip = client_ip(request)
+    settings = services.settings
+    limited = await run_in_threadpool(
+        services.limiter.check, "login-ip", ip, settings.login_rate_per_ip, IP_WINDOW
+    )
+    if limited is not None:
+        return _clear(request, _refused(request, TOO_MANY, flow.next_url, status=429))
     provider = await services.db.run_sync(providers.get, flow.provider_id)
     if provider is None or not provider.enabled:
         return _clear(request, _refused(request, UNAVAILABLE, flow.next_url))
@@ -240,6 +265,16 @@ async def callback(request: Request) -> Response:
         return _clear(request, _refused(request, error.message, flow.next_url))
     except AppError:
         return _clear(request, _refused(request, failed, flow.next_url))
+    if flow.fresh:
+        upstream_time = person.auth_time.timestamp() if person.auth_time else time.time()
+        if upstream_time < flow.started - LEEWAY:
+            await _audit_failure(services, request, provider, "not_fresh")
+            return _clear(
+                request, _refused(request, NOT_FRESH.format(name=provider.name), flow.next_url)
+            )
+        person = replace(
+            person, auth_time=datetime.fromtimestamp(max(upstream_time, flow.started), UTC)
+        )
     if provider.kind == "oidc":
         used = f"federation-nonce:{services.digester.digest('federation-nonce', flow.nonce)}"
         if not await run_in_threadpool(services.limiter.kv.set_if_absent, used, FLOW_TTL * 2):
@@ -251,7 +286,7 @@ async def callback(request: Request) -> Response:
         person,
         link_user=flow.link_user,
         previous_sid=request.cookies.get(sessions.cookie_name(services.settings)),
-        ip=client_ip(request),
+        ip=ip,
         user_agent=request.headers.get("user-agent", ""),
     )
     if isinstance(outcome, Refusal):
@@ -330,6 +365,9 @@ def resolve(
     if user is None or not user.is_active:
         _failure(provider, person, ip, "account_disabled", user.id if user else None)
         return Refusal(DISABLED)
+    if services.settings.require_verified_email and not user.email_verified:
+        _failure(provider, person, ip, "email_unverified", user.id)
+        return Refusal(VERIFY_EMAIL)
     _join_organization(provider, user.id)
     previous = sessions.find_active(services.digester, services.settings, previous_sid, touch=False)
     if previous is not None:

@@ -4,10 +4,13 @@ created). docs/security.md N101, N102, N103."""
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import respx
@@ -302,3 +305,71 @@ def test_auth_time_from_upstream_never_lies_in_the_future(
     user = services.db.call(users.find_by_email, "ann@acme.example")
     [session] = sessions_of(services, user.id)
     assert session.auth_time <= datetime.now(UTC)
+
+
+def test_an_authorization_request_with_max_age_asks_the_upstream_for_it_too(
+    client: TestClient, fake: FakeOidc, provider: Any, make: Any
+) -> None:
+    app, _ = make.client(redirect_uris=["https://app.example.com/cb"])
+    authorize = client.get(
+        "/authorize",
+        params={"response_type": "code", "client_id": app.id, "scope": "openid",
+                "redirect_uri": "https://app.example.com/cb", "max_age": "120",
+                "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                "code_challenge_method": "S256"},
+    )  # fmt: skip
+    login = client.get(authorize.headers["location"])
+    [href] = re.findall(r'href="(/login/federated/[^"]+)"', login.text)
+    start = client.get(html.unescape(href))
+    sent = parse_qs(urlsplit(start.headers["location"]).query)
+    assert sent["max_age"] == ["120"]
+    assert "prompt" not in sent
+
+
+def test_a_signed_in_person_asked_to_sign_in_again_is_sent_upstream_with_prompt_login(
+    client: TestClient, fake: FakeOidc, provider: Any, make: Any
+) -> None:
+    assert finish(client, begin(client, provider.id, fake)).status_code == 303
+    app, _ = make.client(redirect_uris=["https://app.example.com/cb"])
+    authorize = client.get(
+        "/authorize",
+        params={"response_type": "code", "client_id": app.id, "scope": "openid",
+                "redirect_uri": "https://app.example.com/cb", "prompt": "login",
+                "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                "code_challenge_method": "S256"},
+    )  # fmt: skip
+    login = client.get(authorize.headers["location"])
+    [href] = re.findall(r'href="(/login/federated/[^"]+)"', login.text)
+    sent = begin_at(client, html.unescape(href), fake)
+    assert sent["prompt"] == "login"
+    resumed = finish(client, sent)
+    assert resumed.headers["location"].startswith("/authorize?")
+    assert client.get(resumed.headers["location"]).headers["location"].startswith("/consent?")
+
+
+def test_an_upstream_that_ignores_prompt_login_does_not_count_as_a_fresh_sign_in(
+    client: TestClient, fake: FakeOidc, provider: Any, make: Any, services: Any
+) -> None:
+    assert finish(client, begin(client, provider.id, fake)).status_code == 303
+    app, _ = make.client(redirect_uris=["https://app.example.com/cb"])
+    authorize = client.get(
+        "/authorize",
+        params={"response_type": "code", "client_id": app.id, "scope": "openid",
+                "redirect_uri": "https://app.example.com/cb", "prompt": "login",
+                "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                "code_challenge_method": "S256"},
+    )  # fmt: skip
+    login = client.get(authorize.headers["location"])
+    [href] = re.findall(r'href="(/login/federated/[^"]+)"', login.text)
+    sent = begin_at(client, html.unescape(href), fake)
+    fake.claims = {"auth_time": int(time.time()) - 3600}
+    refused = finish(client, sent)
+    assert refused.status_code == 400
+    assert "Acme SSO did not confirm a fresh sign-in." in refused.text
+
+
+def begin_at(client: TestClient, href: str, fake: FakeOidc) -> dict[str, str]:
+    start = client.get(href)
+    sent = {k: v[0] for k, v in parse_qs(urlsplit(start.headers["location"]).query).items()}
+    fake.request = sent
+    return sent
