@@ -2,7 +2,7 @@
 
 A person may sign in through any number of upstream accounts, each one row of
 `linked_identities`, unique per (provider, upstream subject): the database, not the code,
-makes sure one upstream account opens one person's account here (docs/security.md H63).
+makes sure one upstream account opens one person's account here (docs/security.md N104).
 """
 
 from __future__ import annotations

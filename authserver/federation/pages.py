@@ -2,7 +2,7 @@
 
 Start: the attempt's state, nonce and PKCE verifier go into a short-lived cookie encrypted
 with a key derived from the root secret, so the callback is bound to the browser that
-started it (docs/security.md H63). Callback: the cookie is read and cleared, the state
+started it (docs/security.md N102). Callback: the cookie is read and cleared, the state
 compared and spent once (the key-value store), RFC 9207 `iss` checked, the code redeemed,
 and then the linking rules of `resolve` decide who signs in. Every failure ends on our sign-in
 page with a sentence, never a 500, and with nothing created.
@@ -318,7 +318,7 @@ def resolve(
     ip: str,
     user_agent: str,
 ) -> Refusal | SignedIn:
-    """The linking rules, in one unit of work (docs/security.md H63):
+    """The linking rules, in one unit of work (docs/security.md N104):
 
     - a linked (provider, subject) signs that person in, whatever their email is now;
     - otherwise an account with the same (normalised) email is linked only when the upstream
@@ -326,6 +326,9 @@ def resolve(
       operator trusts its verified emails); never on an unverified or foreign claim;
     - otherwise a new account, when the provider allows just-in-time accounts and none has
       that email; else the person must sign in here first and link from /account.
+
+    A sign-in opens a session under a new id and ends the browser's previous one, as a
+    password sign-in does (docs/security.md H63).
     """
     provider = providers.get(provider_id)
     if provider is None or not provider.enabled:

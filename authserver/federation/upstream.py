@@ -32,7 +32,7 @@ from authserver.resource_server import TokenError, b64url_decode, verify_signatu
 from authserver.users.models import normalize_email
 
 #: Signature algorithms accepted from an upstream: asymmetric only, so never `none` and never
-#: an HMAC keyed with the client secret (docs/security.md A9).
+#: an HMAC keyed with the client secret (docs/security.md N103).
 ID_TOKEN_ALGS = ("RS256", "PS256", "ES256", "EdDSA")
 LEEWAY = 60
 #: RFC 8176 values passed on in our `amr` after `fed` when the upstream reports them.

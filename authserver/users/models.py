@@ -47,7 +47,7 @@ class EmailToken(Base):
 def normalize_email(email: str) -> str:
     """Emails compare case-insensitively and by Unicode compatibility form: the whole address
     is NFKC-normalised and lowercased once, on the way in (and before any comparison, such as
-    an upstream provider's assertion, docs/security.md H63)."""
+    an upstream provider's assertion, docs/security.md N104)."""
     return unicodedata.normalize("NFKC", email.strip()).lower()
 
 
