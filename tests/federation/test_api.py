@@ -108,30 +108,3 @@ def _user(user_id: str) -> Any:
     from authserver.users import models as users
 
     return users.get(user_id)
-
-
-def test_the_cli_creates_lists_disables_and_deletes_providers(
-    settings: Any, fake: FakeOidc, monkeypatch: pytest.MonkeyPatch, capsys: Any
-) -> None:
-    import io
-    import json
-
-    from authserver import cli
-
-    environment = {"AUTHSERVER_DATABASE_URL": settings.database_url,
-                   "AUTHSERVER_KEYS_DIR": str(settings.keys_dir)}  # fmt: skip
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr("sys.stdin", io.StringIO(CLIENT_SECRET + "\n"))
-    assert cli.main(["providers", "create", "--kind", "oidc", "--name", "Acme SSO",
-                     "--issuer", UPSTREAM, "--client-id", CLIENT_ID, "--client-secret-stdin",
-                     "--domain", "acme.example", "--jit", "--json"]) == 0  # fmt: skip
-    created = json.loads(capsys.readouterr().out)
-    assert created["jwks_uri"] == f"{UPSTREAM}/jwks"
-    assert created["jit"] is True
-    assert cli.main(["providers", "disable", "Acme SSO"]) == 0
-    assert "(disabled)" in capsys.readouterr().out
-    assert cli.main(["providers", "list"]) == 0
-    assert "Acme SSO  oidc  disabled" in capsys.readouterr().out
-    assert cli.main(["providers", "delete", created["id"]]) == 0
-    assert cli.main(["providers", "delete", created["id"]]) != 0
