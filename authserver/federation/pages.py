@@ -223,7 +223,7 @@ async def callback(request: Request) -> Response:
     params = request.query_params
     flow = _unseal(services, request.cookies.get(_flow_cookie(services)))
     state = params.get("state", "")
-    if flow is None or not state or not hmac.compare_digest(state, flow.state):
+    if flow is None or not state or not hmac.compare_digest(state.encode(), flow.state.encode()):
         return _clear(request, _refused(request, EXPIRED, flow.next_url if flow else None))
     spent = f"federation-state:{services.digester.digest('federation-state', state)}"
     if not await run_in_threadpool(services.limiter.kv.set_if_absent, spent, FLOW_TTL):

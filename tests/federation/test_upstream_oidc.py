@@ -157,6 +157,33 @@ def test_a_callback_in_a_browser_that_did_not_start_it_is_refused(
     assert nothing_created(services)
 
 
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"state": "é" * 43, "code": "c"}, {"state": "s" * 5000}, {"error": "x\x00"},
+     {"state": "", "code": ""}],
+    ids=["nothing", "non-ascii state", "huge state", "control characters", "empty"],
+)  # fmt: skip
+def test_a_malformed_callback_is_a_clear_page(
+    client: TestClient, fake: FakeOidc, provider: Any, services: Any, params: dict[str, str]
+) -> None:
+    begin(client, provider.id, fake)
+    response = client.get("/login/federated/callback", params=params)
+    assert response.status_code == 400
+    assert "Start again" in response.text
+    assert nothing_created(services)
+
+
+def test_a_malformed_flow_cookie_is_a_clear_page(
+    client: TestClient, fake: FakeOidc, provider: Any
+) -> None:
+    sent = begin(client, provider.id, fake)
+    for garbage in ("v1.!!!", "v1." + "A" * 40, "x" * 30000):
+        client.cookies.clear()
+        client.cookies.set("fedflow", garbage, path="/login/federated")
+        assert finish(client, sent).status_code == 400
+    assert fake.token_requests == []
+
+
 def test_a_replayed_callback_is_refused(
     client: TestClient, fake: FakeOidc, provider: Any, services: Any
 ) -> None:
