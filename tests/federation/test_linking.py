@@ -115,6 +115,19 @@ def test_a_linked_subject_signs_in_after_the_person_changes_their_email_here(
     assert services.db.call(users.find_by_email, "ann@acme.example") is None
 
 
+def test_an_upstream_sign_in_ends_the_browsers_previous_session_h63(
+    client: TestClient, fake: FakeOidc, services: Any, make: Any
+) -> None:
+    person = make.user(email="ann@acme.example")
+    provider = add_provider(services, domains=["acme.example"])
+    sign_in_with_password(client, "ann@acme.example")
+    assert sign_in_upstream(client, fake, provider.id).status_code == 303
+    sessions = sorted(sessions_of(services, person.id), key=lambda s: s.created_at)
+    assert [s.amr for s in sessions] == ["pwd", "fed pwd mfa"]
+    assert sessions[0].ended_at is not None
+    assert sessions[1].ended_at is None
+
+
 def test_without_jit_an_unknown_person_gets_no_account(
     client: TestClient, fake: FakeOidc, services: Any
 ) -> None:

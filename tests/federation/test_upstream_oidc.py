@@ -274,16 +274,20 @@ def test_an_id_token_from_an_earlier_sign_in_is_refused_nonce_replay(
     assert len(sessions_of(services, links(services)[0].user_id)) == 1
 
 
-def test_a_new_signing_key_is_fetched_when_an_unknown_kid_appears(
+def test_the_jwks_is_cached_and_fetched_again_when_an_unknown_kid_appears(
     client: TestClient, fake: FakeOidc, provider: Any, services: Any, monkeypatch: Any
 ) -> None:
     from authserver import fetch
 
     monkeypatch.setattr(fetch, "REFRESH_FLOOR", 0)
-    assert finish(client, begin(client, provider.id, fake)).status_code == 303
+    for _ in range(2):
+        client.cookies.clear()
+        assert finish(client, begin(client, provider.id, fake)).status_code == 303
+    assert fake.jwks_fetches == 1
     client.cookies.clear()
     fake.key, fake.published = ROTATED_KEY, [SIGNING_KEY, ROTATED_KEY]
     assert finish(client, begin(client, provider.id, fake)).status_code == 303
+    assert fake.jwks_fetches == 2
 
 
 def test_max_age_is_sent_upstream_and_an_old_upstream_sign_in_is_refused(

@@ -54,6 +54,7 @@ class FakeOidc:
     request: dict[str, str] = field(default_factory=dict)
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
     sends_iss: bool = False
+    jwks_fetches: int = 0
 
     def discovery(self) -> dict[str, Any]:
         return {
@@ -105,15 +106,17 @@ class FakeOidc:
             200, json={"access_token": "upstream-at", "token_type": "Bearer", "id_token": id_token}
         )
 
+    def jwks(self, request: httpx.Request) -> httpx.Response:
+        self.jwks_fetches += 1
+        return httpx.Response(
+            200, json={"keys": [k.as_dict(private=False) for k in self.published]}
+        )
+
     def install(self, router: respx.Router) -> None:
         router.get(f"{UPSTREAM}/.well-known/openid-configuration").mock(
             side_effect=lambda request: httpx.Response(200, json=self.discovery())
         )
-        router.get(f"{UPSTREAM}/jwks").mock(
-            side_effect=lambda request: httpx.Response(
-                200, json={"keys": [k.as_dict(private=False) for k in self.published]}
-            )
-        )
+        router.get(f"{UPSTREAM}/jwks").mock(side_effect=self.jwks)
         router.post(f"{UPSTREAM}/token").mock(side_effect=self.token)
         router.get(f"{UPSTREAM}/userinfo").mock(
             return_value=httpx.Response(200, json={"sub": self.subject})
