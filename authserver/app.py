@@ -20,7 +20,7 @@ from authserver.app_access import AppAccess
 from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
 from authserver.federation import pages as federation_pages
-from authserver.federation.buttons import Federation
+from authserver.federation.service import Federation
 from authserver.keystore import KeyStore
 from authserver.maintenance import purge_periodically
 from authserver.oauth import (
