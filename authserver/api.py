@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from authserver import audit, rest
+from authserver.federation import api as federation_api
 from authserver.mfa import api as mfa_api
 from authserver.oauth import clients_api, consents_api, resources_api
 from authserver.organizations import api as organizations_api
@@ -25,6 +26,7 @@ OPERATIONS: list[rest.Operation] = [
     *organizations_api.OPERATIONS,
     *clients_api.OPERATIONS,
     *resources_api.OPERATIONS,
+    *federation_api.OPERATIONS,
     *audit.OPERATIONS,
 ]
 DOCUMENT_PATH = rest.API_PREFIX + "/openapi.json"

@@ -19,6 +19,8 @@ from authserver import api, fetch, kv, observability, outbound, web
 from authserver.app_access import AppAccess
 from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
+from authserver.federation import pages as federation_pages
+from authserver.federation.service import Federation
 from authserver.keystore import DatabaseKeys, KeyStore
 from authserver.maintenance import purge_periodically, rotate_periodically
 from authserver.mfa import pages as mfa_pages
@@ -63,6 +65,7 @@ class Services:
     fetcher: fetch.Fetcher
     clients: ClientLookup
     oauth: AuthorizationServer
+    federation: Federation
 
 
 def open_keystore(settings: Settings) -> KeyStore:
@@ -89,16 +92,19 @@ def build_services(settings: Settings) -> Services:
     secret = settings.secret_key.encode() if settings.secret_key else keystore.secret()
     digester = Digester(secret)
     limiter = RateLimiter(kv.open_kv(settings.redis_url))
-    fetcher = fetch.Fetcher(trusted_hosts=settings.client_metadata_hosts)
+    fetcher = fetch.Fetcher(
+        trusted_hosts=settings.client_metadata_hosts, more_trusted_hosts=settings.trusted_hosts
+    )
     lookup = ClientLookup(fetcher, settings)
+    database = Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout,
+        statement_timeout=settings.db_statement_timeout,
+    )
     return Services(
         settings=settings,
-        db=Database(
-            settings.database_url,
-            pool_size=settings.db_pool_size,
-            pool_timeout=settings.db_pool_timeout,
-            statement_timeout=settings.db_statement_timeout,
-        ),
+        db=database,
         keystore=keystore,
         digester=digester,
         passwords=Passwords(
@@ -114,6 +120,7 @@ def build_services(settings: Settings) -> Services:
         fetcher=fetcher,
         clients=lookup,
         oauth=build_server(settings, keystore, digester, limiter, fetcher, lookup),
+        federation=Federation(database, fetcher, secret, settings.issuer),
     )
 
 
@@ -152,6 +159,8 @@ def routes() -> list[BaseRoute]:
         Route("/register/{client_id}", registration.manage, methods=["GET", "PUT", "DELETE"]),
         Route("/register/{client_id}", registration.manage_preflight, methods=["OPTIONS"]),
         Route("/login", pages.login, methods=["GET", "POST"]),
+        Route("/login/federated/callback", federation_pages.callback),
+        Route("/login/federated/{provider_id}", federation_pages.start),
         Route("/logout", logout.logout, methods=["GET", "POST"]),
         Route("/signup", user_pages.signup, methods=["GET", "POST"]),
         Route("/verify-email", user_pages.verify_email, methods=["GET", "POST"]),
@@ -176,6 +185,16 @@ def routes() -> list[BaseRoute]:
         Route("/account/sessions/end-others", account.end_other_sessions, methods=["POST"]),
         Route("/account/sessions/{session_id}/end", account.end_session, methods=["POST"]),
         Route("/account/consents/{consent_id}/revoke", account.revoke_consent, methods=["POST"]),
+        Route(
+            "/account/identities/{provider_id}/link",
+            federation_pages.start_link,
+            methods=["POST"],
+        ),
+        Route(
+            "/account/identities/{identity_id}/unlink",
+            federation_pages.unlink,
+            methods=["POST"],
+        ),
         *api.routes(),
         Mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static"),
     ]

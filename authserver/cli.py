@@ -367,6 +367,88 @@ def cmd_registration_tokens_create(args: argparse.Namespace, settings: Settings)
     _emit(args, record, summary)
 
 
+def cmd_providers(args: argparse.Namespace, settings: Settings) -> None:
+    """Upstream identity providers: the same validation and storage as /api/v1/providers."""
+    from authserver import audit
+    from authserver.federation import providers
+
+    services = _services(settings)
+    federation = services.federation
+    action = args.providers_command
+
+    def changes() -> providers.Changes:
+        secret = None
+        if getattr(args, "client_secret_stdin", False):
+            secret = sys.stdin.readline().rstrip("\r\n")
+        enabled = {"enable": True, "disable": False}.get(action, getattr(args, "enabled", None))
+        return providers.Changes(
+            name=getattr(args, "name", None),
+            client_id=getattr(args, "client_id", None),
+            client_secret=secret,
+            domains=getattr(args, "domain", None),
+            jit=getattr(args, "jit", None),
+            trust_verified_emails=getattr(args, "trust_verified_emails", None),
+            organization_id=getattr(args, "organization", None),
+            default_role=getattr(args, "default_role", None),
+            enabled=enabled,
+            scopes=getattr(args, "scopes", None),
+        )
+
+    def found() -> Any:
+        provider = providers.find(args.provider)
+        if provider is None:
+            raise CliError(f"no provider {args.provider}")
+        return provider
+
+    def record(event: str, provider_id: str) -> None:
+        audit.record(event, actor_type="cli", target_type="provider", target_id=provider_id)
+
+    if action == "create":
+        if not args.client_secret_stdin:
+            raise CliError("give the client secret on standard input with --client-secret-stdin")
+        endpoints = providers.endpoints_for(services.fetcher, args.kind, args.issuer)
+        given = changes()
+
+        def create() -> dict[str, Any]:
+            provider = providers.create(federation.box, args.kind, endpoints, given)
+            record("provider.created", provider.id)
+            return providers.as_dict(provider)
+
+        created = services.db.call(create)
+        _emit(args, created, f"created provider {created['name']} ({created['id']})")
+    elif action == "list":
+        rows = services.db.call(
+            lambda: [providers.as_dict(p) for p in providers.listing(after=None, limit=10_000)]
+        )
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        for row in [] if args.json else rows:
+            state = "enabled" if row["enabled"] else "disabled"
+            print(f"{row['name']}  {row['kind']}  {state}  ({row['id']})")
+    elif action == "delete":
+
+        def delete() -> dict[str, Any]:
+            provider = found()
+            shown = providers.as_dict(provider)
+            providers.delete(provider)
+            record("provider.deleted", shown["id"])
+            return shown
+
+        deleted = services.db.call(delete)
+        _emit(args, deleted, f"deleted provider {deleted['name']}")
+    else:
+        given = changes()
+
+        def update() -> dict[str, Any]:
+            provider = providers.update(federation.box, found(), given)
+            record("provider.updated", provider.id)
+            return providers.as_dict(provider)
+
+        updated = services.db.call(update)
+        state = "enabled" if updated["enabled"] else "disabled"
+        _emit(args, updated, f"updated provider {updated['name']} ({state})")
+
+
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> None:
     from authserver.maintenance import purge_expired
 
@@ -507,6 +589,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resources_delete.add_argument("resource", metavar="ID_OR_URI")
     for sub in (resources_create, resources_list, resources_delete):
+        sub.add_argument("--json", action="store_true", help="print JSON")
+
+    providers_group = commands.add_parser(
+        "providers",
+        help="Manage upstream identity providers (sign in with OpenID Connect or GitHub).",
+        description="Upstream identity providers people may sign in with.",
+    )
+    provider_commands = providers_group.add_subparsers(
+        dest="providers_command", required=True, metavar="ACTION"
+    )
+    providers_create = command(
+        provider_commands, "create", cmd_providers, "Add a provider (OIDC: discovered)."
+    )
+    providers_create.add_argument("--kind", choices=["oidc", "github"], required=True)
+    providers_create.add_argument("--issuer", default=None, help="OpenID Connect issuer URL")
+    providers_update = command(
+        provider_commands, "update", cmd_providers, "Change a provider (by id or name)."
+    )
+    providers_update.add_argument("provider", metavar="ID_OR_NAME")
+    for sub in (providers_create, providers_update):
+        sub.add_argument("--name", required=sub is providers_create)
+        sub.add_argument("--client-id", required=sub is providers_create)
+        sub.add_argument(
+            "--client-secret-stdin",
+            action="store_true",
+            help="read the client secret from standard input (stored encrypted)",
+        )
+        sub.add_argument(
+            "--domain",
+            action="append",
+            default=None,
+            help="an email domain it is authoritative for (repeat for more)",
+        )
+        sub.add_argument(
+            "--jit",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="create accounts just in time",
+        )
+        sub.add_argument(
+            "--trust-verified-emails",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="link any verified address to the account that has it",
+        )
+        sub.add_argument("--organization", default=None, help="organization id its people join")
+        sub.add_argument("--default-role", choices=["member", "admin"], default=None)
+        sub.add_argument("--scopes", default=None, help="scopes to ask the provider for")
+    providers_list = command(provider_commands, "list", cmd_providers, "List the providers.")
+    extra = []
+    for name, help_text in (
+        ("enable", "Show a provider on the sign-in page again."),
+        ("disable", "Stop signing in with a provider (links are kept)."),
+        ("delete", "Delete a provider and its links (accounts stay)."),
+    ):
+        sub = command(provider_commands, name, cmd_providers, help_text)
+        sub.add_argument("provider", metavar="ID_OR_NAME")
+        extra.append(sub)
+    for sub in (providers_create, providers_update, providers_list, *extra):
         sub.add_argument("--json", action="store_true", help="print JSON")
 
     orgs_create = create_command(

@@ -9,9 +9,14 @@ resolved address is not public, and opens the TCP connection to the checked addr
 while TLS still sends the host name as SNI and verifies the certificate for it (httpcore does
 both from the URL's host), so a second DNS answer can never slip in between check and use.
 
-Operators name trusted hosts (`AUTHSERVER_CLIENT_METADATA_HOSTS`): those may sit on a
-loopback or private address (a developer serving a document from their laptop), and when the
-list is set, metadata documents come only from them.
+Operators name trusted hosts (`AUTHSERVER_TRUSTED_HOSTS`, and `AUTHSERVER_CLIENT_METADATA_HOSTS`
+which also restricts where metadata documents come from): those may sit on a loopback or
+private address (a developer serving a document from their laptop, an identity provider on
+the company network), and a trusted host on a loopback address may even be plain http (a
+second server started by a test); https stays mandatory for every other host.
+
+Besides cached documents (`json`), `call` makes one uncached request with a form body or
+extra headers (an upstream token endpoint, a userinfo or user API) under the same checks.
 
 Answers are cached by URL, honouring `Cache-Control` between a floor and a ceiling;
 failures are cached briefly, so a broken or hostile URL is not fetched on every request.
@@ -20,7 +25,6 @@ failures are cached briefly, so a broken or hostile URL is not fetched on every 
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -29,7 +33,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +41,8 @@ from urllib.parse import urlsplit
 import certifi
 import httpcore
 import httpx
+
+from authserver import jsonsafe
 
 log = logging.getLogger("authserver.fetch")
 
@@ -108,6 +114,9 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if address in METADATA_ADDRESSES:
         return False
     return address.is_global and not address.is_multicast and not address.is_unspecified
+
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 def parse_trusted_hosts(entries: Iterable[str]) -> frozenset[tuple[str, int]]:
@@ -296,6 +305,7 @@ class Fetcher:
         self,
         *,
         trusted_hosts: Sequence[str] = (),
+        more_trusted_hosts: Sequence[str] = (),
         resolve: Resolver | None = None,
         ssl_context: ssl.SSLContext | None = None,
         max_bytes: int = MAX_BYTES,
@@ -303,7 +313,9 @@ class Fetcher:
         deadline: float = DEADLINE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.trusted = parse_trusted_hosts(trusted_hosts)
+        #: Only these serve metadata documents, when any are named.
+        self.metadata_hosts = parse_trusted_hosts(trusted_hosts)
+        self.trusted = self.metadata_hosts | parse_trusted_hosts(more_trusted_hosts)
         self._max_bytes = max_bytes
         self._clock = clock
         self._cache = _Cache(CACHE_SIZE)
@@ -342,7 +354,7 @@ class Fetcher:
         if failed is not None:
             raise FetchError(failed.value)
         try:
-            value, lifetime = self._fetch(url)
+            _, value, lifetime = self._fetch(url)
         except FetchError as error:
             log.info("fetch of %s failed: %s", url, error.reason)
             self._failures.put(url, _Entry(error.reason, now, now + NEGATIVE_TTL))
@@ -362,24 +374,56 @@ class Fetcher:
             port = parts.port or 443
         except ValueError:
             raise FetchError("The URL is malformed.") from None
-        if parts.scheme != "https" or not parts.hostname:
+        if parts.scheme not in {"https", "http"} or not parts.hostname:
             raise FetchError("Only https URLs are fetched.")
         if parts.username is not None or parts.password is not None or parts.fragment:
             raise FetchError("The URL must have no user info and no fragment.")
         host = parts.hostname.lower()
+        if parts.scheme == "http":
+            port = parts.port or 80
+            if host not in LOOPBACK_NAMES or (host, port) not in self.trusted:
+                raise FetchError("Only https URLs are fetched.")
         trusted = (host, port) in self.trusted
-        if trusted_only and self.trusted and not trusted:
+        if trusted_only and self.metadata_hosts and (host, port) not in self.metadata_hosts:
             raise FetchError(f"The host {host} is not one this server fetches documents from.")
         address = literal_address(host)
         if address is not None and not trusted and not is_public(address):
             raise FetchError(f"The host {host} is not a public address.")
 
-    def _fetch(self, url: str) -> tuple[Any, int]:
+    def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        form: Sequence[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        accept: Collection[int] = (200,),
+    ) -> tuple[int, Any]:
+        """One uncached request (a token endpoint POST, a GET with a bearer token): the status
+        and the JSON body, for any status in `accept`. Same checks, caps and deadline as
+        `json`; neither the form nor the headers are ever logged."""
+        self.check_url(url)
         try:
-            with self._http.stream("GET", url) as response:
+            return self._fetch(url, method=method, form=form, headers=headers, accept=accept)[:2]
+        except FetchError as error:
+            log.info("%s %s failed: %s", method, url, error.reason)
+            raise
+
+    def _fetch(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        form: Sequence[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        accept: Collection[int] = (200,),
+    ) -> tuple[int, Any, int]:
+        try:
+            body_form = dict(form) if form is not None else None
+            with self._http.stream(method, url, data=body_form, headers=headers) as response:
                 if response.is_redirect:
                     raise FetchError("The URL redirects; redirects are not followed.")
-                if response.status_code != 200:
+                if response.status_code not in accept:
                     raise FetchError(f"The URL answered HTTP {response.status_code}.")
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > self._max_bytes:
@@ -395,9 +439,10 @@ class Fetcher:
         except httpx.HTTPError as exc:
             raise FetchError(f"The document could not be fetched ({type(exc).__name__}).") from None
         try:
-            return json.loads(bytes(body)), lifetime
+            value = jsonsafe.loads(bytes(body), max_bytes=self._max_bytes)
         except (ValueError, UnicodeDecodeError):
             raise FetchError("The document is not JSON.") from None
+        return response.status_code, value, lifetime
 
     def close(self) -> None:
         self._http.close()

@@ -2,6 +2,7 @@
 
 from authserver.audit import AuditEvent
 from authserver.db import Base
+from authserver.federation.models import IdentityProvider, LinkedIdentity
 from authserver.keystore import ServerSecret, SigningKey
 from authserver.mfa.models import (
     MfaPreference,
@@ -32,7 +33,9 @@ __all__ = [
     "Consent",
     "DeviceAuthorization",
     "EmailToken",
+    "IdentityProvider",
     "InitialAccessToken",
+    "LinkedIdentity",
     "LoginSession",
     "Membership",
     "MfaPreference",

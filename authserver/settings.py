@@ -235,6 +235,12 @@ class Settings:
     client_metadata_hosts: tuple[str, ...] = _setting(
         (), _host_list, "comma-separated host or host:port; when set, the only metadata hosts"
     )
+    trusted_hosts: tuple[str, ...] = _setting(
+        (),
+        _host_list,
+        "comma-separated host or host:port fetched even on a loopback or private address "
+        "(upstream identity providers, jwks); plain http only for such a loopback host",
+    )
 
     device_flow: bool = _setting(
         True, _bool, "device authorization grant (RFC 8628) at /device_authorization and /device"

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+import respx
 from sqlalchemy import create_engine, text
 
 from authserver.cli import default_issuer, main
@@ -600,3 +601,32 @@ def test_keys_work_the_same_in_the_database_store(env: Path, capsys, monkeypatch
     assert "cannot be decrypted with the configured passphrase" in err
     assert len(err.strip().splitlines()) == 1
     assert len(query(env, "SELECT kid FROM signing_keys")) == 3
+
+
+def test_providers_are_created_listed_disabled_and_deleted(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.federation.upstream import CLIENT_ID, CLIENT_SECRET, UPSTREAM, FakeOidc
+
+    with respx.mock(assert_all_called=False) as router:
+        FakeOidc().install(router)
+        status, out, _ = run(
+            ["providers", "create", "--kind", "oidc", "--name", "Acme SSO", "--issuer", UPSTREAM,
+             "--client-id", CLIENT_ID, "--client-secret-stdin", "--domain", "acme.example",
+             "--jit", "--json"],
+            capsys, monkeypatch, stdin=CLIENT_SECRET + "\n",
+        )  # fmt: skip
+    assert status == 0
+    created = json.loads(out)
+    assert created["jwks_uri"] == f"{UPSTREAM}/jwks"
+    assert created["jit"] is True
+    [(stored,)] = query(env, "SELECT client_secret FROM identity_providers")
+    assert CLIENT_SECRET not in stored
+    assert run(["providers", "disable", "Acme SSO"], capsys, monkeypatch)[1].endswith(
+        "(disabled)\n"
+    )
+    assert "Acme SSO  oidc  disabled" in run(["providers", "list"], capsys, monkeypatch)[1]
+    assert run(["providers", "delete", created["id"]], capsys, monkeypatch)[0] == 0
+    status, _, err = run(["providers", "delete", created["id"]], capsys, monkeypatch)
+    assert status != 0
+    assert "no provider" in err

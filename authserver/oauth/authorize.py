@@ -410,6 +410,9 @@ def _login_url(snapshot: RequestSnapshot, marker: str | None = None) -> str:
     hint = snapshot.first("login_hint")
     if hint:
         query.append(("login_hint", hint))
+    max_age = snapshot.first("max_age")
+    if max_age:
+        query.append(("max_age", max_age))
     return "/login?" + urlencode(query)
 
 

@@ -89,6 +89,7 @@ def start(
     acr: str | None = None,
     awaiting_factor: bool = False,
     factor_times: dict[str, datetime] | None = None,
+    auth_time: datetime | None = None,
     now: datetime | None = None,
 ) -> tuple[LoginSession, str]:
     """Open a session for a user who just signed in; returns it with the raw cookie value.
@@ -97,6 +98,7 @@ def start(
     With `awaiting_factor` it is not a session yet (`find_active` ignores it) until
     `complete_factor` records the second factor, within `AWAITING_FACTOR_TTL`.
     `factor_times` names the columns of the factors used (`password_at`, `passkey_at`, ...).
+    `auth_time`: when the person authenticated, if not now (an upstream provider's sign-in).
     """
     now = now or utcnow()
     raw_sid = new_token()
@@ -108,8 +110,8 @@ def start(
         user_id=user_id,
         user_agent=user_agent[:500],
         ip=ip[:64],
-        auth_time=now,
-        amr=amr,
+        auth_time=auth_time or now,
+        amr=amr[:100],
         acr=acr,
         awaiting_factor=awaiting_factor,
         **(factor_times if factor_times is not None else {"password_at": now}),

@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse, Response
 
 from authserver import audit
 from authserver.errors import NO_STORE
+from authserver.federation import buttons as federation
 from authserver.mfa import policy
 from authserver.mfa.policy import ACR_PWD
 from authserver.sessions import models as sessions
@@ -141,6 +142,9 @@ async def login(request: Request) -> Response:
         signed_in = await _signed_in_user(request)
         if signed_in is not None:
             return render(request, "login.html", {"signed_in_as": signed_in.email})
+    hinted = federation.hinted(request, next_url)
+    if hinted is not None:
+        return hinted
     hint = request.query_params.get("login_hint") or _login_hint_of(next_url)
     return _login_form(request, email=_printable(hint, users.EMAIL_MAX), next_url=next_url)
 
@@ -309,7 +313,12 @@ def _login_form(
     status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    context = {"email": email, "next": next_url, "error": error}
+    context = {
+        "email": email,
+        "next": next_url,
+        "error": error,
+        "providers": federation.choices(request, next_url, email),
+    }
     return render(request, "login.html", context, status=status, headers=headers)
 
 

@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from authserver import rest
 from authserver.app_access import AppAccess
 from authserver.db import utcnow
+from authserver.federation import pages as federation
 from authserver.mfa import pages as mfa_pages
 from authserver.organizations import models as orgs
 from authserver.sessions import api as sessions_api
@@ -39,6 +40,8 @@ NOTICES = {
     "sessions_ended": "Your other sessions have ended.",
     "consent_revoked": "Access revoked: the app can no longer use your account.",
     **mfa_pages.ACCOUNT_NOTICES,
+    "linked": "The account is linked: you can sign in with it from now on.",
+    "unlinked": "The account is no longer linked.",
 }
 BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
             ("Safari/", "Safari"))  # fmt: skip
@@ -138,6 +141,7 @@ def _view(access: AppAccess, login: LoginSession) -> dict[str, Any]:
             {"name": organization.name, "role": role}
             for organization, role in orgs.list_for_user(user.id, after=None, limit=SHOWN)
         ],
+        **federation.account_view(user.id),
     }
 
 

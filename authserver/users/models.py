@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,8 +45,10 @@ class EmailToken(Base):
 
 
 def normalize_email(email: str) -> str:
-    """Emails compare case-insensitively: the whole address is lowercased once, on the way in."""
-    return email.strip().lower()
+    """Emails compare case-insensitively and by Unicode compatibility form: the whole address
+    is NFKC-normalised and lowercased once, on the way in (and before any comparison, such as
+    an upstream provider's assertion, docs/security.md N104)."""
+    return unicodedata.normalize("NFKC", email.strip()).lower()
 
 
 def find_by_email(email: str) -> User | None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -290,3 +292,61 @@ def test_is_public_unwraps_embedded_ipv4() -> None:
 def test_bad_trusted_host_entries_are_refused(entry: str) -> None:
     with pytest.raises(ValueError, match="host"):
         fetch.parse_trusted_hosts([entry])
+
+
+# -- plain http: only a trusted loopback host (AUTHSERVER_TRUSTED_HOSTS) ---------------------
+
+
+class _JsonPage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self._answer(b'{"ok": true}')
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._answer(b'{"got": "' + body + b'"}')
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JsonPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+def test_plain_http_is_fetched_only_from_a_trusted_loopback_host(http_server: int) -> None:
+    url = f"http://127.0.0.1:{http_server}/doc"
+    with pytest.raises(FetchError, match="Only https"):
+        Fetcher().json(url)
+    with pytest.raises(FetchError, match="Only https"):
+        Fetcher(more_trusted_hosts=["127.0.0.1:1"]).json(url)
+    trusting_it = Fetcher(more_trusted_hosts=[f"127.0.0.1:{http_server}"])
+    assert trusting_it.json(url) == {"ok": True}
+    assert trusting_it.call("POST", url, form=[("a", "b")]) == (200, {"got": "a=b"})
+
+
+def test_plain_http_is_never_fetched_from_a_trusted_host_that_is_not_loopback() -> None:
+    fetcher = Fetcher(more_trusted_hosts=["idp.example:80", "10.0.0.5:80"])
+    for url in ("http://idp.example/doc", "http://10.0.0.5/doc"):
+        with pytest.raises(FetchError, match="Only https"):
+            fetcher.check_url(url)
+
+
+def test_more_trusted_hosts_do_not_restrict_metadata_documents() -> None:
+    fetcher = Fetcher(more_trusted_hosts=["idp.example"])
+    fetcher.check_url("https://client.example/doc", trusted_only=True)
+    restricted = Fetcher(trusted_hosts=["docs.example"], more_trusted_hosts=["idp.example"])
+    with pytest.raises(FetchError, match="not one this server fetches documents from"):
+        restricted.check_url("https://idp.example/doc", trusted_only=True)
