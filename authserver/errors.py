@@ -87,6 +87,7 @@ STATUS_TITLES = {
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
     429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -97,6 +98,7 @@ OAUTH_ERROR_CODES = {
     405: "invalid_request",
     413: "invalid_request",
     415: "invalid_request",
+    431: "invalid_request",
     429: "slow_down",
     500: "server_error",
     503: "temporarily_unavailable",

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from authserver.errors import Forbidden
+from authserver.errors import Forbidden, render_error
 from authserver.security import new_token
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -106,16 +106,17 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) > self.max_url:
-            await _plain(send, 414, b"URI too long")
+            await _refuse(scope, receive, send, 414, "The URL is too long.")
             return
         headers = scope["headers"]
         size = sum(len(name) + len(value) + 4 for name, value in headers)
         if len(headers) > self.max_headers or size > self.max_header_bytes:
-            await _plain(send, 431, b"Request header fields too large")
+            detail = "The request headers are too many or too large."
+            await _refuse(scope, receive, send, 431, detail)
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            await _plain(send, 413, b"Request body too large")
+            await _refuse(scope, receive, send, 413, "The request body is too large.")
             return
         received = 0
 
@@ -131,17 +132,18 @@ class BodySizeLimitMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         except BodyTooLarge:
-            await _plain(send, 413, b"Request body too large")
+            await _refuse(scope, receive, send, 413, "The request body is too large.")
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-async def _plain(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    """The refusal in the format of the surface asked (`errors.render_error`): OAuth JSON,
+    problem+json under /api, a page for people; the connection is closed after it."""
+    response = render_error(Request(scope, receive), status, detail, {"Connection": "close"})
+    await response(scope, receive, send)
 
 
 class Csrf:

@@ -15,6 +15,9 @@ from tests.conftest import ISSUER
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k"}
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
 def test_health(client: TestClient) -> None:
     response = client.get("/health")
     assert response.status_code == 200
@@ -146,6 +149,29 @@ def test_oversized_bodies_and_urls_are_refused(client: TestClient) -> None:
     """docs/security.md M99: >64 KB body → 413, URL >8 KB → 414."""
     assert client.post("/health", content=b"x" * (65 * 1024)).status_code == 413
     assert client.get("/health?q=" + "a" * 9000).status_code == 414
+
+
+def test_size_refusals_answer_in_the_format_of_their_endpoint(client: TestClient) -> None:
+    """A client reads a 413/414/431 as it reads every other error of the endpoint it
+    called: RFC 6749 JSON at the OAuth endpoints, problem+json under /api, a page for
+    people; never a bare text body."""
+    big = b"x" * (65 * 1024)
+    token = client.post("/token", content=big, headers={"content-type": FORM})
+    assert token.status_code == 413
+    assert token.json()["error"] == "invalid_request"
+    assert token.headers["cache-control"] == "no-store"
+    register = client.post("/register", content=big, headers={"content-type": "application/json"})
+    assert (register.status_code, register.json()["error"]) == (413, "invalid_request")
+    api = client.patch("/api/v1/users/me", content=big)
+    assert api.status_code == 413
+    assert api.headers["content-type"] == "application/problem+json"
+    crowded = {f"x-h{i}": "v" for i in range(150)}
+    introspect = client.post("/introspect", headers=crowded)
+    assert (introspect.status_code, introspect.json()["error"]) == (431, "invalid_request")
+    page = client.get("/login?q=" + "a" * 9000)
+    assert page.status_code == 414
+    assert page.headers["content-type"].startswith("text/html")
+    assert "URL is too long" in page.text
 
 
 def test_metrics_count_requests_by_endpoint(client: TestClient) -> None:
