@@ -392,24 +392,16 @@ class DeviceCodeGrant(ForResource, _DeviceCodeGrant):
             scope=found.scope,
             include_refresh_token=client.check_grant_type("refresh_token"),
         )
-        family = tokens.open_family(
-            client_id=client.id,
-            end_user=end_user,
+        tokens.store_grant(
+            self.digester,
+            self.settings,
+            self.request,
+            token,
             code_id=None,
             scope=found.scope,
-            now=self.now,
-            ttl=self.settings.refresh_token_ttl,
             resources=found.resources,
+            now=self.now,
         )
-        self.request.family_id = family.id
-        if "refresh_token" in token:
-            tokens.add_refresh_token(
-                self.digester,
-                token["refresh_token"],
-                family,
-                self.now,
-                self.settings.refresh_token_idle_ttl,
-            )
         self.save_token(token)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 

@@ -306,24 +306,16 @@ class AuthorizationCodeGrant(ForResource, grants.AuthorizationCodeGrant):
 
     def save_token(self, token: dict[str, Any]) -> None:
         code = self.request.authorization_code
-        family = tokens.open_family(
-            client_id=self.request.client.id,
-            end_user=self.request.user,
+        tokens.store_grant(
+            self.digester,
+            self.settings,
+            self.request,
+            token,
             code_id=code.id,
             scope=code.scope,
-            now=self.now,
-            ttl=self.settings.refresh_token_ttl,
             resources=code.resources,
+            now=self.now,
         )
-        self.request.family_id = family.id
-        if "refresh_token" in token:
-            tokens.add_refresh_token(
-                self.digester,
-                token["refresh_token"],
-                family,
-                self.now,
-                self.settings.refresh_token_idle_ttl,
-            )
         super().save_token(token)
 
     def _replayed(self, code: codes.AuthorizationCode) -> InvalidGrantError:

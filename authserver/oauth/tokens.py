@@ -271,6 +271,36 @@ def verify_access_token(
 # -- families ------------------------------------------------------------------------------
 
 
+def store_grant(
+    digester: Digester,
+    settings: Settings,
+    request: Any,
+    token: dict[str, Any],
+    *,
+    code_id: str | None,
+    scope: str,
+    resources: list[str] | None,
+    now: datetime,
+) -> None:
+    """What a grant that a person approved (a code, a device code) stores with its first
+    tokens: the family, the refresh token's digest, and on `request` the family that
+    `save_token` files the access token under."""
+    family = open_family(
+        client_id=request.client.id,
+        end_user=request.user,
+        code_id=code_id,
+        scope=scope,
+        now=now,
+        ttl=settings.refresh_token_ttl,
+        resources=resources,
+    )
+    request.family_id = family.id
+    if "refresh_token" in token:
+        add_refresh_token(
+            digester, token["refresh_token"], family, now, settings.refresh_token_idle_ttl
+        )
+
+
 def open_family(
     *,
     client_id: str,
