@@ -2,8 +2,8 @@
 
 On this branch it follows 0004 (the head it was written on); the integrator re-chains.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-04 16:57:21.511114
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import authserver.db
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

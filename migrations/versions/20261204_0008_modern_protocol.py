@@ -1,8 +1,8 @@
 """device authorizations (RFC 8628), pushed authorization requests (RFC 9126), and the
 client settings for PAR and signed introspection (RFC 9701)
 
-Revision ID: 0011
-Revises: 0009
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-04 17:10:00
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 import authserver.db
 
-revision: str = "0011"
-down_revision: str | None = "0009"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

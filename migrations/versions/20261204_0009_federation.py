@@ -1,7 +1,7 @@
 """federation: upstream identity providers and linked identities
 
-Revision ID: 0010
-Revises: 0011
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-04 17:06:24
 
 A person's (provider, upstream subject) links are unique: one upstream account opens one
@@ -15,8 +15,8 @@ from alembic import op
 
 import authserver.db
 
-revision: str = "0010"
-down_revision: str | None = "0011"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
