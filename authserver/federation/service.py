@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from authserver.db import Database
 from authserver.federation import providers
@@ -12,6 +16,7 @@ from authserver.federation.providers import SecretBox
 from authserver.federation.upstream import Upstream
 from authserver.fetch import Fetcher
 
+log = logging.getLogger("authserver.federation")
 #: How long the sign-in page may show a provider list that an administrator just changed.
 CACHE_SECONDS = 5.0
 
@@ -47,10 +52,26 @@ class Federation:
         def read() -> list[Choice]:
             return [Choice(p.id, p.name, tuple(p.domains or ())) for p in providers.enabled()]
 
-        fresh = self._database.call(read)
+        try:
+            fresh = self._database.call(read)
+        except SQLAlchemyError as error:
+            # The sign-in page still renders while the database is away (its POST then
+            # answers 503): the last list known, tried again after the same interval.
+            log.warning("identity providers unavailable: %s", type(error).__name__)
+            with self._lock:
+                self._cached = (time.monotonic(), self._cached[1])
+                return self._cached[1]
         with self._lock:
             self._cached = (time.monotonic(), fresh)
         return fresh
+
+    async def prefetch(self) -> None:
+        """Refresh the list in the threadpool, so the sign-in page, rendered on the event
+        loop, reads it from memory."""
+        with self._lock:
+            fresh = time.monotonic() - self._cached[0] < CACHE_SECONDS
+        if not fresh:
+            await run_in_threadpool(self.enabled)
 
     def forget(self) -> None:
         with self._lock:
