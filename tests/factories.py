@@ -8,12 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 from authserver import db
-from authserver.app import Services
 from authserver.oauth import clients, resources, tokens
 from authserver.oauth.clients import Client
 from authserver.organizations import models as orgs
 from authserver.organizations.models import Organization
 from authserver.security import new_token
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from authserver.users import models as users
 from authserver.users.models import User

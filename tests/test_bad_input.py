@@ -15,8 +15,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from authserver import jsonsafe, resource_server
-from authserver.app import Services, create_app
+from authserver.app import create_app
 from authserver.oauth import tokens
+from authserver.services import Services
 from authserver.settings import Settings
 from tests import factories
 from tests.conftest import API, ISSUER, is_problem

@@ -25,10 +25,10 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from authserver import resource_server
-from authserver.app import Services
 from authserver.db import utcnow
 from authserver.oauth import tokens as oauth_tokens
 from authserver.resource_server import ResourceServer
+from authserver.services import Services
 from tests import factories
 from tests.conftest import ISSUER
 

@@ -14,11 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
+from authserver.actors import ADMIN, admin, as_admin, caller
 from authserver.errors import NotFound
 from authserver.federation import models, providers
 from authserver.federation.providers import Changes
+from authserver.services import services
 from authserver.users import models as users
-from authserver.users.api import ADMIN, READ, admin, as_admin, caller
+from authserver.users.api import READ
 
 
 @dataclass
@@ -69,7 +71,7 @@ async def list_providers(request: Request) -> Response:
 async def create_provider(request: Request) -> Response:
     me = await admin(request)
     body: NewProvider = await rest.read_json(request, NewProvider)
-    federation = request.app.state.services.federation
+    federation = services(request).federation
     endpoints = await run_in_threadpool(
         providers.endpoints_for, federation.upstream.fetcher, body.kind, body.issuer
     )
@@ -98,7 +100,7 @@ async def update_provider(request: Request) -> Response:
     me = await admin(request)
     provider_id = rest.path_id(request, "provider_id")
     body: ProviderChanges = await rest.read_json(request, ProviderChanges)
-    federation = request.app.state.services.federation
+    federation = services(request).federation
 
     def update() -> dict[str, Any]:
         provider = providers.update(federation.box, providers.existing(provider_id), _changes(body))
@@ -119,7 +121,7 @@ async def delete_provider(request: Request) -> Response:
         me.record("provider.deleted", "provider", provider_id)
 
     await as_admin(request, me, delete)
-    request.app.state.services.federation.forget()
+    services(request).federation.forget()
     return Response(status_code=204)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from authserver.db import utcnow
 from authserver.keystore import KeyStore
 from authserver.oauth import clients, tokens
-from authserver.rest import InvalidToken, Principal, TokenVerifier
+from authserver.resource_server import InvalidToken, Principal, TokenVerifier
 from authserver.settings import Settings
 from authserver.users import models as users
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.oauth.clients import Client
 from authserver.oauth.tokens import TokenFamily
-from authserver.rest import API_SCOPES
+from authserver.resource_server import API_SCOPES
 
 
 class Consent(Base):
@@ -129,3 +129,18 @@ def revoke(consent: Consent, now: datetime) -> int:
         .execution_options(synchronize_session=False)
     )
     return int(rowcount(result) or 0)
+
+
+#: What the consent page shows of a client's registered metadata, as link labels.
+CONSENT_LINKS = {"policy_uri": "Privacy policy", "tos_uri": "Terms of service"}
+
+
+def consent_links(client: Client) -> dict[str, str]:
+    """The logo, privacy policy and terms of service a client registered, for the consent
+    page: https only, checked again here because each is about to become a link."""
+    info = client.info or {}
+    return {
+        name: info[name]
+        for name in ("logo_uri", *CONSENT_LINKS)
+        if isinstance(info.get(name), str) and info[name].startswith("https://")
+    }

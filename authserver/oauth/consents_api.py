@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from authserver import rest
+from authserver.actors import Caller, caller
 from authserver.db import utcnow
 from authserver.errors import NotFound
 from authserver.oauth import consent
 from authserver.oauth.consent import Consent
-from authserver.users.api import Caller, caller
 
 READ = ("users:read", "users:write")
 WRITE = ("users:write",)

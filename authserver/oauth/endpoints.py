@@ -41,11 +41,11 @@ from authserver.resource_server import (
     scopes_of,
 )
 from authserver.security import Digester
+from authserver.services import Services, services
 from authserver.settings import Settings
 from authserver.users import models as users
 
 if TYPE_CHECKING:
-    from authserver.app import Services
     from authserver.oauth.server import AuthorizationServer
 
 
@@ -81,16 +81,16 @@ async def introspect(request: Request) -> Response:
 
 async def _form_endpoint(request: Request, handle: Any, *, browser_apps: bool = False) -> Response:
     """`browser_apps`: the endpoint answers cross-origin calls from public clients' pages."""
-    services: Services = request.app.state.services
+    svc = services(request)
     try:
-        snapshot = await read_form_request(request, services.settings.issuer)
+        snapshot = await read_form_request(request, svc.settings.issuer)
     except MalformedRequest as error:
         return oauth_error_response("invalid_request", error.description)
-    await run_in_threadpool(services.clients.warm, metadata_documents.named_client(snapshot))
-    origin = cors.foreign_origin(snapshot.headers, services.settings.issuer)
+    await run_in_threadpool(svc.clients.warm, metadata_documents.named_client(snapshot))
+    origin = cors.foreign_origin(snapshot.headers, svc.settings.issuer)
     if origin is not None and browser_apps:
         handle = _from_browser_app(handle, origin)
-    response: Response = await services.db.run_sync(handle, services.oauth, snapshot)
+    response: Response = await svc.db.run_sync(handle, svc.oauth, snapshot)
     return response
 
 
@@ -294,9 +294,9 @@ async def userinfo(request: Request) -> Response:
     A cross-origin page may read the claims when it runs on one of the token's client's
     redirect origins (see `cors`); an error says nothing, so any origin may read it.
     """
-    services: Services = request.app.state.services
-    origin = cors.foreign_origin(request.headers, services.settings.issuer)
-    response: Response = await _userinfo_response(request, services, origin)
+    svc = services(request)
+    origin = cors.foreign_origin(request.headers, svc.settings.issuer)
+    response: Response = await _userinfo_response(request, svc, origin)
     if origin is not None and response.status_code != 200:
         cors.allow(response, origin)
     return response

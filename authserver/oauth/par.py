@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidRequestError
@@ -44,10 +44,8 @@ from authserver.oauth.requests import (
     read_form_request,
 )
 from authserver.security import Digester, new_token
+from authserver.services import Services, services
 from authserver.settings import Settings
-
-if TYPE_CHECKING:
-    from authserver.app import Services
 
 URN_PREFIX = "urn:ietf:params:oauth:request_uri:"
 PURPOSE = "request_uri"
@@ -197,15 +195,15 @@ def expand(services: Services, snapshot: RequestSnapshot, now: datetime) -> Push
 
 async def push(request: Request) -> Response:
     """RFC 9126 §2: 201 with `request_uri` and `expires_in`, or an RFC 6749 error."""
-    services: Services = request.app.state.services
-    if not services.settings.pushed_authorization_requests:
+    svc = services(request)
+    if not svc.settings.pushed_authorization_requests:
         raise NotFound("Pushed authorization requests are turned off.")
     try:
-        snapshot = await read_form_request(request, services.settings.issuer)
+        snapshot = await read_form_request(request, svc.settings.issuer)
     except MalformedRequest as error:
         return oauth_error_response("invalid_request", error.description)
-    await run_in_threadpool(services.clients.warm, metadata_documents.named_client(snapshot))
-    response: Response = await services.db.run_sync(_push, services, snapshot)
+    await run_in_threadpool(svc.clients.warm, metadata_documents.named_client(snapshot))
+    response: Response = await svc.db.run_sync(_push, svc, snapshot)
     return response
 
 

@@ -32,8 +32,7 @@ from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.oauth import clients, resources
 from authserver.oauth.resources import Audience
 from authserver.organizations import models as orgs
-from authserver.resource_server import TokenError
-from authserver.rest import API_SCOPES
+from authserver.resource_server import API_SCOPES, TokenError
 from authserver.security import Digester, new_token
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings

@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
+from authserver.actors import ADMIN, Admin, Caller, admin, as_admin, caller
 from authserver.db import Position
 from authserver.errors import NotFound
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users
-from authserver.users.api import ADMIN, Admin, Caller, admin, as_admin, caller
 
 READ = ("sessions:read", "sessions:write")
 WRITE = ("sessions:write",)

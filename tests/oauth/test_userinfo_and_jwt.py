@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from starlette.testclient import TestClient
 
 from authserver import db
-from authserver.app import Services, create_app
+from authserver.app import create_app
 from authserver.oauth import tokens
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users.models import User
