@@ -36,13 +36,12 @@ from authserver.sessions import models as sessions
 from authserver.sessions.pages import (
     IP_WINDOW,
     current_login,
-    read_form,
     render,
     safe_next,
     set_session_cookie,
 )
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD, client_ip
+from authserver.web import CSRF_FIELD, client_ip, read_form
 
 FLOW_COOKIE = "fedflow"
 FLOW_TTL = 600

@@ -37,16 +37,10 @@ from authserver.security import new_token
 from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
-from authserver.sessions.pages import (
-    IP_WINDOW,
-    read_form,
-    render,
-    safe_next,
-    set_session_cookie,
-)
+from authserver.sessions.pages import IP_WINDOW, render, safe_next, set_session_cookie
 from authserver.users import models as users
 from authserver.users.pages import Letter, mail_later
-from authserver.web import CSRF_FIELD, client_ip, cookie_name
+from authserver.web import CSRF_FIELD, client_ip, cookie_name, read_form
 
 MULTI_DEVICE = CredentialDeviceType.MULTI_DEVICE
 #: Second-step guesses per account (all methods together) per window: a 6-digit code

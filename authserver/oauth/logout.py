@@ -24,9 +24,9 @@ from authserver.oauth.clients import Client
 from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
-from authserver.sessions.pages import clear_session_cookie, read_form, render
+from authserver.sessions.pages import clear_session_cookie, render
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD, client_ip
+from authserver.web import CSRF_FIELD, client_ip, read_form
 
 NOT_VERIFIED = "This sign-out request could not be verified, so nothing happened yet."
 NOT_REGISTERED = (

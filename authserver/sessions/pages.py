@@ -25,7 +25,7 @@ from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD, client_ip
+from authserver.web import CSRF_FIELD, client_ip, read_form
 
 LANDING = "/login"
 IP_WINDOW = 60
@@ -76,17 +76,6 @@ def render(
     )
     csrf.set_cookie(response, cookie_value)
     return response
-
-
-async def read_form(request: Request) -> dict[str, str]:
-    """The text fields of a small browser form (first value wins); an upload is a 400, and
-    nothing is left open."""
-    async with request.form(max_files=0, max_fields=50) as form:
-        fields: dict[str, str] = {}
-        for name, value in form.multi_items():
-            if isinstance(value, str):
-                fields.setdefault(name, value)
-        return fields
 
 
 def set_session_cookie(response: Response, settings: Settings, raw_sid: str) -> None:

@@ -27,9 +27,9 @@ from authserver.services import services
 from authserver.sessions import api as sessions_api
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
-from authserver.sessions.pages import clear_session_cookie, current_login, read_form, render
+from authserver.sessions.pages import clear_session_cookie, current_login, render
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD, client_ip
+from authserver.web import CSRF_FIELD, client_ip, read_form
 
 #: More rows than anyone has; the API pages through the rest.
 SHOWN = 100
