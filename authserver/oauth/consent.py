@@ -9,15 +9,20 @@ module only knows the record and the words the page uses.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ForeignKey, String, UniqueConstraint, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
+from authserver.errors import NotFound
 from authserver.oauth.clients import Client
 from authserver.oauth.tokens import TokenFamily
 from authserver.resource_server import API_SCOPES
+
+if TYPE_CHECKING:
+    from authserver.actors import Caller
 
 
 class Consent(Base):
@@ -144,3 +149,18 @@ def consent_links(client: Client) -> dict[str, str]:
         for name in ("logo_uri", *CONSENT_LINKS)
         if isinstance(info.get(name), str) and info[name].startswith("https://")
     }
+
+
+def revoke_own(actor: Caller, consent_id: str) -> None:
+    """Revoke one of the caller's consents, or NotFound (the same for anyone else's)."""
+    found = find_for_user(actor.user_id, consent_id)
+    if found is None:
+        raise NotFound("No such consent.")
+    revoked = revoke(found, utcnow())
+    actor.record(
+        "consent.revoked",
+        "consent",
+        consent_id,
+        oauth_client_id=found.client_id,
+        token_families_revoked=revoked,
+    )

@@ -24,7 +24,6 @@ from authserver.federation import pages as federation
 from authserver.mfa import pages as mfa_pages
 from authserver.organizations import models as orgs
 from authserver.services import services
-from authserver.sessions import api as sessions_api
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import clear_session_cookie, current_login, render
@@ -65,7 +64,7 @@ async def end_session(request: Request) -> Response:
     login, actor = signed_in
     session_id = rest.path_id(request, "session_id")
     svc = services(request)
-    await svc.db.run_sync(sessions_api.end_own, actor, login.user_id, session_id)
+    await svc.db.run_sync(sessions.end_own, actor, login.user_id, session_id)
     if session_id != login.id:
         return RedirectResponse("/account?done=session_ended", status_code=303)
     response = RedirectResponse("/login", status_code=303)
@@ -78,7 +77,7 @@ async def end_other_sessions(request: Request) -> Response:
     if signed_in is None:
         return RedirectResponse("/login", status_code=303)
     login, actor = signed_in
-    await services(request).db.run_sync(sessions_api.end_others, actor, login.id)
+    await services(request).db.run_sync(sessions.end_others, actor, login.id)
     return RedirectResponse("/account?done=sessions_ended", status_code=303)
 
 

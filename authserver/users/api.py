@@ -24,6 +24,7 @@ from authserver.errors import Conflict, Invalid, NotFound, TooManyRequests
 from authserver.organizations import models as orgs
 from authserver.services import services
 from authserver.sessions import models as sessions
+from authserver.sessions.models import end_everything
 from authserver.sessions.pages import ACCOUNT_WINDOW
 from authserver.users import models as users
 from authserver.users.models import User
@@ -39,16 +40,6 @@ def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str
     if value is not None and (len(value) > limit or not value.isprintable()):
         raise Invalid(f"`{name}` must be at most {limit} printable characters.")
     return value
-
-
-def end_everything(
-    access: AppAccess, user_id: str, *, reason: str, keep_session_id: str | None = None
-) -> dict[str, Any]:
-    """End a user's sessions and revoke their token families (all but `keep_session_id`'s),
-    so that nothing signed in before survives a reactivation or a password change."""
-    ended = sessions.end_all_for_user(user_id, except_session_id=keep_session_id)
-    revoked = access.end_grants(user_id, reason=reason, keep_session_id=keep_session_id)
-    return {"sessions_ended": ended, "token_families_revoked": revoked}
 
 
 def _user(user_id: str) -> User:
@@ -155,11 +146,8 @@ async def change_my_password(request: Request) -> Response:
 
     def change() -> None:
         user = _user(me.user_id)
-        users.set_password(user, password_hash)
-        users.revoke_links(user.id, users.RESET_PASSWORD)
-        kept = me.session_id()
-        ended = end_everything(
-            svc.app_access, user.id, reason="password_changed", keep_session_id=kept
+        ended = sessions.change_password(
+            svc.app_access, user, password_hash, keep_session_id=me.session_id()
         )
         me.record("password.changed", "user", user.id, **ended)
 

@@ -284,11 +284,8 @@ def _reset(services: Services, raw_token: str, *, password_hash: str, ip: str) -
     users.set_password(user, password_hash)
     users.mark_email_verified(user)
     users.revoke_links(user.id, users.RESET_PASSWORD)
-    ended = sessions.end_all_for_user(user.id)
-    revoked = services.app_access.end_grants(user.id, reason="password_reset")
-    _audit_own(
-        "password.reset", user.id, ip=ip, sessions_ended=ended, token_families_revoked=revoked
-    )
+    ended = sessions.end_everything(services.app_access, user.id, reason="password_reset")
+    _audit_own("password.reset", user.id, ip=ip, **ended)
     return Letter("password_changed", user.email)
 
 
@@ -300,15 +297,10 @@ def _change(
     user = users.get(user_id)
     if user is None:
         raise NotFound("The account no longer exists.")
-    users.set_password(user, password_hash)
-    users.revoke_links(user.id, users.RESET_PASSWORD)
-    ended = sessions.end_all_for_user(user.id, except_session_id=session_id)
-    revoked = services.app_access.end_grants(
-        user.id, reason="password_changed", keep_session_id=session_id
+    ended = sessions.change_password(
+        services.app_access, user, password_hash, keep_session_id=session_id
     )
-    _audit_own(
-        "password.changed", user.id, ip=ip, sessions_ended=ended, token_families_revoked=revoked
-    )
+    _audit_own("password.changed", user.id, ip=ip, **ended)
     return Letter("password_changed", user.email)
 
 
