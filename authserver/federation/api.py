@@ -39,21 +39,8 @@ class NewProvider:
     scopes: str | None = None
 
 
-@dataclass
-class ProviderChanges:
-    name: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    domains: list[str] | None = None
-    jit: bool | None = None
-    trust_verified_emails: bool | None = None
-    organization_id: str | None = None
-    default_role: str | None = None
-    enabled: bool | None = None
-    scopes: str | None = None
-
-
-def _changes(body: Any) -> Changes:
+def _changes(body: NewProvider) -> Changes:
+    """The members a new provider shares with `Changes` (the body of an update)."""
     return Changes(**{name: getattr(body, name) for name in Changes.__dataclass_fields__})
 
 
@@ -99,11 +86,11 @@ async def get_provider(request: Request) -> Response:
 async def update_provider(request: Request) -> Response:
     me = await admin(request)
     provider_id = rest.path_id(request, "provider_id")
-    body: ProviderChanges = await rest.read_json(request, ProviderChanges)
+    body: Changes = await rest.read_json(request, Changes)
     federation = services(request).federation
 
     def update() -> dict[str, Any]:
-        provider = providers.update(federation.box, providers.existing(provider_id), _changes(body))
+        provider = providers.update(federation.box, providers.existing(provider_id), body)
         me.record("provider.updated", "provider", provider.id)
         return providers.as_dict(provider)
 

@@ -43,14 +43,13 @@ from authlib.oauth2.rfc8628 import DeviceCodeGrant as _DeviceCodeGrant
 from sqlalchemy import JSON, ForeignKey, Integer, String, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from authserver import audit, db
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
-from authserver.errors import NO_STORE, NotFound, oauth_error_response
-from authserver.oauth import clients, consent, metadata_documents, resources, tokens
+from authserver.errors import NO_STORE, NotFound
+from authserver.oauth import clients, consent, endpoints, resources, tokens
 from authserver.oauth.authorize import (
     CONSENT_NONCE_FIELD,
     AskConsent,
@@ -64,7 +63,7 @@ from authserver.oauth.grants import (
     check_admin_scope,
     sent_resources,
 )
-from authserver.oauth.requests import MalformedRequest, RequestSnapshot, read_form_request
+from authserver.oauth.requests import RequestSnapshot
 from authserver.oauth.tokens import ORGANIZATION, EndUser
 from authserver.security import Digester
 from authserver.services import Services, services
@@ -269,13 +268,7 @@ async def device_authorization(request: Request) -> Response:
     svc = services(request)
     if not svc.settings.device_flow:
         raise NotFound("The device authorization grant is turned off.")
-    try:
-        snapshot = await read_form_request(request, svc.settings.issuer)
-    except MalformedRequest as error:
-        return oauth_error_response("invalid_request", error.description)
-    await run_in_threadpool(svc.clients.warm, metadata_documents.named_client(snapshot))
-    response: Response = await svc.db.run_sync(_start, svc, snapshot)
-    return response
+    return await endpoints.client_form(request, _start)
 
 
 def _start(services: Services, snapshot: RequestSnapshot) -> Response:

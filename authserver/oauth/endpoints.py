@@ -7,6 +7,7 @@ revocation sticks). Anything else that goes wrong rolls the whole request back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -81,16 +82,31 @@ async def introspect(request: Request) -> Response:
 
 async def _form_endpoint(request: Request, handle: Any, *, browser_apps: bool = False) -> Response:
     """`browser_apps`: the endpoint answers cross-origin calls from public clients' pages."""
+
+    def run(svc: Services, snapshot: RequestSnapshot) -> Response:
+        origin = cors.foreign_origin(snapshot.headers, svc.settings.issuer)
+        checked = handle
+        if origin is not None and browser_apps:
+            checked = _from_browser_app(handle, origin)
+        response: Response = checked(svc.oauth, snapshot)
+        return response
+
+    return await client_form(request, run)
+
+
+async def client_form(
+    request: Request, handle: Callable[[Services, RequestSnapshot], Response]
+) -> Response:
+    """A client's form POST (token, revocation, introspection, device authorization, PAR):
+    the body read once, a client named by its metadata document URL fetched before the unit
+    of work, then `handle` inside one; a malformed body is `invalid_request`."""
     svc = services(request)
     try:
         snapshot = await read_form_request(request, svc.settings.issuer)
     except MalformedRequest as error:
         return oauth_error_response("invalid_request", error.description)
     await run_in_threadpool(svc.clients.warm, metadata_documents.named_client(snapshot))
-    origin = cors.foreign_origin(snapshot.headers, svc.settings.issuer)
-    if origin is not None and browser_apps:
-        handle = _from_browser_app(handle, origin)
-    response: Response = await svc.db.run_sync(handle, svc.oauth, snapshot)
+    response: Response = await svc.db.run_sync(handle, svc, snapshot)
     return response
 
 

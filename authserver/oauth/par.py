@@ -28,20 +28,17 @@ from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from sqlalchemy import JSON, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import db
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
-from authserver.errors import NO_STORE, NotFound, oauth_error_response
-from authserver.oauth import metadata_documents
+from authserver.errors import NO_STORE, NotFound
+from authserver.oauth import endpoints
 from authserver.oauth.grants import CLIENT_AUTH_METHODS
 from authserver.oauth.requests import (
-    MalformedRequest,
     Params,
     RequestSnapshot,
-    read_form_request,
 )
 from authserver.security import Digester, new_token
 from authserver.services import Services, services
@@ -198,13 +195,7 @@ async def push(request: Request) -> Response:
     svc = services(request)
     if not svc.settings.pushed_authorization_requests:
         raise NotFound("Pushed authorization requests are turned off.")
-    try:
-        snapshot = await read_form_request(request, svc.settings.issuer)
-    except MalformedRequest as error:
-        return oauth_error_response("invalid_request", error.description)
-    await run_in_threadpool(svc.clients.warm, metadata_documents.named_client(snapshot))
-    response: Response = await svc.db.run_sync(_push, svc, snapshot)
-    return response
+    return await endpoints.client_form(request, _push)
 
 
 def _push(services: Services, snapshot: RequestSnapshot) -> Response:
