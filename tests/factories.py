@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from authserver import db
-from authserver.oauth import clients, resources, tokens
+from authserver.oauth import clients, resources, token_format, tokens
 from authserver.oauth.clients import Client
 from authserver.organizations import models as orgs
 from authserver.organizations.models import Organization
@@ -121,7 +121,7 @@ class TokenFactory:
             if user is not None:
                 login, _ = sessions.start(services.digester, settings, user_id=user.id)
                 session_id = login.id
-                end_user = tokens.EndUser(user, login.id, now)
+                end_user = token_format.EndUser(user, login.id, now)
                 family = tokens.open_family(
                     client_id=client.id,
                     end_user=end_user,

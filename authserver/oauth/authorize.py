@@ -52,7 +52,7 @@ from authserver.oauth.requests import (
     RequestSnapshot,
     read_authorization_request,
 )
-from authserver.oauth.tokens import ORGANIZATION, EndUser
+from authserver.oauth.token_format import ORGANIZATION, EndUser
 from authserver.organizations import models as orgs
 from authserver.security import new_token
 from authserver.services import Services, services

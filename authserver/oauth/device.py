@@ -64,7 +64,7 @@ from authserver.oauth.grants import (
     sent_resources,
 )
 from authserver.oauth.requests import RequestSnapshot
-from authserver.oauth.tokens import ORGANIZATION, EndUser
+from authserver.oauth.token_format import ORGANIZATION, EndUser
 from authserver.security import Digester
 from authserver.services import Services, services
 from authserver.sessions import models as sessions

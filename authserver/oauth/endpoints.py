@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from authserver import audit, db
 from authserver.errors import NO_STORE, AppError, oauth_error_response
 from authserver.keystore import KeyStore
-from authserver.oauth import clients, cors, metadata_documents, resources, tokens
+from authserver.oauth import clients, cors, metadata_documents, resources, token_format, tokens
 from authserver.oauth.grants import CLIENT_AUTH_METHODS
 from authserver.oauth.oidc import userinfo as userinfo_claims
 from authserver.oauth.requests import (
@@ -31,7 +31,8 @@ from authserver.oauth.requests import (
     read_form_request,
     read_resource_request,
 )
-from authserver.oauth.tokens import ORGANIZATION, PresentedRefreshToken
+from authserver.oauth.token_format import ORGANIZATION
+from authserver.oauth.tokens import PresentedRefreshToken
 from authserver.organizations import models as orgs
 from authserver.resource_server import (
     TokenError,
@@ -251,7 +252,7 @@ class _TokenLookup:
         return FoundRefreshToken(presented) if presented is not None else None
 
     def _access_token(self, raw: str) -> FoundToken | None:
-        claims = tokens.verify_access_token(self.keystore, self.settings, raw, db.utcnow())
+        claims = token_format.verify_access_token(self.keystore, self.settings, raw, db.utcnow())
         return FoundAccessToken(claims) if claims is not None else None
 
 
@@ -365,7 +366,7 @@ def _caller(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
     token = bearer_token(snapshot.headers)
     now = db.utcnow()
     settings = services.settings
-    claims = tokens.verify_access_token(
+    claims = token_format.verify_access_token(
         services.keystore, settings, token, now, audience=settings.api_audience
     )
     if claims is None or not tokens.access_token_is_live(claims, now):
