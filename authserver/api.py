@@ -15,6 +15,7 @@ from authserver.federation import api as federation_api
 from authserver.mfa import api as mfa_api
 from authserver.oauth import clients_api, consents_api, resources_api
 from authserver.organizations import api as organizations_api
+from authserver.services import services
 from authserver.sessions import api as sessions_api
 from authserver.users import api as users_api
 
@@ -34,7 +35,7 @@ DOCUMENT_PATH = rest.API_PREFIX + "/openapi.json"
 
 async def openapi_document(request: Request) -> JSONResponse:
     """The OpenAPI 3.1 description of `OPERATIONS`; public, like the discovery document."""
-    issuer = request.app.state.services.settings.issuer
+    issuer = services(request).settings.issuer
     return JSONResponse(rest.openapi(OPERATIONS, issuer))
 
 

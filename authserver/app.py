@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import anyio
 from starlette.applications import Starlette
@@ -16,7 +15,6 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from authserver import api, fetch, kv, observability, outbound, web
-from authserver.app_access import AppAccess
 from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
 from authserver.federation import pages as federation_pages
@@ -38,34 +36,13 @@ from authserver.oauth import (
 )
 from authserver.oauth.app_access import OAuthAppAccess
 from authserver.oauth.metadata_documents import ClientLookup
-from authserver.oauth.server import AuthorizationServer
 from authserver.ratelimit import RateLimiter
-from authserver.rest import TokenVerifier
 from authserver.security import Digester, Passwords
+from authserver.services import Services
 from authserver.sessions import pages
 from authserver.settings import Settings
 from authserver.users import account
 from authserver.users import pages as user_pages
-
-
-@dataclass(frozen=True)
-class Services:
-    """What request handlers need, built once per app (no import-time globals)."""
-
-    settings: Settings
-    db: Database
-    keystore: KeyStore
-    digester: Digester
-    passwords: Passwords
-    csrf: web.Csrf
-    limiter: RateLimiter
-    verify_access_token: TokenVerifier
-    app_access: AppAccess
-    mailer: outbound.Mailer
-    fetcher: fetch.Fetcher
-    clients: ClientLookup
-    oauth: AuthorizationServer
-    federation: Federation
 
 
 def open_keystore(settings: Settings) -> KeyStore:

@@ -3,6 +3,9 @@ registration-tokens, purge.
 
 Every failure the operator can fix ends as one line on stderr and a non-zero exit: 2 for bad
 configuration or usage, 1 for a refused operation (duplicate email, bad redirect URI, ...).
+
+Each command imports the features it needs inside its function, on purpose: `authserver
+migrate` or `--help` should not load the app, Authlib and every endpoint to do its job.
 """
 
 from __future__ import annotations

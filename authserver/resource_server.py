@@ -21,7 +21,8 @@ import base64
 import json
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any, TypeGuard
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -34,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from authserver import jsonsafe
-from authserver.errors import NO_STORE
+from authserver.errors import NO_STORE, Forbidden
 from authserver.keystore import jws_registry
 
 #: Algorithms an access token of this server may be signed with (RFC 9068 §4: the resource
@@ -465,3 +466,55 @@ def b64url_decode(segment: str) -> bytes:
 
 def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# This issuer's own API (`rest.py`): its scopes, its callers, and how their tokens are checked.
+
+#: The scopes of this issuer's own API; a token carrying any of them is for `<issuer>/api/v1`.
+API_SCOPES = {
+    "users:read": "See your account",
+    "users:write": "Change or delete your account",
+    "sessions:read": "See where you are signed in",
+    "sessions:write": "Sign you out of your other devices",
+    "organizations:read": "See your organizations and their members",
+    "organizations:write": "Manage your organizations and their members",
+    "admin": "Administer every account, client and organization on this server",
+}
+
+
+class InvalidToken(TokenError):
+    """What a `TokenVerifier` raises: RFC 6750 `invalid_token`, never saying why."""
+
+    def __init__(self, detail: str = "The access token is invalid.") -> None:
+        super().__init__("invalid_token", detail)
+
+
+class TokenVerifier(Protocol):
+    """Checks an access token and returns who it speaks for, or raises `InvalidToken`.
+
+    Called inside a unit of work, so it may consult storage (revocation, session, user).
+    """
+
+    def __call__(self, token: str, *, audience: str) -> Principal: ...
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user through a client, or a client on its own (client_credentials)."""
+
+    client_id: str
+    user_id: str | None
+    scopes: frozenset[str]
+    claims: dict[str, Any]
+    #: The browser session the token's grant is bound to, if any.
+    session_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        """`admin` is only ever granted to admins or operator-trusted clients (see oauth)."""
+        return "admin" in self.scopes
+
+    def require_user(self) -> str:
+        if self.user_id is None:
+            raise Forbidden("This operation acts on a signed-in user; use a user's token.")
+        return self.user_id

@@ -15,7 +15,7 @@ import types
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ParamSpec, Protocol, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ParamSpec, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import Request
@@ -24,71 +24,26 @@ from starlette.routing import Route
 
 from authserver import jsonsafe
 from authserver.db import ID_MAX, Position
-from authserver.errors import NO_STORE, AppError, Forbidden, Invalid, NotFound
+from authserver.errors import NO_STORE, AppError, Invalid, NotFound
 from authserver.jsonsafe import UnsafeJson
 from authserver.resource_server import (
+    API_SCOPES,
+    Principal,
     TokenError,
     bearer_challenge,
     bearer_token,
     insufficient_scope,
 )
+from authserver.services import services
 
-#: The scopes of this issuer's own API; a token carrying any of them is for `<issuer>/api/v1`.
-API_SCOPES = {
-    "users:read": "See your account",
-    "users:write": "Change or delete your account",
-    "sessions:read": "See where you are signed in",
-    "sessions:write": "Sign you out of your other devices",
-    "organizations:read": "See your organizations and their members",
-    "organizations:write": "Manage your organizations and their members",
-    "admin": "Administer every account, client and organization on this server",
-}
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 API_PREFIX = "/api/v1"
 
 
-class InvalidToken(TokenError):
-    """What a `TokenVerifier` raises: RFC 6750 `invalid_token`, never saying why."""
-
-    def __init__(self, detail: str = "The access token is invalid.") -> None:
-        super().__init__("invalid_token", detail)
-
-
 class UnsupportedMediaType(AppError):
     status_code = 415
     title = "Unsupported Media Type"
-
-
-class TokenVerifier(Protocol):
-    """Checks an access token and returns who it speaks for, or raises `InvalidToken`.
-
-    Called inside a unit of work, so it may consult storage (revocation, session, user).
-    """
-
-    def __call__(self, token: str, *, audience: str) -> Principal: ...
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: a user through a client, or a client on its own (client_credentials)."""
-
-    client_id: str
-    user_id: str | None
-    scopes: frozenset[str]
-    claims: dict[str, Any]
-    #: The browser session the token's grant is bound to, if any.
-    session_id: str | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        """`admin` is only ever granted to admins or operator-trusted clients (see oauth)."""
-        return "admin" in self.scopes
-
-    def require_user(self) -> str:
-        if self.user_id is None:
-            raise Forbidden("This operation acts on a signed-in user; use a user's token.")
-        return self.user_id
 
 
 async def authenticate(request: Request, any_of: Sequence[str]) -> Principal:
@@ -98,12 +53,12 @@ async def authenticate(request: Request, any_of: Sequence[str]) -> Principal:
     refusal carries the one challenge `resource_server.bearer_challenge` writes, pointing at
     the API's RFC 9728 metadata.
     """
-    services = request.app.state.services
-    resource = services.settings.api_audience
+    svc = services(request)
+    resource = svc.settings.api_audience
     try:
         token = bearer_token(request.headers)
-        principal: Principal = await services.db.run_sync(
-            services.verify_access_token, token, audience=resource
+        principal: Principal = await svc.db.run_sync(
+            svc.verify_access_token, token, audience=resource
         )
         if any_of and not principal.scopes & {*any_of, "admin"}:
             raise insufficient_scope(any_of)
@@ -225,7 +180,7 @@ class Listing:
         self.size = page_size(request)
         #: One more row than a page holds, to tell whether more follow.
         self.limit = self.size + 1
-        self._cursors = Cursors(request.app.state.services.digester.key("cursor"))
+        self._cursors = Cursors(services(request).digester.key("cursor"))
         self.after = self._decode(request.query_params.get("cursor"))
 
     def _decode(self, cursor: str | None) -> Position | None:
@@ -269,7 +224,7 @@ T = TypeVar("T")
 
 async def run_sync(request: Request, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """`fn` in one unit of work of the app's database (`Database.run_sync`)."""
-    return await request.app.state.services.db.run_sync(fn, *args, **kwargs)
+    return await services(request).db.run_sync(fn, *args, **kwargs)
 
 
 def created(

@@ -19,6 +19,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from authserver.observability import configure_logging
 from authserver.settings import Settings
 from authserver.web import MAX_HEADER_BYTES, MAX_URL_BYTES
 
@@ -50,8 +51,6 @@ def run(
 ) -> None:
     """Serve the app (built from the environment in each worker) until stopped."""
     import uvicorn
-
-    from authserver.observability import configure_logging
 
     configure_logging(settings.log_format)
     uvicorn.run(

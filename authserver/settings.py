@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from authserver.fetch import parse_trusted_hosts
+
 PREFIX = "AUTHSERVER_"
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
@@ -149,8 +151,6 @@ def _metrics_token(value: str) -> str:
 
 
 def _host_list(value: str) -> tuple[str, ...]:
-    from authserver.fetch import parse_trusted_hosts
-
     entries = tuple(entry.strip() for entry in value.split(",") if entry.strip())
     parse_trusted_hosts(entries)
     return entries

@@ -1,4 +1,4 @@
-"""Browser plumbing: templates, security headers, CSRF tokens, request size limits.
+"""Browser plumbing: templates, security headers, CSRF tokens, form bodies, request size limits.
 
 CSRF uses a signed double submit: a random value in a `__Host-` cookie and the same value,
 signed with the root secret, in every form. A forged cross-site POST has neither, and the
@@ -185,6 +185,17 @@ class Csrf:
             ) from None
         if not isinstance(value, str) or not hmac.compare_digest(value, cookie):
             raise Forbidden("The form has expired. Go back, reload the page and try again.")
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The text fields of a small browser form (first value wins); an upload is a 400, and
+    nothing is left open."""
+    async with request.form(max_files=0, max_fields=50) as form:
+        fields: dict[str, str] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                fields.setdefault(name, value)
+        return fields
 
 
 def client_ip(request: Request) -> str:

@@ -27,12 +27,13 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from authserver import ratelimit, rest
-from authserver.app import Services, create_app
+from authserver.app import create_app
 from authserver.audit import AuditEvent
 from authserver.db import Database, current_session
 from authserver.keystore import KeyStore
 from authserver.kv import REDIS_PREFIX
 from authserver.models import Base
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users

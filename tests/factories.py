@@ -8,12 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 from authserver import db
-from authserver.app import Services
-from authserver.oauth import clients, resources, tokens
+from authserver.oauth import clients, resources, token_format, tokens
 from authserver.oauth.clients import Client
 from authserver.organizations import models as orgs
 from authserver.organizations.models import Organization
 from authserver.security import new_token
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from authserver.users import models as users
 from authserver.users.models import User
@@ -121,7 +121,7 @@ class TokenFactory:
             if user is not None:
                 login, _ = sessions.start(services.digester, settings, user_id=user.id)
                 session_id = login.id
-                end_user = tokens.EndUser(user, login.id, now)
+                end_user = token_format.EndUser(user, login.id, now)
                 family = tokens.open_family(
                     client_id=client.id,
                     end_user=end_user,

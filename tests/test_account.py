@@ -17,10 +17,10 @@ from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.db import current_session
 from authserver.oauth import consent
 from authserver.organizations.models import Membership
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.users.account import ago, describe_device
 from authserver.users.models import User

@@ -15,8 +15,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from authserver import jsonsafe, resource_server
-from authserver.app import Services, create_app
-from authserver.oauth import tokens
+from authserver.app import create_app
+from authserver.oauth import token_format
+from authserver.services import Services
 from authserver.settings import Settings
 from tests import factories
 from tests.conftest import API, ISSUER, is_problem
@@ -114,14 +115,14 @@ def forged(header: bytes, payload: bytes = b"{}") -> str:
 def test_decode_refuses_huge_and_deep_tokens_without_parsing(services: Services) -> None:
     keystore = services.keystore
     huge = forged(b'{"alg":"RS256","typ":"at+jwt","x":"' + b"a" * 300_000 + b'"}')
-    assert tokens.decode_own_jwt(keystore, huge, typ="at+jwt") is None
+    assert token_format.decode_own_jwt(keystore, huge, typ="at+jwt") is None
     deep_header = forged(b"[" * 2_500 + b"]" * 2_500)
     assert len(deep_header) < resource_server.JWT_MAX_LENGTH
-    assert tokens.decode_own_jwt(keystore, deep_header, typ="at+jwt") is None
+    assert token_format.decode_own_jwt(keystore, deep_header, typ="at+jwt") is None
     kid = services.keystore.signing_key("RS256").kid
     header = json.dumps({"alg": "RS256", "typ": "at+jwt", "kid": kid}).encode()
     deep_claims = forged(header, b"[" * 2_500 + b"]" * 2_500)
-    assert tokens.decode_own_jwt(keystore, deep_claims, typ="at+jwt") is None
+    assert token_format.decode_own_jwt(keystore, deep_claims, typ="at+jwt") is None
 
 
 @pytest.mark.parametrize("path", ["/userinfo", API + "/users/me"])

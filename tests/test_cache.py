@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from authserver.app import Services
 from authserver.cache import TtlCache
 from authserver.oauth import clients
+from authserver.services import Services
 from tests import factories
 
 

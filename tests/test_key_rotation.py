@@ -17,10 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from starlette.testclient import TestClient
 
 from authserver import keystore as keystore_module
-from authserver.app import Services
 from authserver.db import Database
 from authserver.keystore import DatabaseKeys, KeyStore, KeyStoreError, ServerSecret, SigningKey
 from authserver.maintenance import rotate_keys, rotation_tick
+from authserver.services import Services
 from authserver.settings import ConfigError, Settings
 from tests.conftest import audit_events
 

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from authserver.app import Services
 from authserver.kv import LocalKV, RedisKV, open_kv
 from authserver.ratelimit import RateLimiter
+from authserver.services import Services
 from tests.conftest import IN_CI, TEST_REDIS_URL
 
 

@@ -25,10 +25,11 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from authserver import resource_server
-from authserver.app import Services
 from authserver.db import utcnow
+from authserver.oauth import token_format
 from authserver.oauth import tokens as oauth_tokens
 from authserver.resource_server import ResourceServer
+from authserver.services import Services
 from tests import factories
 from tests.conftest import ISSUER
 
@@ -284,7 +285,7 @@ def test_the_authorization_servers_own_api_runs_the_same_core(
     issued = tokens.access_token(person, "photos:read", audience=PHOTOS)
     settings = services.settings
     keystore = services.keystore
-    verify = oauth_tokens.verify_access_token
+    verify = token_format.verify_access_token
     assert verify(keystore, settings, issued.token, utcnow(), audience=PHOTOS)
     assert (
         verify(keystore, settings, issued.token, utcnow(), audience=settings.api_audience) is None

@@ -43,11 +43,12 @@ from sqlalchemy import select as sql_select
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from authserver.app import Services, build_services
+from authserver.app import build_services
 from authserver.audit import AuditEvent
 from authserver.db import Database
 from authserver.keystore import DB_REFRESH_SECONDS, SigningKey
 from authserver.models import Base
+from authserver.services import Services
 from authserver.settings import Settings
 from tests import factories
 from tests.conftest import IN_CI, POSTGRES_URL, TEST_DATABASE_URL, TEST_REDIS_URL

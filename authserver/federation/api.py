@@ -14,11 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
+from authserver.actors import ADMIN, admin, as_admin, caller
 from authserver.errors import NotFound
 from authserver.federation import models, providers
 from authserver.federation.providers import Changes
+from authserver.services import services
 from authserver.users import models as users
-from authserver.users.api import ADMIN, READ, admin, as_admin, caller
+from authserver.users.api import READ
 
 
 @dataclass
@@ -37,21 +39,8 @@ class NewProvider:
     scopes: str | None = None
 
 
-@dataclass
-class ProviderChanges:
-    name: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    domains: list[str] | None = None
-    jit: bool | None = None
-    trust_verified_emails: bool | None = None
-    organization_id: str | None = None
-    default_role: str | None = None
-    enabled: bool | None = None
-    scopes: str | None = None
-
-
-def _changes(body: Any) -> Changes:
+def _changes(body: NewProvider) -> Changes:
+    """The members a new provider shares with `Changes` (the body of an update)."""
     return Changes(**{name: getattr(body, name) for name in Changes.__dataclass_fields__})
 
 
@@ -69,7 +58,7 @@ async def list_providers(request: Request) -> Response:
 async def create_provider(request: Request) -> Response:
     me = await admin(request)
     body: NewProvider = await rest.read_json(request, NewProvider)
-    federation = request.app.state.services.federation
+    federation = services(request).federation
     endpoints = await run_in_threadpool(
         providers.endpoints_for, federation.upstream.fetcher, body.kind, body.issuer
     )
@@ -97,11 +86,11 @@ async def get_provider(request: Request) -> Response:
 async def update_provider(request: Request) -> Response:
     me = await admin(request)
     provider_id = rest.path_id(request, "provider_id")
-    body: ProviderChanges = await rest.read_json(request, ProviderChanges)
-    federation = request.app.state.services.federation
+    body: Changes = await rest.read_json(request, Changes)
+    federation = services(request).federation
 
     def update() -> dict[str, Any]:
-        provider = providers.update(federation.box, providers.existing(provider_id), _changes(body))
+        provider = providers.update(federation.box, providers.existing(provider_id), body)
         me.record("provider.updated", "provider", provider.id)
         return providers.as_dict(provider)
 
@@ -119,7 +108,7 @@ async def delete_provider(request: Request) -> Response:
         me.record("provider.deleted", "provider", provider_id)
 
     await as_admin(request, me, delete)
-    request.app.state.services.federation.forget()
+    services(request).federation.forget()
     return Response(status_code=204)
 
 

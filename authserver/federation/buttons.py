@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from authserver.federation.service import Federation
+from authserver.services import services
 
 #: `max_age` as OIDC Core §3.1.2.1 allows it (ASCII digits; a bounded length).
 MAX_AGE = re.compile(r"[0-9]{1,9}")
@@ -23,7 +24,7 @@ IDP_HINT = "idp_hint"
 def choices(request: Request, next_url: str | None, login_hint: str) -> list[dict[str, Any]]:
     """One button per enabled provider; the one whose domain matches the `login_hint`
     (from the page or the pending authorization request) first and pre-selected."""
-    federation: Federation = request.app.state.services.federation
+    federation: Federation = services(request).federation
     hint = login_hint or _authorize_param(next_url, "login_hint")
     domain = hint.rpartition("@")[2].lower() if "@" in hint else ""
     query: dict[str, str] = {}

@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from authserver import audit, rest, web
-from authserver.db import utcnow
+from authserver.db import current_session, utcnow
 from authserver.errors import AppError
 from authserver.federation import models, providers
 from authserver.federation.buttons import MAX_AGE, choices
@@ -31,19 +31,17 @@ from authserver.federation.models import IdentityProvider
 from authserver.federation.providers import SecretBox
 from authserver.federation.upstream import LEEWAY, Attempt, Person, UpstreamError
 from authserver.organizations import models as orgs
+from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.pages import (
     IP_WINDOW,
-    read_form,
+    current_login,
     render,
     safe_next,
     set_session_cookie,
 )
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD, client_ip
-
-if TYPE_CHECKING:
-    from authserver.app import Services
+from authserver.web import CSRF_FIELD, client_ip, read_form
 
 FLOW_COOKIE = "fedflow"
 FLOW_TTL = 600
@@ -142,10 +140,8 @@ async def start(request: Request) -> Response:
 async def start_link(request: Request) -> Response:
     """POST from /account: link another upstream account to the signed-in person (a fresh
     upstream sign-in, CSRF-checked like every account action)."""
-    from authserver.sessions.pages import current_login
-
     form = await read_form(request)
-    request.app.state.services.csrf.verify(request, form.get(CSRF_FIELD))
+    services(request).csrf.verify(request, form.get(CSRF_FIELD))
     login = await current_login(request)
     if login is None:
         return RedirectResponse("/login?next=/account", status_code=303)
@@ -168,13 +164,13 @@ async def _redirect_upstream(
     login_hint: str,
     link_user: str | None,
 ) -> Response:
-    services: Services = request.app.state.services
-    provider = await services.db.run_sync(providers.get, provider_id)
+    svc = services(request)
+    provider = await svc.db.run_sync(providers.get, provider_id)
     if provider is None or not provider.enabled:
         return _refused(request, UNAVAILABLE, next_url, status=404)
     attempt = Attempt()
     fresh = link_user is not None or _asks_fresh_sign_in(next_url)
-    location = services.federation.upstream.authorization_url(
+    location = svc.federation.upstream.authorization_url(
         provider, attempt, fresh=fresh, max_age=max_age, login_hint=login_hint
     )
     flow = Flow(
@@ -189,17 +185,17 @@ async def _redirect_upstream(
         fresh=fresh,
         started=time.time(),
     )
-    sealed = _seal(services, flow)
+    sealed = _seal(svc, flow)
     if len(sealed) > COOKIE_MAX:
         return _refused(request, TOO_LONG, None)
     response = RedirectResponse(location, status_code=303)
     response.headers["Cache-Control"] = "no-store"
     response.set_cookie(
-        _flow_cookie(services),
+        _flow_cookie(svc),
         sealed,
         max_age=FLOW_TTL,
         httponly=True,
-        secure=services.settings.is_https,
+        secure=svc.settings.is_https,
         samesite="lax",
         path="/login/federated",
     )
@@ -219,23 +215,23 @@ def _asks_fresh_sign_in(next_url: str | None) -> bool:
 
 
 async def callback(request: Request) -> Response:
-    services: Services = request.app.state.services
+    svc = services(request)
     params = request.query_params
-    flow = _unseal(services, request.cookies.get(_flow_cookie(services)))
+    flow = _unseal(svc, request.cookies.get(_flow_cookie(svc)))
     state = params.get("state", "")
     if flow is None or not state or not hmac.compare_digest(state.encode(), flow.state.encode()):
         return _clear(request, _refused(request, EXPIRED, flow.next_url if flow else None))
-    spent = f"federation-state:{services.digester.digest('federation-state', state)}"
-    if not await run_in_threadpool(services.limiter.kv.set_if_absent, spent, FLOW_TTL):
+    spent = f"federation-state:{svc.digester.digest('federation-state', state)}"
+    if not await run_in_threadpool(svc.limiter.kv.set_if_absent, spent, FLOW_TTL):
         return _clear(request, _refused(request, EXPIRED, flow.next_url))
     ip = client_ip(request)
-    settings = services.settings
+    settings = svc.settings
     limited = await run_in_threadpool(
-        services.limiter.check, "login-ip", ip, settings.login_rate_per_ip, IP_WINDOW
+        svc.limiter.check, "login-ip", ip, settings.login_rate_per_ip, IP_WINDOW
     )
     if limited is not None:
         return _clear(request, _refused(request, TOO_MANY, flow.next_url, status=429))
-    provider = await services.db.run_sync(providers.get, flow.provider_id)
+    provider = await svc.db.run_sync(providers.get, flow.provider_id)
     if provider is None or not provider.enabled:
         return _clear(request, _refused(request, UNAVAILABLE, flow.next_url))
     failed = FAILED.format(name=provider.name)
@@ -244,12 +240,12 @@ async def callback(request: Request) -> Response:
         (issuer is not None and issuer != provider.issuer)
         or (issuer is None and provider.sends_iss)
     ):
-        await _audit_failure(services, request, provider, "iss_mismatch")
+        await _audit_failure(svc, request, provider, "iss_mismatch")
         return _clear(request, _refused(request, failed, flow.next_url))
     if "error" in params:
         denied = params.get("error") in {"access_denied", "consent_required", "login_required"}
         message = DENIED.format(name=provider.name) if denied else failed
-        await _audit_failure(services, request, provider, "upstream_error")
+        await _audit_failure(svc, request, provider, "upstream_error")
         return _clear(
             request, _refused(request, message, flow.next_url, status=403 if denied else 400)
         )
@@ -258,17 +254,17 @@ async def callback(request: Request) -> Response:
         return _clear(request, _refused(request, failed, flow.next_url))
     try:
         person = await run_in_threadpool(
-            services.federation.upstream.sign_in, provider, code, flow.attempt(), flow.max_age
+            svc.federation.upstream.sign_in, provider, code, flow.attempt(), flow.max_age
         )
     except UpstreamError as error:
-        await _audit_failure(services, request, provider, "upstream_refused")
+        await _audit_failure(svc, request, provider, "upstream_refused")
         return _clear(request, _refused(request, error.message, flow.next_url))
     except AppError:
         return _clear(request, _refused(request, failed, flow.next_url))
     if flow.fresh:
         upstream_time = person.auth_time.timestamp() if person.auth_time else time.time()
         if upstream_time < flow.started - LEEWAY:
-            await _audit_failure(services, request, provider, "not_fresh")
+            await _audit_failure(svc, request, provider, "not_fresh")
             return _clear(
                 request, _refused(request, NOT_FRESH.format(name=provider.name), flow.next_url)
             )
@@ -276,16 +272,16 @@ async def callback(request: Request) -> Response:
             person, auth_time=datetime.fromtimestamp(max(upstream_time, flow.started), UTC)
         )
     if provider.kind == "oidc":
-        used = f"federation-nonce:{services.digester.digest('federation-nonce', flow.nonce)}"
-        if not await run_in_threadpool(services.limiter.kv.set_if_absent, used, FLOW_TTL * 2):
+        used = f"federation-nonce:{svc.digester.digest('federation-nonce', flow.nonce)}"
+        if not await run_in_threadpool(svc.limiter.kv.set_if_absent, used, FLOW_TTL * 2):
             return _clear(request, _refused(request, failed, flow.next_url))
-    outcome = await services.db.run_sync(
+    outcome = await svc.db.run_sync(
         resolve,
-        services,
+        svc,
         provider.id,
         person,
         link_user=flow.link_user,
-        previous_sid=request.cookies.get(sessions.cookie_name(services.settings)),
+        previous_sid=request.cookies.get(sessions.cookie_name(svc.settings)),
         ip=ip,
         user_agent=request.headers.get("user-agent", ""),
     )
@@ -294,7 +290,7 @@ async def callback(request: Request) -> Response:
     if flow.link_user is not None:
         return _clear(request, RedirectResponse(f"/account?done={LINK_NOTICE}", status_code=303))
     response = RedirectResponse(flow.next_url or "/login", status_code=303)
-    set_session_cookie(response, services.settings, outcome.raw_sid)
+    set_session_cookie(response, svc.settings, outcome.raw_sid)
     return _clear(request, response)
 
 
@@ -477,8 +473,6 @@ def _join_organization(provider: IdentityProvider, user_id: str) -> None:
         return
     if orgs.membership_of(provider.organization_id, user_id) is not None:
         return
-    from authserver.db import current_session
-
     current_session().add(
         orgs.Membership(
             organization_id=provider.organization_id, user_id=user_id, role=provider.default_role
@@ -501,11 +495,11 @@ def _refused(
 
 def _clear(request: Request, response: Response) -> Response:
     """Every callback spends the attempt: its cookie goes, whatever the outcome."""
-    services: Services = request.app.state.services
+    svc = services(request)
     response.delete_cookie(
-        _flow_cookie(services),
+        _flow_cookie(svc),
         httponly=True,
-        secure=services.settings.is_https,
+        secure=svc.settings.is_https,
         samesite="lax",
         path="/login/federated",
     )
@@ -516,11 +510,9 @@ def _clear(request: Request, response: Response) -> Response:
 
 
 async def unlink(request: Request) -> Response:
-    from authserver.sessions.pages import current_login
-
     form = await read_form(request)
-    services: Services = request.app.state.services
-    services.csrf.verify(request, form.get(CSRF_FIELD))
+    svc = services(request)
+    svc.csrf.verify(request, form.get(CSRF_FIELD))
     login = await current_login(request)
     if login is None:
         return RedirectResponse("/login?next=/account", status_code=303)
@@ -536,7 +528,7 @@ async def unlink(request: Request) -> Response:
         )  # fmt: skip
 
     try:
-        await services.db.run_sync(remove)
+        await svc.db.run_sync(remove)
     except AppError as error:
         return render(
             request,

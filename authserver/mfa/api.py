@@ -15,12 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
+from authserver.actors import ADMIN, Admin, admin, as_admin, caller
 from authserver.db import current_session
 from authserver.errors import NotFound
 from authserver.mfa import models
 from authserver.organizations.models import Organization
 from authserver.users import models as users
-from authserver.users.api import ADMIN, ME, READ, USER_PATH, WRITE, Admin, admin, as_admin, caller
+from authserver.users.api import ME, READ, USER_PATH, WRITE
 
 NO_SUCH_PASSKEY = "No such passkey."
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -34,21 +34,13 @@ from authserver.mfa import models, policy, recovery, totp
 from authserver.mfa import webauthn as passkeys
 from authserver.mfa.models import Passkey
 from authserver.security import new_token
+from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
-from authserver.sessions.pages import (
-    IP_WINDOW,
-    read_form,
-    render,
-    safe_next,
-    set_session_cookie,
-)
+from authserver.sessions.pages import IP_WINDOW, render, safe_next, set_session_cookie
 from authserver.users import models as users
 from authserver.users.pages import Letter, mail_later
-from authserver.web import CSRF_FIELD, client_ip, cookie_name
-
-if TYPE_CHECKING:
-    from authserver.app import Services
+from authserver.web import CSRF_FIELD, client_ip, cookie_name, read_form
 
 MULTI_DEVICE = CredentialDeviceType.MULTI_DEVICE
 #: Second-step guesses per account (all methods together) per window: a 6-digit code
@@ -83,12 +75,12 @@ def issuer_name(services: Services) -> str:
 
 async def open_login(request: Request) -> LoginSession | None:
     """The browser's session, live or still awaiting its second factor."""
-    services: Services = request.app.state.services
-    raw_sid = request.cookies.get(sessions.cookie_name(services.settings))
+    svc = services(request)
+    raw_sid = request.cookies.get(sessions.cookie_name(svc.settings))
     if not raw_sid:
         return None
-    return await services.db.run_sync(
-        sessions.find_active, services.digester, services.settings, raw_sid, awaiting=True
+    return await svc.db.run_sync(
+        sessions.find_active, svc.digester, svc.settings, raw_sid, awaiting=True
     )
 
 
@@ -110,10 +102,10 @@ def _choices(user_id: str) -> Choices:
 
 async def second_factor(request: Request) -> Response:
     """GET shows the second step; POST checks an app code or a recovery code."""
-    services: Services = request.app.state.services
+    svc = services(request)
     form = await read_form(request) if request.method == "POST" else {}
     if request.method == "POST":
-        services.csrf.verify(request, form.get(CSRF_FIELD))
+        svc.csrf.verify(request, form.get(CSRF_FIELD))
     next_url = safe_next(form.get("next") if form else request.query_params.get("next"))
     login = await open_login(request)
     if login is None:
@@ -125,7 +117,7 @@ async def second_factor(request: Request) -> Response:
     if method not in (policy.OTP, policy.RECOVERY_CODE):
         raise Invalid("Choose how to confirm it is you.")
     retry_after = await run_in_threadpool(
-        services.limiter.check, "mfa-account", login.user_id, ATTEMPTS, WINDOW
+        svc.limiter.check, "mfa-account", login.user_id, ATTEMPTS, WINDOW
     )
     if retry_after is not None:
         minutes = math.ceil(retry_after / 60)
@@ -138,12 +130,12 @@ async def second_factor(request: Request) -> Response:
             status=429,
             headers={"Retry-After": str(retry_after)},
         )
-    outcome = await services.db.run_sync(
-        _check_code, services, login, method, form.get("code", ""), client_ip(request)
+    outcome = await svc.db.run_sync(
+        _check_code, svc, login, method, form.get("code", ""), client_ip(request)
     )
     if outcome is None:
         return await _factor_form(request, login, next_url, error=WRONG_CODE, status=400)
-    await run_in_threadpool(services.limiter.forgive, "mfa-account", login.user_id, WINDOW)
+    await run_in_threadpool(svc.limiter.forgive, "mfa-account", login.user_id, WINDOW)
     response = RedirectResponse(next_url or "/account", status_code=303)
     if method == policy.RECOVERY_CODE:
         email, left = outcome
@@ -204,8 +196,8 @@ async def _factor_form(
     status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    services: Services = request.app.state.services
-    choices = await services.db.run_sync(_choices, login.user_id)
+    svc = services(request)
+    choices = await svc.db.run_sync(_choices, login.user_id)
     context = {"title": "Confirm it is you", "choices": choices, "next": next_url, "error": error}
     return render(request, "second_factor.html", context, status=status, headers=headers)
 
@@ -214,8 +206,8 @@ async def _factor_form(
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    services: Services = request.app.state.services
-    services.csrf.verify(request, request.headers.get(CSRF_HEADER))
+    svc = services(request)
+    svc.csrf.verify(request, request.headers.get(CSRF_HEADER))
     body = await request.body()
     if len(body) > JSON_MAX:
         raise Invalid("The request is too large.")
@@ -259,7 +251,7 @@ async def passkey_options(request: Request) -> Response:
     """Options for navigator.credentials.get: for the second step (`mode: second_step`,
     sent by the second-step page), the person's own passkeys; otherwise any passkey of this
     site, with user verification."""
-    services: Services = request.app.state.services
+    svc = services(request)
     body = await _json_body(request)
     stepping_up = body.get("mode") == "second_step"
     login = await open_login(request) if stepping_up else None
@@ -271,43 +263,43 @@ async def passkey_options(request: Request) -> Response:
         allowed = models.passkeys_of(login.user_id) if login is not None and stepping_up else None
         if allowed is not None and not allowed:
             raise Invalid("You have no passkey yet.")
-        options, challenge = passkeys.authentication_options(services.settings, allowed)
+        options, challenge = passkeys.authentication_options(svc.settings, allowed)
         ticket = models.save_challenge(
             purpose=AUTHENTICATE,
-            binding=services.digester.digest(CHALLENGE_COOKIE, raw),
+            binding=svc.digester.digest(CHALLENGE_COOKIE, raw),
             challenge=challenge,
             user_id=login.user_id if login is not None and stepping_up else None,
             ttl=passkeys.CHALLENGE_TTL,
         )
         return options, ticket
 
-    options, ticket = await services.db.run_sync(prepare)
-    return _with_challenge(services, {"publicKey": options}, ticket, raw)
+    options, ticket = await svc.db.run_sync(prepare)
+    return _with_challenge(svc, {"publicKey": options}, ticket, raw)
 
 
 async def passkey_sign_in(request: Request) -> Response:
     """Check an assertion: as the second step of the browser's session when the challenge
     was made for one, else as a sign-in of its own, which opens a fresh session."""
-    services: Services = request.app.state.services
+    svc = services(request)
     body = await _json_body(request)
     ticket, credential = _ticket(body), body.get("credential")
     if not isinstance(credential, dict):
         raise Invalid("Send the ticket and the credential.")
     next_url = safe_next(body.get("next") if isinstance(body.get("next"), str) else None)
-    raw = request.cookies.get(_binding_cookie(services), "")
+    raw = request.cookies.get(_binding_cookie(svc), "")
     ip = client_ip(request)
     retry_after = await run_in_threadpool(
-        services.limiter.check, "login-ip", ip, services.settings.login_rate_per_ip, IP_WINDOW
+        svc.limiter.check, "login-ip", ip, svc.settings.login_rate_per_ip, IP_WINDOW
     )
     if retry_after is not None:
         raise TooManyRequests("Too many sign-in attempts.", retry_after=retry_after)
     login = await open_login(request)
-    previous_sid = request.cookies.get(sessions.cookie_name(services.settings))
-    raw_sid = await services.db.run_sync(
+    previous_sid = request.cookies.get(sessions.cookie_name(svc.settings))
+    raw_sid = await svc.db.run_sync(
         _passkey_unit,
-        services,
+        svc,
         ticket,
-        services.digester.digest(CHALLENGE_COOKIE, raw) if raw else "",
+        svc.digester.digest(CHALLENGE_COOKIE, raw) if raw else "",
         credential,
         login,
         previous_sid,
@@ -316,8 +308,8 @@ async def passkey_sign_in(request: Request) -> Response:
     )
     response = JSONResponse({"redirect": next_url or "/account"}, headers=NO_STORE)
     if raw_sid is not None:
-        set_session_cookie(response, services.settings, raw_sid)
-    response.delete_cookie(_binding_cookie(services), path="/")
+        set_session_cookie(response, svc.settings, raw_sid)
+    response.delete_cookie(_binding_cookie(svc), path="/")
     return response
 
 
@@ -416,18 +408,16 @@ async def _account_post(
     """The signed-in person's form, or where to send them first: to sign in, or, when they
     have a second factor and this session was made without it, to the second step. A
     stolen password alone must not add a passkey, remove the app or turn the factor off."""
-    services: Services = request.app.state.services
+    svc = services(request)
     form = await read_form(request)
-    services.csrf.verify(request, form.get(CSRF_FIELD))
-    raw_sid = request.cookies.get(sessions.cookie_name(services.settings))
-    login = await services.db.run_sync(
-        sessions.find_active, services.digester, services.settings, raw_sid
-    )
+    svc.csrf.verify(request, form.get(CSRF_FIELD))
+    raw_sid = request.cookies.get(sessions.cookie_name(svc.settings))
+    login = await svc.db.run_sync(sessions.find_active, svc.digester, svc.settings, raw_sid)
     if login is None:
         return RedirectResponse("/login?next=/account", status_code=303)
-    if await services.db.run_sync(_lacks_factor, login):
+    if await svc.db.run_sync(_lacks_factor, login):
         return RedirectResponse(policy.factor_url("/account"), status_code=303)
-    return services, login, form
+    return svc, login, form
 
 
 def _lacks_factor(login: LoginSession) -> bool:
@@ -584,7 +574,7 @@ async def passkey_remove(request: Request) -> Response:
 
 
 async def passkey_register_options(request: Request) -> Response:
-    services: Services = request.app.state.services
+    svc = services(request)
     await _json_body(request)
     login = await _live_login(request)
     raw = new_token()
@@ -593,7 +583,7 @@ async def passkey_register_options(request: Request) -> Response:
         user = users.get(login.user_id)
         assert user is not None
         options, challenge = passkeys.registration_options(
-            services.settings,
+            svc.settings,
             user_id=user.id,
             email=user.email,
             name=user.name,
@@ -601,19 +591,19 @@ async def passkey_register_options(request: Request) -> Response:
         )
         ticket = models.save_challenge(
             purpose=REGISTER,
-            binding=services.digester.digest(CHALLENGE_COOKIE, raw),
+            binding=svc.digester.digest(CHALLENGE_COOKIE, raw),
             challenge=challenge,
             user_id=user.id,
             ttl=passkeys.CHALLENGE_TTL,
         )
         return options, ticket
 
-    options, ticket = await services.db.run_sync(prepare)
-    return _with_challenge(services, {"publicKey": options}, ticket, raw)
+    options, ticket = await svc.db.run_sync(prepare)
+    return _with_challenge(svc, {"publicKey": options}, ticket, raw)
 
 
 async def passkey_register(request: Request) -> Response:
-    services: Services = request.app.state.services
+    svc = services(request)
     body = await _json_body(request)
     login = await _live_login(request)
     ticket, credential, name = _ticket(body), body.get("credential"), body.get("name")
@@ -621,18 +611,16 @@ async def passkey_register(request: Request) -> Response:
         raise Invalid("Send the ticket and the credential.")
     if not isinstance(name, str) or not name.strip() or not name.isprintable():
         name = "Passkey"
-    raw = request.cookies.get(_binding_cookie(services), "")
+    raw = request.cookies.get(_binding_cookie(svc), "")
     ip = client_ip(request)
 
     def register() -> None:
-        binding = services.digester.digest(CHALLENGE_COOKIE, raw) if raw else ""
+        binding = svc.digester.digest(CHALLENGE_COOKIE, raw) if raw else ""
         challenge = models.consume_challenge(ticket, purpose=REGISTER, binding=binding)
         if challenge is None or challenge.user_id != login.user_id:
             raise Forbidden("This passkey setup has expired. Try again.")
         try:
-            verified = passkeys.verify_registration(
-                services.settings, credential, challenge.challenge
-            )
+            verified = passkeys.verify_registration(svc.settings, credential, challenge.challenge)
         except passkeys.PasskeyRefused:
             raise Forbidden("The passkey could not be checked. Try again.") from None
         credential_id = bytes_to_base64url(verified.credential_id)
@@ -652,20 +640,18 @@ async def passkey_register(request: Request) -> Response:
         _record(login, ip, "mfa.passkey_added", passkey_id=passkey.id)
         _complete(login, policy.passkey_methods(passkey.backup_eligible), "passkey", ip)
 
-    await services.db.run_sync(register)
+    await svc.db.run_sync(register)
     response = JSONResponse({"redirect": "/account?done=passkey_added"}, headers=NO_STORE)
-    response.delete_cookie(_binding_cookie(services), path="/")
+    response.delete_cookie(_binding_cookie(svc), path="/")
     return response
 
 
 async def _live_login(request: Request) -> LoginSession:
-    services: Services = request.app.state.services
-    raw_sid = request.cookies.get(sessions.cookie_name(services.settings))
-    login = await services.db.run_sync(
-        sessions.find_active, services.digester, services.settings, raw_sid
-    )
+    svc = services(request)
+    raw_sid = request.cookies.get(sessions.cookie_name(svc.settings))
+    login = await svc.db.run_sync(sessions.find_active, svc.digester, svc.settings, raw_sid)
     if login is None:
         raise Forbidden("Sign in first.")
-    if await services.db.run_sync(_lacks_factor, login):
+    if await svc.db.run_sync(_lacks_factor, login):
         raise Forbidden("Confirm it is you with your second factor first: sign in again.")
     return login

@@ -37,7 +37,15 @@ def build_server(
     `authserver.models` reaches the tables through this package, and loading the tables
     should not load Authlib's server and every endpoint with them.
     """
-    from authserver.oauth import clients, endpoints, grants, introspection_jwt, oidc, tokens
+    from authserver.oauth import (
+        clients,
+        endpoints,
+        grants,
+        introspection_jwt,
+        oidc,
+        token_format,
+        tokens,
+    )
     from authserver.oauth.assertions import AssertionVerifier
     from authserver.oauth.server import AuthorizationServer
 
@@ -53,7 +61,7 @@ def build_server(
             lookup=lookup,
         ),
     )
-    generator = tokens.AccessTokenGenerator(keystore, settings)
+    generator = token_format.AccessTokenGenerator(keystore, settings)
     server.register_token_generator("default", generator)
     server.register_grant(
         grants.bind(grants.AuthorizationCodeGrant, settings, digester, generator),

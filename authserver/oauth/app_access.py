@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from authserver.app_access import AllowedApp
-from authserver.oauth import consent, consents_api, tokens
+from authserver.oauth import consent, tokens
 
 
 class OAuthAppAccess:
@@ -19,4 +19,4 @@ class OAuthAppAccess:
         ]
 
     def revoke_app(self, actor: Any, consent_id: str) -> None:
-        consents_api.revoke_own(actor, consent_id)
+        consent.revoke_own(actor, consent_id)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from authlib.oauth2.base import OAuth2Error
@@ -39,7 +39,7 @@ from authserver import audit, db
 from authserver.errors import NO_STORE, Invalid, html_error_response
 from authserver.mfa import models as mfa_models
 from authserver.mfa import policy as mfa
-from authserver.oauth import consent, oidc, par, registration
+from authserver.oauth import consent, oidc, par
 from authserver.oauth.grants import (
     RESPONSE_MODES,
     AuthorizationCodeGrant,
@@ -52,16 +52,14 @@ from authserver.oauth.requests import (
     RequestSnapshot,
     read_authorization_request,
 )
-from authserver.oauth.tokens import ORGANIZATION, EndUser
+from authserver.oauth.token_format import ORGANIZATION, EndUser
 from authserver.organizations import models as orgs
 from authserver.security import new_token
+from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users
 from authserver.web import CSRF_FIELD
-
-if TYPE_CHECKING:
-    from authserver.app import Services
 
 #: Parameters dropped from the `next` URL when sending the user to sign in, so that the
 #: request coming back after a fresh sign-in does not ask for one again. What they asked for
@@ -160,10 +158,10 @@ async def consent_page(request: Request) -> Response:
     """
     if request.method == "GET":
         return await _handle(request, step="show", with_body=False)
-    services: Services = request.app.state.services
+    svc = services(request)
     form = await request.form()
     token = form.get(CSRF_FIELD)
-    services.csrf.verify(request, token if isinstance(token, str) else None)
+    svc.csrf.verify(request, token if isinstance(token, str) else None)
     decision = form.get("decision")
     if decision not in ("allow", "deny"):
         raise Invalid("Choose Allow or Deny.")
@@ -184,18 +182,16 @@ async def _handle(
     organization: str | None = None,
     nonce: str | None = None,
 ) -> Response:
-    services: Services = request.app.state.services
-    settings = services.settings
+    svc = services(request)
+    settings = svc.settings
     try:
         snapshot = await read_authorization_request(request, settings.issuer, with_body=with_body)
     except MalformedRequest as error:
         return html_error_response(request, 400, error.description)
     raw_sid = request.cookies.get(sessions.cookie_name(settings))
-    await run_in_threadpool(services.clients.warm, snapshot.first("client_id"))
-    outcome = await services.db.run_sync(
-        decide, services, snapshot, raw_sid, step, organization, nonce
-    )
-    return _respond(request, services, outcome)
+    await run_in_threadpool(svc.clients.warm, snapshot.first("client_id"))
+    outcome = await svc.db.run_sync(decide, svc, snapshot, raw_sid, step, organization, nonce)
+    return _respond(request, svc, outcome)
 
 
 def decide(
@@ -465,7 +461,7 @@ def _ask(
         email=end_user.user.email,
         unverified_host=_destination(redirect_uri) if client.dynamically_registered else None,
         document_host=document_host(client),
-        links=registration.consent_links(client),
+        links=consent.consent_links(client),
         organizations=choices,
         choose_only=choose_only,
     )
@@ -607,7 +603,7 @@ def render_consent(
     context = {
         "title": title,
         "ask": ask,
-        "link_labels": registration.CONSENT_LINKS,
+        "link_labels": consent.CONSENT_LINKS,
         "action": action,
         "csrf_field": CSRF_FIELD,
         "csrf_token": form_token,

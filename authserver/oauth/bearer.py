@@ -11,8 +11,8 @@ from typing import Any
 
 from authserver.db import utcnow
 from authserver.keystore import KeyStore
-from authserver.oauth import clients, tokens
-from authserver.rest import InvalidToken, Principal, TokenVerifier
+from authserver.oauth import clients, token_format, tokens
+from authserver.resource_server import InvalidToken, Principal, TokenVerifier
 from authserver.settings import Settings
 from authserver.users import models as users
 
@@ -22,7 +22,7 @@ ADMIN = "admin"
 def make_verifier(keystore: KeyStore, settings: Settings) -> TokenVerifier:
     def verify(token: str, *, audience: str) -> Principal:
         now = utcnow()
-        claims = tokens.verify_access_token(keystore, settings, token, now, audience=audience)
+        claims = token_format.verify_access_token(keystore, settings, token, now, audience=audience)
         if claims is None:
             raise InvalidToken()
         if not tokens.access_token_is_live(claims, now):

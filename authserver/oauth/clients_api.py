@@ -19,11 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
+from authserver.actors import ADMIN, admin, as_admin
 from authserver.errors import NO_STORE, Invalid, NotFound
 from authserver.keystore import ALGORITHMS
 from authserver.oauth import clients
 from authserver.oauth.clients import Client
-from authserver.users.api import ADMIN, admin, as_admin
+from authserver.services import services
 
 SCOPE_MAX = 1000
 
@@ -82,7 +83,7 @@ async def create_client(request: Request) -> Response:
     me = await admin(request)
     body: NewClient = await rest.read_json(request, NewClient)
     _check_text(body.client_name, body.scope)
-    digester = request.app.state.services.digester
+    digester = services(request).digester
 
     def create() -> dict[str, Any]:
         client, secret = clients.create(
@@ -163,7 +164,7 @@ async def delete_client(request: Request) -> Response:
 async def rotate_client_secret(request: Request) -> Response:
     me = await admin(request)
     client_id = rest.path_id(request, "client_id")
-    digester = request.app.state.services.digester
+    digester = services(request).digester
 
     def rotate() -> dict[str, Any]:
         secret = clients.rotate_secret(digester, _existing(client_id))

@@ -9,15 +9,20 @@ module only knows the record and the words the page uses.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ForeignKey, String, UniqueConstraint, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
+from authserver.errors import NotFound
 from authserver.oauth.clients import Client
 from authserver.oauth.tokens import TokenFamily
-from authserver.rest import API_SCOPES
+from authserver.resource_server import API_SCOPES
+
+if TYPE_CHECKING:
+    from authserver.actors import Caller
 
 
 class Consent(Base):
@@ -129,3 +134,33 @@ def revoke(consent: Consent, now: datetime) -> int:
         .execution_options(synchronize_session=False)
     )
     return int(rowcount(result) or 0)
+
+
+#: What the consent page shows of a client's registered metadata, as link labels.
+CONSENT_LINKS = {"policy_uri": "Privacy policy", "tos_uri": "Terms of service"}
+
+
+def consent_links(client: Client) -> dict[str, str]:
+    """The logo, privacy policy and terms of service a client registered, for the consent
+    page: https only, checked again here because each is about to become a link."""
+    info = client.info or {}
+    return {
+        name: info[name]
+        for name in ("logo_uri", *CONSENT_LINKS)
+        if isinstance(info.get(name), str) and info[name].startswith("https://")
+    }
+
+
+def revoke_own(actor: Caller, consent_id: str) -> None:
+    """Revoke one of the caller's consents, or NotFound (the same for anyone else's)."""
+    found = find_for_user(actor.user_id, consent_id)
+    if found is None:
+        raise NotFound("No such consent.")
+    revoked = revoke(found, utcnow())
+    actor.record(
+        "consent.revoked",
+        "consent",
+        consent_id,
+        oauth_client_id=found.client_id,
+        token_families_revoked=revoked,
+    )

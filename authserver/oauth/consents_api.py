@@ -15,11 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from authserver import rest
-from authserver.db import utcnow
-from authserver.errors import NotFound
+from authserver.actors import caller
 from authserver.oauth import consent
-from authserver.oauth.consent import Consent
-from authserver.users.api import Caller, caller
+from authserver.oauth.consent import Consent, revoke_own
 
 READ = ("users:read", "users:write")
 WRITE = ("users:write",)
@@ -34,21 +32,6 @@ def as_dict(row: Consent, client_name: str) -> dict[str, Any]:
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
     }
-
-
-def revoke_own(actor: Caller, consent_id: str) -> None:
-    """Revoke one of the caller's consents, or NotFound (the same for anyone else's)."""
-    found = consent.find_for_user(actor.user_id, consent_id)
-    if found is None:
-        raise NotFound("No such consent.")
-    revoked = consent.revoke(found, utcnow())
-    actor.record(
-        "consent.revoked",
-        "consent",
-        consent_id,
-        oauth_client_id=found.client_id,
-        token_families_revoked=revoked,
-    )
 
 
 async def list_my_consents(request: Request) -> Response:

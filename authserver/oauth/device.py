@@ -22,7 +22,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from authlib.oauth2.base import OAuth2Error
@@ -43,14 +43,13 @@ from authlib.oauth2.rfc8628 import DeviceCodeGrant as _DeviceCodeGrant
 from sqlalchemy import JSON, ForeignKey, Integer, String, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from authserver import audit, db
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
-from authserver.errors import NO_STORE, NotFound, oauth_error_response
-from authserver.oauth import clients, consent, metadata_documents, resources, tokens
+from authserver.errors import NO_STORE, NotFound
+from authserver.oauth import clients, consent, endpoints, resources, tokens
 from authserver.oauth.authorize import (
     CONSENT_NONCE_FIELD,
     AskConsent,
@@ -64,16 +63,14 @@ from authserver.oauth.grants import (
     check_admin_scope,
     sent_resources,
 )
-from authserver.oauth.requests import MalformedRequest, RequestSnapshot, read_form_request
-from authserver.oauth.tokens import ORGANIZATION, EndUser
+from authserver.oauth.requests import RequestSnapshot
+from authserver.oauth.token_format import ORGANIZATION, EndUser
 from authserver.security import Digester
+from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.settings import Settings
 from authserver.users import models as users
 from authserver.web import CSRF_FIELD, client_ip
-
-if TYPE_CHECKING:
-    from authserver.app import Services
 
 GRANT_TYPE = clients.DEVICE_CODE
 #: RFC 8628 §6.1's example alphabet: consonants only, no lookalikes (0/O, 1/I/L are absent).
@@ -268,16 +265,10 @@ def discovery_fields(settings: Settings) -> dict[str, Any]:
 async def device_authorization(request: Request) -> Response:
     """RFC 8628 §3.1 and §3.2. The client authenticates as at /token; a public client names
     itself with `client_id` (§3.1)."""
-    services: Services = request.app.state.services
-    if not services.settings.device_flow:
+    svc = services(request)
+    if not svc.settings.device_flow:
         raise NotFound("The device authorization grant is turned off.")
-    try:
-        snapshot = await read_form_request(request, services.settings.issuer)
-    except MalformedRequest as error:
-        return oauth_error_response("invalid_request", error.description)
-    await run_in_threadpool(services.clients.warm, metadata_documents.named_client(snapshot))
-    response: Response = await services.db.run_sync(_start, services, snapshot)
-    return response
+    return await endpoints.client_form(request, _start)
 
 
 def _start(services: Services, snapshot: RequestSnapshot) -> Response:
@@ -443,34 +434,32 @@ async def device_page(request: Request) -> Response:
     submitted by itself: §5.4 wants the person to confirm which device they connect);
     POST looks a code up and shows the consent page, or, with `decision`, records the
     answer. Sign-in comes first, and brings the person back here with the code."""
-    services: Services = request.app.state.services
-    settings = services.settings
+    svc = services(request)
+    settings = svc.settings
     if not settings.device_flow:
         raise NotFound("The device authorization grant is turned off.")
     raw_sid = request.cookies.get(sessions.cookie_name(settings))
     typed = request.query_params.get("user_code") or ""
     outcome: Outcome
     if request.method == "GET":
-        signed_in = await services.db.run_sync(
-            sessions.find_active, services.digester, settings, raw_sid
-        )
+        signed_in = await svc.db.run_sync(sessions.find_active, svc.digester, settings, raw_sid)
         outcome = CodeForm(typed) if signed_in is not None else SignIn(typed)
-        return _respond(request, services, outcome)
+        return _respond(request, svc, outcome)
     form = await request.form()
     token = form.get(CSRF_FIELD)
-    services.csrf.verify(request, token if isinstance(token, str) else None)
+    svc.csrf.verify(request, token if isinstance(token, str) else None)
     sent, decision = form.get("user_code"), form.get("decision")
     nonce = form.get(CONSENT_NONCE_FIELD)
-    outcome = await services.db.run_sync(
+    outcome = await svc.db.run_sync(
         answer_page,
-        services,
+        svc,
         raw_sid,
         client_ip(request),
         sent if isinstance(sent, str) else typed,
         decision if decision in ("allow", "deny") else None,
         nonce if isinstance(nonce, str) else None,
     )
-    return _respond(request, services, outcome)
+    return _respond(request, svc, outcome)
 
 
 def answer_page(

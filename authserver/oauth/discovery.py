@@ -22,8 +22,8 @@ from authserver.oauth.clients import (
     DEVICE_CODE,
     GRANT_TYPES,
 )
-from authserver.resource_server import PUBLIC_DOCUMENT, protected_resource_metadata
-from authserver.rest import API_PREFIX, API_SCOPES
+from authserver.resource_server import API_SCOPES, PUBLIC_DOCUMENT, protected_resource_metadata
+from authserver.rest import API_PREFIX
 from authserver.settings import Settings
 
 T = TypeVar("T")

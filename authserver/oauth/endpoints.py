@@ -7,6 +7,7 @@ revocation sticks). Anything else that goes wrong rolls the whole request back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from authserver import audit, db
 from authserver.errors import NO_STORE, AppError, oauth_error_response
 from authserver.keystore import KeyStore
-from authserver.oauth import clients, cors, metadata_documents, resources, tokens
+from authserver.oauth import clients, cors, metadata_documents, resources, token_format, tokens
 from authserver.oauth.grants import CLIENT_AUTH_METHODS
 from authserver.oauth.oidc import userinfo as userinfo_claims
 from authserver.oauth.requests import (
@@ -30,7 +31,8 @@ from authserver.oauth.requests import (
     read_form_request,
     read_resource_request,
 )
-from authserver.oauth.tokens import ORGANIZATION, PresentedRefreshToken
+from authserver.oauth.token_format import ORGANIZATION
+from authserver.oauth.tokens import PresentedRefreshToken
 from authserver.organizations import models as orgs
 from authserver.resource_server import (
     TokenError,
@@ -41,11 +43,11 @@ from authserver.resource_server import (
     scopes_of,
 )
 from authserver.security import Digester
+from authserver.services import Services, services
 from authserver.settings import Settings
 from authserver.users import models as users
 
 if TYPE_CHECKING:
-    from authserver.app import Services
     from authserver.oauth.server import AuthorizationServer
 
 
@@ -81,16 +83,31 @@ async def introspect(request: Request) -> Response:
 
 async def _form_endpoint(request: Request, handle: Any, *, browser_apps: bool = False) -> Response:
     """`browser_apps`: the endpoint answers cross-origin calls from public clients' pages."""
-    services: Services = request.app.state.services
+
+    def run(svc: Services, snapshot: RequestSnapshot) -> Response:
+        origin = cors.foreign_origin(snapshot.headers, svc.settings.issuer)
+        checked = handle
+        if origin is not None and browser_apps:
+            checked = _from_browser_app(handle, origin)
+        response: Response = checked(svc.oauth, snapshot)
+        return response
+
+    return await client_form(request, run)
+
+
+async def client_form(
+    request: Request, handle: Callable[[Services, RequestSnapshot], Response]
+) -> Response:
+    """A client's form POST (token, revocation, introspection, device authorization, PAR):
+    the body read once, a client named by its metadata document URL fetched before the unit
+    of work, then `handle` inside one; a malformed body is `invalid_request`."""
+    svc = services(request)
     try:
-        snapshot = await read_form_request(request, services.settings.issuer)
+        snapshot = await read_form_request(request, svc.settings.issuer)
     except MalformedRequest as error:
         return oauth_error_response("invalid_request", error.description)
-    await run_in_threadpool(services.clients.warm, metadata_documents.named_client(snapshot))
-    origin = cors.foreign_origin(snapshot.headers, services.settings.issuer)
-    if origin is not None and browser_apps:
-        handle = _from_browser_app(handle, origin)
-    response: Response = await services.db.run_sync(handle, services.oauth, snapshot)
+    await run_in_threadpool(svc.clients.warm, metadata_documents.named_client(snapshot))
+    response: Response = await svc.db.run_sync(handle, svc, snapshot)
     return response
 
 
@@ -235,7 +252,7 @@ class _TokenLookup:
         return FoundRefreshToken(presented) if presented is not None else None
 
     def _access_token(self, raw: str) -> FoundToken | None:
-        claims = tokens.verify_access_token(self.keystore, self.settings, raw, db.utcnow())
+        claims = token_format.verify_access_token(self.keystore, self.settings, raw, db.utcnow())
         return FoundAccessToken(claims) if claims is not None else None
 
 
@@ -294,9 +311,9 @@ async def userinfo(request: Request) -> Response:
     A cross-origin page may read the claims when it runs on one of the token's client's
     redirect origins (see `cors`); an error says nothing, so any origin may read it.
     """
-    services: Services = request.app.state.services
-    origin = cors.foreign_origin(request.headers, services.settings.issuer)
-    response: Response = await _userinfo_response(request, services, origin)
+    svc = services(request)
+    origin = cors.foreign_origin(request.headers, svc.settings.issuer)
+    response: Response = await _userinfo_response(request, svc, origin)
     if origin is not None and response.status_code != 200:
         cors.allow(response, origin)
     return response
@@ -349,7 +366,7 @@ def _caller(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
     token = bearer_token(snapshot.headers)
     now = db.utcnow()
     settings = services.settings
-    claims = tokens.verify_access_token(
+    claims = token_format.verify_access_token(
         services.keystore, settings, token, now, audience=settings.api_audience
     )
     if claims is None or not tokens.access_token_is_live(claims, now):

@@ -25,9 +25,10 @@ from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupp
 
 from authserver import audit, db
 from authserver.db import current_session
-from authserver.oauth import codes, resources, tokens
+from authserver.oauth import codes, resources, token_format, tokens
 from authserver.oauth.clients import AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS
-from authserver.oauth.tokens import ORGANIZATION, EndUser, PresentedRefreshToken
+from authserver.oauth.token_format import ORGANIZATION, EndUser
+from authserver.oauth.tokens import PresentedRefreshToken
 from authserver.organizations import models as orgs
 from authserver.security import Digester, new_token
 from authserver.sessions.models import LoginSession
@@ -53,7 +54,7 @@ def bind(
     grant_cls: type[Any],
     settings: Settings,
     digester: Digester,
-    generator: tokens.AccessTokenGenerator,
+    generator: token_format.AccessTokenGenerator,
 ) -> type[Any]:
     """A subclass of `grant_cls` bound to one app's settings (Authlib instantiates grants
     per request with only the request and the server)."""
@@ -67,7 +68,7 @@ class ForResource:
 
     request: Any
     GRANT_TYPE: str | None
-    generator: ClassVar[tokens.AccessTokenGenerator]
+    generator: ClassVar[token_format.AccessTokenGenerator]
 
     def generate_token(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -21,14 +21,12 @@ from starlette.responses import RedirectResponse, Response
 from authserver import audit
 from authserver.oauth import clients, oidc
 from authserver.oauth.clients import Client
+from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
-from authserver.sessions.pages import clear_session_cookie, read_form, render
+from authserver.sessions.pages import clear_session_cookie, render
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD, client_ip
-
-if TYPE_CHECKING:
-    from authserver.app import Services
+from authserver.web import CSRF_FIELD, client_ip, read_form
 
 NOT_VERIFIED = "This sign-out request could not be verified, so nothing happened yet."
 NOT_REGISTERED = (
@@ -72,20 +70,20 @@ class Outcome:
 
 
 async def logout(request: Request) -> Response:
-    services: Services = request.app.state.services
+    svc = services(request)
     form = await read_form(request) if request.method == "POST" else None
     params = LogoutRequest.read(request.query_params if form is None else form)
-    raw_sid = request.cookies.get(sessions.cookie_name(services.settings))
+    raw_sid = request.cookies.get(sessions.cookie_name(svc.settings))
     ip = client_ip(request)
     if form is not None and (CSRF_FIELD in form or params.empty):
-        services.csrf.verify(request, form.get(CSRF_FIELD))
-        outcome = await services.db.run_sync(_confirmed, services, raw_sid, params, ip)
+        svc.csrf.verify(request, form.get(CSRF_FIELD))
+        outcome = await svc.db.run_sync(_confirmed, svc, raw_sid, params, ip)
     else:
         claims = oidc.verify_id_token_hint(
-            services.keystore, services.settings.issuer, params.id_token_hint, params.client_id
+            svc.keystore, svc.settings.issuer, params.id_token_hint, params.client_id
         )
-        outcome = await services.db.run_sync(_requested, services, raw_sid, params, claims, ip)
-    return _respond(request, services, outcome)
+        outcome = await svc.db.run_sync(_requested, svc, raw_sid, params, claims, ip)
+    return _respond(request, svc, outcome)
 
 
 def _requested(

@@ -27,7 +27,7 @@ from authserver.errors import Invalid
 from authserver.fetch import Fetcher, FetchError
 from authserver.oauth import assertions, clients, resources
 from authserver.oauth.clients import CLIENT_ID_MAX, Client
-from authserver.rest import API_SCOPES
+from authserver.resource_server import API_SCOPES
 from authserver.settings import Settings
 
 log = logging.getLogger("authserver.oauth.metadata_documents")

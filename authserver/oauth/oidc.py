@@ -17,7 +17,7 @@ from authlib.oidc.core.grants.util import create_half_hash
 
 from authserver import db
 from authserver.keystore import KeyStore
-from authserver.oauth.tokens import EndUser, decode_own_jwt
+from authserver.oauth.token_format import EndUser, decode_own_jwt
 from authserver.resource_server import audiences
 from authserver.settings import Settings
 from authserver.users.models import User

@@ -22,32 +22,27 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from sqlalchemy import JSON, ForeignKey, String, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import db
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
-from authserver.errors import NO_STORE, NotFound, oauth_error_response
-from authserver.oauth import metadata_documents
+from authserver.errors import NO_STORE, NotFound
+from authserver.oauth import endpoints
 from authserver.oauth.grants import CLIENT_AUTH_METHODS
 from authserver.oauth.requests import (
-    MalformedRequest,
     Params,
     RequestSnapshot,
-    read_form_request,
 )
 from authserver.security import Digester, new_token
+from authserver.services import Services, services
 from authserver.settings import Settings
-
-if TYPE_CHECKING:
-    from authserver.app import Services
 
 URN_PREFIX = "urn:ietf:params:oauth:request_uri:"
 PURPOSE = "request_uri"
@@ -197,16 +192,10 @@ def expand(services: Services, snapshot: RequestSnapshot, now: datetime) -> Push
 
 async def push(request: Request) -> Response:
     """RFC 9126 §2: 201 with `request_uri` and `expires_in`, or an RFC 6749 error."""
-    services: Services = request.app.state.services
-    if not services.settings.pushed_authorization_requests:
+    svc = services(request)
+    if not svc.settings.pushed_authorization_requests:
         raise NotFound("Pushed authorization requests are turned off.")
-    try:
-        snapshot = await read_form_request(request, services.settings.issuer)
-    except MalformedRequest as error:
-        return oauth_error_response("invalid_request", error.description)
-    await run_in_threadpool(services.clients.warm, metadata_documents.named_client(snapshot))
-    response: Response = await services.db.run_sync(_push, services, snapshot)
-    return response
+    return await endpoints.client_form(request, _push)
 
 
 def _push(services: Services, snapshot: RequestSnapshot) -> Response:

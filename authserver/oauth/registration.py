@@ -31,7 +31,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from joserfc.errors import JoseError
@@ -56,13 +56,11 @@ from authserver.oauth.requests import (
     read_json_request,
     read_resource_request,
 )
-from authserver.rest import API_SCOPES
+from authserver.resource_server import API_SCOPES
 from authserver.security import Digester, new_token
+from authserver.services import Services, services
 from authserver.settings import Settings
 from authserver.web import client_ip
-
-if TYPE_CHECKING:
-    from authserver.app import Services
 
 ACCESS_TOKEN_PURPOSE = "registration_access_token"
 INITIAL_TOKEN_PURPOSE = "initial_access_token"
@@ -86,8 +84,6 @@ LISTED_METADATA = (
     "client_id", "client_name", "redirect_uris", "post_logout_redirect_uris", "grant_types",
     "response_types", "scope", "token_endpoint_auth_method",
 )  # fmt: skip
-#: What the consent page shows of a client's registered metadata, as link labels.
-CONSENT_LINKS = {"policy_uri": "Privacy policy", "tos_uri": "Terms of service"}
 #: Where `Client.info` remembers under which policy the client registered, for RFC 7592
 #: updates; never returned to the client.
 POLICY_KEY = "registration_policy"
@@ -488,17 +484,6 @@ def configuration(client: Client, issuer: str) -> dict[str, Any]:
     return body
 
 
-def consent_links(client: Client) -> dict[str, str]:
-    """The logo, privacy policy and terms of service a client registered, for the consent
-    page: https only, checked again here because each is about to become a link."""
-    info = client.info or {}
-    return {
-        name: info[name]
-        for name in ("logo_uri", *CONSENT_LINKS)
-        if isinstance(info.get(name), str) and info[name].startswith("https://")
-    }
-
-
 def _apply(client: Client, metadata: Metadata, policy: Policy) -> None:
     """What `clients.create` and `clients.update` do not set."""
     client.dynamically_registered = True
@@ -704,7 +689,7 @@ def _endpoint(
 
     async def endpoint(request: Request) -> Response:
         try:
-            response = await answer(request, request.app.state.services)
+            response = await answer(request, services(request))
         except Refused as refused:
             response = refused.response
         except MalformedRequest as error:

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from authserver.db import Base, Position, current_session, new_id, utcnow
 from authserver.errors import Conflict, Invalid
 from authserver.oauth import clients
-from authserver.rest import API_SCOPES
+from authserver.resource_server import API_SCOPES
 from authserver.settings import Settings
 
 #: Answered by the ID token and /userinfo, never by another resource (see the docstring).

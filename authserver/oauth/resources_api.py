@@ -13,11 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
+from authserver.actors import ADMIN, admin, as_admin
 from authserver.errors import NotFound
 from authserver.oauth import resources
 from authserver.oauth.clients_api import NAME
 from authserver.oauth.resources import Resource
-from authserver.users.api import ADMIN, admin, as_admin
+from authserver.services import services
 
 
 @dataclass
@@ -49,7 +50,7 @@ async def list_resources(request: Request) -> Response:
 async def create_resource(request: Request) -> Response:
     me = await admin(request)
     body: NewResource = await rest.read_json(request, NewResource)
-    settings = request.app.state.services.settings
+    settings = services(request).settings
 
     def create() -> dict[str, Any]:
         resource = resources.create(

@@ -18,10 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
+from authserver.actors import Caller, caller
 from authserver.errors import Forbidden, TooManyRequests
 from authserver.organizations import models as orgs
+from authserver.services import services
 from authserver.users import models as users
-from authserver.users.api import Caller, caller
 from authserver.users.models import User
 
 READ = ("organizations:read", "organizations:write")
@@ -154,7 +155,7 @@ async def add_organization_member(request: Request) -> Response:
     me = await caller(request, WRITE)
     organization_id = request.path_params["organization_id"]
     body: NewMember = await rest.read_json(request, NewMember)
-    limiter = request.app.state.services.limiter
+    limiter = services(request).limiter
     retry_after = await run_in_threadpool(
         limiter.check, "org-member-add", me.user_id, MEMBER_ADDS_PER_HOUR, HOUR
     )

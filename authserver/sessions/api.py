@@ -17,16 +17,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import rest
+from authserver.actors import ADMIN, admin, as_admin, caller
 from authserver.db import Position
 from authserver.errors import NotFound
 from authserver.sessions import models as sessions
-from authserver.sessions.models import LoginSession
+from authserver.sessions.models import LoginSession, end_others, end_own
 from authserver.users import models as users
-from authserver.users.api import ADMIN, Admin, Caller, admin, as_admin, caller
 
 READ = ("sessions:read", "sessions:write")
 WRITE = ("sessions:write",)
-NO_SUCH_SESSION = "No such session."
 
 
 def as_dict(login: LoginSession, current_id: str | None) -> dict[str, Any]:
@@ -38,20 +37,6 @@ def as_dict(login: LoginSession, current_id: str | None) -> dict[str, Any]:
         "last_seen_at": login.last_seen_at.isoformat(),
         "current": login.id == current_id,
     }
-
-
-def end_own(actor: Admin, user_id: str, session_id: str) -> None:
-    """End one of `user_id`'s live sessions, or NotFound (the same for anyone else's)."""
-    if not sessions.end_for_user(user_id, session_id):
-        raise NotFound(NO_SUCH_SESSION)
-    actor.record("session.ended", "session", session_id, user_id=user_id)
-
-
-def end_others(actor: Caller, keep_session_id: str | None) -> int:
-    """End all of the caller's sessions but `keep_session_id` (the one acting)."""
-    ended = sessions.end_all_for_user(actor.user_id, except_session_id=keep_session_id)
-    actor.record("sessions.ended", "user", actor.user_id, sessions_ended=ended)
-    return ended
 
 
 def _position(login: LoginSession) -> Position:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -20,9 +21,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import web
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
+from authserver.errors import NotFound
 from authserver.security import Digester, new_token
 from authserver.settings import Settings
+from authserver.users import models as users
 from authserver.users.models import User
+
+if TYPE_CHECKING:
+    from authserver.actors import Admin, Caller
+    from authserver.app_access import AppAccess
 
 
 class LoginSession(Base):
@@ -72,6 +79,7 @@ SID_PURPOSE = "session"
 #: A right password waits this long for its second factor, and no longer.
 AWAITING_FACTOR_TTL = 10 * 60
 COOKIE = "sid"
+NO_SUCH_SESSION = "No such session."
 
 
 def cookie_name(settings: Settings) -> str:
@@ -197,6 +205,42 @@ def end_all_for_user(
         update(LoginSession).where(*conditions).values(ended_at=now or utcnow())
     )
     return int(rowcount(result) or 0)
+
+
+def end_everything(
+    access: AppAccess, user_id: str, *, reason: str, keep_session_id: str | None = None
+) -> dict[str, Any]:
+    """End a user's sessions and revoke their token families (all but `keep_session_id`'s),
+    so that nothing signed in before survives a reactivation or a password change."""
+    ended = end_all_for_user(user_id, except_session_id=keep_session_id)
+    revoked = access.end_grants(user_id, reason=reason, keep_session_id=keep_session_id)
+    return {"sessions_ended": ended, "token_families_revoked": revoked}
+
+
+def change_password(
+    access: AppAccess, user: User, password_hash: str, *, keep_session_id: str | None
+) -> dict[str, Any]:
+    """Set a person's new password (from /account or the API): outstanding reset links die
+    with the old password, and everything but `keep_session_id` ends, offline grants too."""
+    users.set_password(user, password_hash)
+    users.revoke_links(user.id, users.RESET_PASSWORD)
+    return end_everything(
+        access, user.id, reason="password_changed", keep_session_id=keep_session_id
+    )
+
+
+def end_own(actor: Admin, user_id: str, session_id: str) -> None:
+    """End one of `user_id`'s live sessions, or NotFound (the same for anyone else's)."""
+    if not end_for_user(user_id, session_id):
+        raise NotFound(NO_SUCH_SESSION)
+    actor.record("session.ended", "session", session_id, user_id=user_id)
+
+
+def end_others(actor: Caller, keep_session_id: str | None) -> int:
+    """End all of the caller's sessions but `keep_session_id` (the one acting)."""
+    ended = end_all_for_user(actor.user_id, except_session_id=keep_session_id)
+    actor.record("sessions.ended", "user", actor.user_id, sessions_ended=ended)
+    return ended
 
 
 def _live(now: datetime) -> ColumnElement[bool]:

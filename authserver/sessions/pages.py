@@ -8,7 +8,7 @@ disabled account) gets the same answer, and the cookie carries only the session'
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -20,14 +20,12 @@ from authserver.errors import NO_STORE
 from authserver.federation import buttons as federation
 from authserver.mfa import policy
 from authserver.mfa.policy import ACR_PWD
+from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users
-from authserver.web import CSRF_FIELD, client_ip
-
-if TYPE_CHECKING:
-    from authserver.app import Services
+from authserver.web import CSRF_FIELD, client_ip, read_form
 
 LANDING = "/login"
 IP_WINDOW = 60
@@ -51,13 +49,11 @@ VERIFY_FIRST = {
 
 async def current_login(request: Request) -> LoginSession | None:
     """The browser's live session, or None (no cookie, ended, expired, or user disabled)."""
-    services: Services = request.app.state.services
-    raw_sid = request.cookies.get(sessions.cookie_name(services.settings))
+    svc = services(request)
+    raw_sid = request.cookies.get(sessions.cookie_name(svc.settings))
     if not raw_sid:
         return None
-    return await services.db.run_sync(
-        sessions.find_active, services.digester, services.settings, raw_sid
-    )
+    return await svc.db.run_sync(sessions.find_active, svc.digester, svc.settings, raw_sid)
 
 
 def render(
@@ -69,7 +65,7 @@ def render(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """A page with a fresh CSRF token for its forms; never cached, since it carries one."""
-    csrf = request.app.state.services.csrf
+    csrf = services(request).csrf
     form_token, cookie_value = csrf.token(request)
     response = request.app.state.templates.TemplateResponse(
         request,
@@ -80,17 +76,6 @@ def render(
     )
     csrf.set_cookie(response, cookie_value)
     return response
-
-
-async def read_form(request: Request) -> dict[str, str]:
-    """The text fields of a small browser form (first value wins); an upload is a 400, and
-    nothing is left open."""
-    async with request.form(max_files=0, max_fields=50) as form:
-        fields: dict[str, str] = {}
-        for name, value in form.multi_items():
-            if isinstance(value, str):
-                fields.setdefault(name, value)
-        return fields
 
 
 def set_session_cookie(response: Response, settings: Settings, raw_sid: str) -> None:
@@ -151,17 +136,17 @@ async def login(request: Request) -> Response:
 
 
 async def _sign_in(request: Request) -> Response:
-    services: Services = request.app.state.services
-    settings = services.settings
+    svc = services(request)
+    settings = svc.settings
     form = await read_form(request)
-    services.csrf.verify(request, form.get(CSRF_FIELD))
+    svc.csrf.verify(request, form.get(CSRF_FIELD))
     email = _printable(form.get("email", ""), users.EMAIL_MAX)
     password = form.get("password", "")
     next_url = safe_next(form.get("next"))
     ip = client_ip(request)
     account = users.normalize_email(email)
 
-    retry_after = await run_in_threadpool(_over_limit, services, ip, account)
+    retry_after = await run_in_threadpool(_over_limit, svc, ip, account)
     if retry_after is not None:
         minutes = math.ceil(retry_after / 60)
         wait = "a minute" if minutes == 1 else f"{minutes} minutes"
@@ -174,14 +159,14 @@ async def _sign_in(request: Request) -> Response:
             headers={"Retry-After": str(retry_after)},
         )
 
-    candidate = await services.db.run_sync(users.sign_in_candidate, email)
-    user_id = await run_in_threadpool(users.check_password, services.passwords, candidate, password)
+    candidate = await svc.db.run_sync(users.sign_in_candidate, email)
+    user_id = await run_in_threadpool(users.check_password, svc.passwords, candidate, password)
     new_hash = None
-    if user_id is not None and services.passwords.needs_rehash(candidate.password_hash or ""):
-        new_hash = await run_in_threadpool(services.passwords.hash, password)
-    opened = await services.db.run_sync(
+    if user_id is not None and svc.passwords.needs_rehash(candidate.password_hash or ""):
+        new_hash = await run_in_threadpool(svc.passwords.hash, password)
+    opened = await svc.db.run_sync(
         _open_session,
-        services,
+        svc,
         email=email,
         acr_values=policy.acr_values_of(next_url),
         candidate=candidate if user_id is not None else None,
@@ -192,7 +177,7 @@ async def _sign_in(request: Request) -> Response:
     )
     if opened is None:
         return _login_form(request, email=email, next_url=next_url, error=FAILED, status=400)
-    await run_in_threadpool(services.limiter.forgive, "login-account", account, ACCOUNT_WINDOW)
+    await run_in_threadpool(svc.limiter.forgive, "login-account", account, ACCOUNT_WINDOW)
     if isinstance(opened, str):
         return render(request, "message.html", VERIFY_FIRST, status=403)
     raw_sid, awaiting_factor = opened
@@ -298,11 +283,11 @@ def _open_session(
 
 
 async def _signed_in_user(request: Request) -> users.User | None:
-    services: Services = request.app.state.services
+    svc = services(request)
     login_session = await current_login(request)
     if login_session is None:
         return None
-    return await services.db.run_sync(users.get, login_session.user_id)
+    return await svc.db.run_sync(users.get, login_session.user_id)
 
 
 def _login_form(

@@ -11,27 +11,24 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from authserver import rest
+from authserver.actors import Caller
 from authserver.app_access import AppAccess
 from authserver.db import utcnow
 from authserver.federation import pages as federation
 from authserver.mfa import pages as mfa_pages
 from authserver.organizations import models as orgs
-from authserver.sessions import api as sessions_api
+from authserver.services import services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
-from authserver.sessions.pages import clear_session_cookie, current_login, read_form, render
+from authserver.sessions.pages import clear_session_cookie, current_login, render
 from authserver.users import models as users
-from authserver.users.api import Caller
-from authserver.web import CSRF_FIELD, client_ip
-
-if TYPE_CHECKING:
-    from authserver.app import Services
+from authserver.web import CSRF_FIELD, client_ip, read_form
 
 #: More rows than anyone has; the API pages through the rest.
 SHOWN = 100
@@ -53,8 +50,8 @@ async def account(request: Request) -> Response:
     login = await current_login(request)
     if login is None:
         return RedirectResponse("/login?next=/account", status_code=303)
-    services: Services = request.app.state.services
-    view = await services.db.run_sync(_view, services.app_access, login)
+    svc = services(request)
+    view = await svc.db.run_sync(_view, svc.app_access, login)
     view["notice"] = NOTICES.get(request.query_params.get("done", ""))
     return render(request, "account.html", view)
 
@@ -66,12 +63,12 @@ async def end_session(request: Request) -> Response:
         return RedirectResponse("/login", status_code=303)
     login, actor = signed_in
     session_id = rest.path_id(request, "session_id")
-    services: Services = request.app.state.services
-    await services.db.run_sync(sessions_api.end_own, actor, login.user_id, session_id)
+    svc = services(request)
+    await svc.db.run_sync(sessions.end_own, actor, login.user_id, session_id)
     if session_id != login.id:
         return RedirectResponse("/account?done=session_ended", status_code=303)
     response = RedirectResponse("/login", status_code=303)
-    clear_session_cookie(response, services.settings)
+    clear_session_cookie(response, svc.settings)
     return response
 
 
@@ -80,7 +77,7 @@ async def end_other_sessions(request: Request) -> Response:
     if signed_in is None:
         return RedirectResponse("/login", status_code=303)
     login, actor = signed_in
-    await request.app.state.services.db.run_sync(sessions_api.end_others, actor, login.id)
+    await services(request).db.run_sync(sessions.end_others, actor, login.id)
     return RedirectResponse("/account?done=sessions_ended", status_code=303)
 
 
@@ -90,15 +87,15 @@ async def revoke_consent(request: Request) -> Response:
         return RedirectResponse("/login", status_code=303)
     _, actor = signed_in
     consent_id = rest.path_id(request, "consent_id")
-    services: Services = request.app.state.services
-    await services.db.run_sync(services.app_access.revoke_app, actor, consent_id)
+    svc = services(request)
+    await svc.db.run_sync(svc.app_access.revoke_app, actor, consent_id)
     return RedirectResponse("/account?done=consent_revoked", status_code=303)
 
 
 async def _signed_in_post(request: Request) -> tuple[LoginSession, Caller] | None:
     """The CSRF check comes first, so a forged POST changes nothing whoever is signed in."""
     form = await read_form(request)
-    request.app.state.services.csrf.verify(request, form.get(CSRF_FIELD))
+    services(request).csrf.verify(request, form.get(CSRF_FIELD))
     login = await current_login(request)
     if login is None:
         return None

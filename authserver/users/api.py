@@ -6,15 +6,10 @@ admin loses the power at once (docs/security.md J78). Each change commits with i
 in one transaction. Ending what a person was signed in with happens in the same place for
 every path: sessions end and token families are revoked, so refresh tokens fail and access
 tokens turn inactive by reference.
-
-The first section holds what the other identity APIs (sessions, consents, organizations,
-clients) share with this one: who is calling, from which browser session, and running as an
-administrator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,115 +17,22 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from authserver import audit, rest
+from authserver import rest
+from authserver.actors import ADMIN, Admin, admin, as_admin, caller
 from authserver.app_access import AppAccess
 from authserver.errors import Conflict, Invalid, NotFound, TooManyRequests
 from authserver.organizations import models as orgs
+from authserver.services import services
 from authserver.sessions import models as sessions
+from authserver.sessions.models import end_everything
 from authserver.sessions.pages import ACCOUNT_WINDOW
 from authserver.users import models as users
 from authserver.users.models import User
-from authserver.web import client_ip
 
 READ = ("users:read", "users:write")
 WRITE = ("users:write",)
-ADMIN = ("admin",)
 NO_SUCH_USER = "No such user."
 T = TypeVar("T")
-
-# -- shared by the identity API -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Caller:
-    """A person acting on their account, through a client's token (`principal`) or in the
-    browser (/account), as the audit trail records them."""
-
-    user_id: str
-    ip: str
-    principal: rest.Principal | None = None
-
-    def record(
-        self,
-        event: str,
-        target_type: str,
-        target_id: str,
-        *,
-        outcome: str = "success",
-        **details: Any,
-    ) -> None:
-        audit.record(
-            event,
-            outcome=outcome,
-            actor_type="user",
-            actor_id=self.user_id,
-            ip=self.ip,
-            target_type=target_type,
-            target_id=target_id,
-            client_id=self.principal.client_id if self.principal else None,
-            via="api" if self.principal else "account_page",
-            **details,
-        )
-
-    def session_id(self) -> str | None:
-        """The browser session the caller's token was issued in, so "end my other
-        sessions" spares the one the request comes from."""
-        return self.principal.session_id if self.principal is not None else None
-
-
-async def caller(request: Request, scopes: tuple[str, ...]) -> Caller:
-    """The person behind the request's token. Every identity operation acts for a person,
-    so a client's own token is refused even with `admin` (docs/security.md J74)."""
-    principal = await rest.authenticate(request, scopes)
-    user_id = principal.require_user()
-    return Caller(user_id, client_ip(request), principal)
-
-
-@dataclass(frozen=True)
-class ClientActor:
-    """A client acting on its own with `admin`, which only an operator can register it for
-    (automation through client_credentials); the audit trail names the client."""
-
-    client_id: str
-    ip: str
-
-    def record(
-        self,
-        event: str,
-        target_type: str,
-        target_id: str,
-        *,
-        outcome: str = "success",
-        **details: Any,
-    ) -> None:
-        audit.record(
-            event, outcome=outcome, actor_type="client", actor_id=self.client_id, ip=self.ip,
-            target_type=target_type, target_id=target_id, via="api", **details,
-        )  # fmt: skip
-
-
-Admin = Caller | ClientActor
-
-
-async def admin(request: Request) -> Admin:
-    """An administrator: a person whose token carries `admin`, or a client registered for it.
-    The token verifier has already dropped `admin` from anyone no longer entitled to it."""
-    principal = await rest.authenticate(request, ADMIN)
-    if principal.user_id is None:
-        return ClientActor(principal.client_id, client_ip(request))
-    return Caller(principal.user_id, client_ip(request), principal)
-
-
-async def as_admin(request: Request, actor: Admin, work: Callable[[], T]) -> T:
-    """Run `work` in one unit of work that first reads the administrator behind a person's
-    token again, so a demoted or disabled admin loses the power at once (docs/security.md J78)."""
-
-    def unit() -> T:
-        if isinstance(actor, Caller):
-            users.acting_admin(actor.user_id)
-        return work()
-
-    return await rest.run_sync(request, unit)
 
 
 def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str | None:
@@ -138,16 +40,6 @@ def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str
     if value is not None and (len(value) > limit or not value.isprintable()):
         raise Invalid(f"`{name}` must be at most {limit} printable characters.")
     return value
-
-
-def end_everything(
-    access: AppAccess, user_id: str, *, reason: str, keep_session_id: str | None = None
-) -> dict[str, Any]:
-    """End a user's sessions and revoke their token families (all but `keep_session_id`'s),
-    so that nothing signed in before survives a reactivation or a password change."""
-    ended = sessions.end_all_for_user(user_id, except_session_id=keep_session_id)
-    revoked = access.end_grants(user_id, reason=reason, keep_session_id=keep_session_id)
-    return {"sessions_ended": ended, "token_families_revoked": revoked}
 
 
 def _user(user_id: str) -> User:
@@ -212,7 +104,7 @@ async def update_me(request: Request) -> Response:
 async def delete_me(request: Request) -> Response:
     me = await caller(request, WRITE)
 
-    access = request.app.state.services.app_access
+    access = services(request).app_access
 
     def delete() -> None:
         _delete(me, _user(me.user_id), access)
@@ -227,10 +119,10 @@ async def change_my_password(request: Request) -> Response:
     session and the tokens bound to it survive; offline grants end too."""
     me = await caller(request, WRITE)
     body: PasswordChange = await rest.read_json(request, PasswordChange)
-    services = request.app.state.services
-    user = await services.db.run_sync(_user, me.user_id)
+    svc = services(request)
+    user = await svc.db.run_sync(_user, me.user_id)
     users.validate_password(body.new_password, email=user.email, name=user.name)
-    settings, limiter = services.settings, services.limiter
+    settings, limiter = svc.settings, svc.limiter
     retry_after = await run_in_threadpool(
         limiter.check, "login-account", user.email, settings.login_rate_per_account, ACCOUNT_WINDOW
     )
@@ -238,9 +130,9 @@ async def change_my_password(request: Request) -> Response:
         raise TooManyRequests("Too many attempts; try again later.", retry_after=retry_after)
     candidate = users.Candidate(user.id, user.password_hash)
     if not await run_in_threadpool(
-        users.check_password, services.passwords, candidate, body.current_password
+        users.check_password, svc.passwords, candidate, body.current_password
     ):
-        await services.db.run_sync(
+        await svc.db.run_sync(
             me.record,
             "password.changed",
             "user",
@@ -250,19 +142,16 @@ async def change_my_password(request: Request) -> Response:
         )
         raise Invalid("The current password is not correct.")
     await run_in_threadpool(limiter.forgive, "login-account", user.email, ACCOUNT_WINDOW)
-    password_hash = await run_in_threadpool(services.passwords.hash, body.new_password)
+    password_hash = await run_in_threadpool(svc.passwords.hash, body.new_password)
 
     def change() -> None:
         user = _user(me.user_id)
-        users.set_password(user, password_hash)
-        users.revoke_links(user.id, users.RESET_PASSWORD)
-        kept = me.session_id()
-        ended = end_everything(
-            services.app_access, user.id, reason="password_changed", keep_session_id=kept
+        ended = sessions.change_password(
+            svc.app_access, user, password_hash, keep_session_id=me.session_id()
         )
         me.record("password.changed", "user", user.id, **ended)
 
-    await services.db.run_sync(change)
+    await svc.db.run_sync(change)
     return Response(status_code=204)
 
 
@@ -305,7 +194,7 @@ async def create_user(request: Request) -> Response:
     password_hash = None
     if body.password is not None:
         users.validate_password(body.password, email=email, name=name)
-        passwords = request.app.state.services.passwords
+        passwords = services(request).passwords
         password_hash = await run_in_threadpool(passwords.hash, body.password)
 
     def create() -> dict[str, object]:
@@ -358,7 +247,7 @@ async def update_user(request: Request) -> Response:
     user_id = rest.path_id(request, "user_id")
     body: UserPatch = await rest.read_json(request, UserPatch)
     name = users.validate_name(body.name) if body.name is not None else None
-    access = request.app.state.services.app_access
+    access = services(request).app_access
 
     def update() -> dict[str, object]:
         user = _user(user_id)
@@ -388,7 +277,7 @@ async def deactivate_user(request: Request) -> Response:
     actor = await admin(request)
     user_id = rest.path_id(request, "user_id")
 
-    access = request.app.state.services.app_access
+    access = services(request).app_access
 
     def deactivate() -> dict[str, object]:
         user = _user(user_id)
@@ -402,7 +291,7 @@ async def delete_user(request: Request) -> Response:
     actor = await admin(request)
     user_id = rest.path_id(request, "user_id")
 
-    access = request.app.state.services.app_access
+    access = services(request).app_access
 
     def delete() -> None:
         _delete(actor, _user(user_id), access)

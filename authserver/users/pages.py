@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from jinja2 import Environment
 from starlette.background import BackgroundTask
@@ -24,13 +23,11 @@ from starlette.responses import RedirectResponse, Response
 from authserver import audit, outbound
 from authserver.errors import Conflict, Invalid, NotFound
 from authserver.outbound import Mail
+from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.pages import ACCOUNT_WINDOW, current_login, render
 from authserver.users import models as users
 from authserver.web import CSRF_FIELD, client_ip
-
-if TYPE_CHECKING:
-    from authserver.app import Services
 
 log = logging.getLogger("authserver.users")
 
@@ -52,15 +49,15 @@ class Letter:
 async def signup(request: Request) -> Response:
     """Create an account and email a verification link; the person is not signed in yet, since
     signing in the new account but not the taken one would tell the two apart."""
-    services = _services(request)
-    if not services.settings.signup_enabled:
+    svc = services(request)
+    if not svc.settings.signup_enabled:
         raise NotFound("Self-registration is turned off.")
     if request.method == "GET":
         return _signup_form(request, name="", email="")
-    form = await _form(request, services)
+    form = await _form(request, svc)
     name, email, password = _field(form, "name"), _field(form, "email"), _field(form, "password")
     typed = {"name": name, "email": email, "password_min": users.PASSWORD_MIN}
-    refused = await _refuse_ip(request, services, "signup.html", typed)
+    refused = await _refuse_ip(request, svc, "signup.html", typed)
     if refused is not None:
         return refused
     try:
@@ -69,32 +66,28 @@ async def signup(request: Request) -> Response:
         users.validate_password(password, email=email, name=name)
     except Invalid as exc:
         return _signup_form(request, name=name, email=email, error=exc.detail, status=400)
-    password_hash = await run_in_threadpool(services.passwords.hash, password)
+    password_hash = await run_in_threadpool(svc.passwords.hash, password)
     ip = client_ip(request)
     try:
-        letter = await services.db.run_sync(
-            _register, services, name=name, email=email, password_hash=password_hash, ip=ip
+        letter = await svc.db.run_sync(
+            _register, svc, name=name, email=email, password_hash=password_hash, ip=ip
         )
     except Conflict:
-        letter = await services.db.run_sync(_register_taken, services, email=email, ip=ip)
-    return _check_email(request, services, "signup", letter)
+        letter = await svc.db.run_sync(_register_taken, svc, email=email, ip=ip)
+    return _check_email(request, svc, "signup", letter)
 
 
 async def verify_email(request: Request) -> Response:
-    services = _services(request)
+    svc = services(request)
     if request.method == "GET":
         raw_token = request.query_params.get("token", "")
-        owner = await services.db.run_sync(
-            users.link_owner, services.digester, raw_token, users.VERIFY_EMAIL
-        )
+        owner = await svc.db.run_sync(users.link_owner, svc.digester, raw_token, users.VERIFY_EMAIL)
         if owner is None:
             return _link_invalid(request, "/verify-email/resend", "Send a new link")
         context = {"token": raw_token, "email": owner.email}
         return render(request, "verify_email.html", context)
-    form = await _form(request, services)
-    verified = await services.db.run_sync(
-        _verify, services, _field(form, "token"), ip=client_ip(request)
-    )
+    form = await _form(request, svc)
+    verified = await svc.db.run_sync(_verify, svc, _field(form, "token"), ip=client_ip(request))
     if not verified:
         return _link_invalid(request, "/verify-email/resend", "Send a new link")
     return _message(
@@ -106,13 +99,13 @@ async def verify_email(request: Request) -> Response:
 
 
 async def resend_verification(request: Request) -> Response:
-    services = _services(request)
+    svc = services(request)
     if request.method == "GET":
         return render(request, "resend_verification.html", {"email": ""})
-    form = await _form(request, services)
+    form = await _form(request, svc)
     email = _field(form, "email")
     typed: dict[str, object] = {"email": email}
-    refused = await _refuse_ip(request, services, "resend_verification.html", typed)
+    refused = await _refuse_ip(request, svc, "resend_verification.html", typed)
     if refused is not None:
         return refused
     try:
@@ -120,18 +113,18 @@ async def resend_verification(request: Request) -> Response:
     except Invalid as exc:
         context = {"email": email, "error": exc.detail}
         return render(request, "resend_verification.html", context, status=400)
-    letter = await services.db.run_sync(_reissue_verification, services, email)
-    return _check_email(request, services, "resend", letter)
+    letter = await svc.db.run_sync(_reissue_verification, svc, email)
+    return _check_email(request, svc, "resend", letter)
 
 
 async def reset_password(request: Request) -> Response:
     """Ask for a reset link. The answer is the same for known, unknown and disabled accounts."""
-    services = _services(request)
+    svc = services(request)
     if request.method == "GET":
         return render(request, "reset_request.html", {"email": ""})
-    form = await _form(request, services)
+    form = await _form(request, svc)
     email = _field(form, "email")
-    refused = await _refuse_ip(request, services, "reset_request.html", {"email": email})
+    refused = await _refuse_ip(request, svc, "reset_request.html", {"email": email})
     if refused is not None:
         return refused
     try:
@@ -140,18 +133,16 @@ async def reset_password(request: Request) -> Response:
         return render(
             request, "reset_request.html", {"email": email, "error": exc.detail}, status=400
         )
-    letter = await services.db.run_sync(_request_reset, services, email, ip=client_ip(request))
-    return _check_email(request, services, "reset", letter)
+    letter = await svc.db.run_sync(_request_reset, svc, email, ip=client_ip(request))
+    return _check_email(request, svc, "reset", letter)
 
 
 async def reset_password_confirm(request: Request) -> Response:
     """The emailed link: choose a new password, which ends every session of the account."""
-    services = _services(request)
-    form = await _form(request, services) if request.method == "POST" else None
+    svc = services(request)
+    form = await _form(request, svc) if request.method == "POST" else None
     raw_token = request.query_params.get("token", "") if form is None else _field(form, "token")
-    owner = await services.db.run_sync(
-        users.link_owner, services.digester, raw_token, users.RESET_PASSWORD
-    )
+    owner = await svc.db.run_sync(users.link_owner, svc.digester, raw_token, users.RESET_PASSWORD)
     if owner is None:
         return _link_invalid(request, "/reset-password", "Request a new link")
     context = {"token": raw_token, "email": owner.email, "password_min": users.PASSWORD_MIN}
@@ -162,9 +153,9 @@ async def reset_password_confirm(request: Request) -> Response:
         users.validate_password(password, email=owner.email, name=owner.name)
     except Invalid as exc:
         return render(request, "reset_password.html", {**context, "error": exc.detail}, status=400)
-    password_hash = await run_in_threadpool(services.passwords.hash, password)
-    letter = await services.db.run_sync(
-        _reset, services, raw_token, password_hash=password_hash, ip=client_ip(request)
+    password_hash = await run_in_threadpool(svc.passwords.hash, password)
+    letter = await svc.db.run_sync(
+        _reset, svc, raw_token, password_hash=password_hash, ip=client_ip(request)
     )
     if letter is None:
         return _link_invalid(request, "/reset-password", "Request a new link")
@@ -180,10 +171,10 @@ async def reset_password_confirm(request: Request) -> Response:
 async def change_password(request: Request) -> Response:
     """A signed-in person changes their password; their other sessions end (docs/security.md H64:
     CSRF-protected; I71: a wrong current password counts like a failed sign-in)."""
-    services = _services(request)
-    form = await _form(request, services) if request.method == "POST" else None
+    svc = services(request)
+    form = await _form(request, svc) if request.method == "POST" else None
     login = await current_login(request)
-    user = await services.db.run_sync(users.get, login.user_id) if login else None
+    user = await svc.db.run_sync(users.get, login.user_id) if login else None
     if login is None or user is None:
         return RedirectResponse("/login", status_code=303)
     if form is None:
@@ -193,7 +184,7 @@ async def change_password(request: Request) -> Response:
         users.validate_password(new, email=user.email, name=user.name)
     except Invalid as exc:
         return _change_form(request, user.email, error=exc.detail, status=400)
-    settings, limiter = services.settings, services.limiter
+    settings, limiter = svc.settings, svc.limiter
     retry_after = await run_in_threadpool(
         limiter.check, "login-account", user.email, settings.login_rate_per_account, ACCOUNT_WINDOW
     )
@@ -202,8 +193,8 @@ async def change_password(request: Request) -> Response:
         headers = {"Retry-After": str(retry_after)}
         return _change_form(request, user.email, error=error, status=429, headers=headers)
     ip = client_ip(request)
-    if not await run_in_threadpool(services.passwords.verify, user.password_hash, current):
-        await services.db.run_sync(
+    if not await run_in_threadpool(svc.passwords.verify, user.password_hash, current):
+        await svc.db.run_sync(
             _audit_own,
             "password.changed",
             user.id,
@@ -213,9 +204,9 @@ async def change_password(request: Request) -> Response:
         )
         return _change_form(request, user.email, error=CURRENT_WRONG, status=400)
     await run_in_threadpool(limiter.forgive, "login-account", user.email, ACCOUNT_WINDOW)
-    password_hash = await run_in_threadpool(services.passwords.hash, new)
-    letter = await services.db.run_sync(
-        _change, services, user.id, session_id=login.id, password_hash=password_hash, ip=ip
+    password_hash = await run_in_threadpool(svc.passwords.hash, new)
+    letter = await svc.db.run_sync(
+        _change, svc, user.id, session_id=login.id, password_hash=password_hash, ip=ip
     )
     response = _message(
         request,
@@ -293,11 +284,8 @@ def _reset(services: Services, raw_token: str, *, password_hash: str, ip: str) -
     users.set_password(user, password_hash)
     users.mark_email_verified(user)
     users.revoke_links(user.id, users.RESET_PASSWORD)
-    ended = sessions.end_all_for_user(user.id)
-    revoked = services.app_access.end_grants(user.id, reason="password_reset")
-    _audit_own(
-        "password.reset", user.id, ip=ip, sessions_ended=ended, token_families_revoked=revoked
-    )
+    ended = sessions.end_everything(services.app_access, user.id, reason="password_reset")
+    _audit_own("password.reset", user.id, ip=ip, **ended)
     return Letter("password_changed", user.email)
 
 
@@ -309,15 +297,10 @@ def _change(
     user = users.get(user_id)
     if user is None:
         raise NotFound("The account no longer exists.")
-    users.set_password(user, password_hash)
-    users.revoke_links(user.id, users.RESET_PASSWORD)
-    ended = sessions.end_all_for_user(user.id, except_session_id=session_id)
-    revoked = services.app_access.end_grants(
-        user.id, reason="password_changed", keep_session_id=session_id
+    ended = sessions.change_password(
+        services.app_access, user, password_hash, keep_session_id=session_id
     )
-    _audit_own(
-        "password.changed", user.id, ip=ip, sessions_ended=ended, token_families_revoked=revoked
-    )
+    _audit_own("password.changed", user.id, ip=ip, **ended)
     return Letter("password_changed", user.email)
 
 
@@ -355,7 +338,7 @@ def mail_later(request: Request, response: Response, letter: Letter | None) -> R
     """Send `letter` once `response` has gone out (so after the commit), in the threadpool."""
     if letter is not None:
         templates = request.app.state.templates.env
-        response.background = BackgroundTask(_send, _services(request), templates, letter)
+        response.background = BackgroundTask(_send, services(request), templates, letter)
     return response
 
 
@@ -448,11 +431,6 @@ async def _form(request: Request, services: Services) -> FormData:
     form = await request.form()
     services.csrf.verify(request, _field(form, CSRF_FIELD))
     return form
-
-
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
 
 
 def _field(form: FormData, name: str) -> str:

@@ -16,15 +16,15 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from authserver import db
-from authserver.app import Services
 from authserver.db import current_session
 from authserver.oauth import consent
 from authserver.oauth import tokens as token_store
 from authserver.oauth.clients import Client
 from authserver.oauth.consent import Consent
 from authserver.oauth.tokens import AccessToken, TokenFamily
-from authserver.rest import InvalidToken
+from authserver.resource_server import InvalidToken
 from authserver.security import new_token
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from authserver import audit
-from authserver.app import Services
 from authserver.db import current_session, utcnow
+from authserver.services import Services
 from tests import factories
 from tests.conftest import Api, is_problem
 from tests.factories import Person

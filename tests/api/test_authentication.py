@@ -12,8 +12,8 @@ import pytest
 
 from authserver import api as api_table
 from authserver import audit, rest
-from authserver.app import Services
 from authserver.oauth import consents_api
+from authserver.services import Services
 from authserver.sessions import api as sessions_api
 from authserver.users import api as users_api
 from tests import factories

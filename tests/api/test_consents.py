@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
-from authserver.app import Services
 from authserver.audit import AuditEvent
 from authserver.db import current_session
 from authserver.oauth import consent
+from authserver.services import Services
 from tests.api.conftest import Grant, introspect, refresh, rows, token_is_live
 from tests.conftest import Api, is_problem
 from tests.factories import Person

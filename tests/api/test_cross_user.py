@@ -16,7 +16,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver.app import Services
+from authserver.services import Services
 from tests.api.conftest import Grant, rows
 from tests.conftest import API, ISSUER, Api, is_problem
 from tests.factories import Person

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from authserver.app import Services
+from authserver.services import Services
 from tests import factories
 from tests.api.conftest import Grant, introspect, refresh, token_is_live
 from tests.conftest import Api

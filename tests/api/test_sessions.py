@@ -8,7 +8,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver.app import Services
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from tests import factories
 from tests.api.conftest import Grant, introspect, refresh, rows

@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from authserver.app import Services, create_app
+from authserver.app import create_app
 from authserver.audit import AuditEvent
 from authserver.db import current_session
 from authserver.organizations.models import Membership
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users import models as users

@@ -29,8 +29,9 @@ import pytest
 from authlib.common.security import generate_token
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from authserver.app import Services, build_services
+from authserver.app import build_services
 from authserver.db import Database
+from authserver.services import Services
 from authserver.settings import Settings
 from tests import factories
 from tests.factories import PASSWORD

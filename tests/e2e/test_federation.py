@@ -27,9 +27,10 @@ import jwt
 import pytest
 from playwright.sync_api import Page
 
-from authserver.app import Services, build_services
+from authserver.app import build_services
 from authserver.db import Database
 from authserver.federation import providers
+from authserver.services import Services
 from authserver.settings import Settings
 from authserver.users import models as users
 from tests import factories

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.mfa import models as mfa_models
 from authserver.mfa import recovery, totp
+from authserver.services import Services
 from authserver.users.models import User
 from tests import factories
 from tests.conftest import csrf_token

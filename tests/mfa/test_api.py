@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from authserver.app import Services
 from authserver.mfa import api as mfa_api
 from authserver.mfa import models as mfa_models
+from authserver.services import Services
 from tests import factories
 from tests.conftest import Api, Schemas, audit_events, is_problem
 from tests.mfa.authenticator import SoftAuthenticator

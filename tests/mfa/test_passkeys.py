@@ -11,10 +11,10 @@ import pytest
 from starlette.testclient import TestClient
 from webauthn.helpers import bytes_to_base64url
 
-from authserver.app import Services
 from authserver.mfa import models as mfa_models
 from authserver.mfa import webauthn as passkeys
 from authserver.mfa.policy import ACR_MFA
+from authserver.services import Services
 from authserver.users.models import User
 from tests.conftest import csrf_token, sessions_of
 from tests.mfa.authenticator import UP, SoftAuthenticator

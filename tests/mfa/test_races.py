@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import time
 
-from authserver.app import Services
 from authserver.mfa import models as mfa_models
 from authserver.mfa import recovery, totp
+from authserver.services import Services
 from authserver.users.models import User
 from tests.mfa.conftest import enrol_totp, recovery_codes
 from tests.oauth.test_races import race

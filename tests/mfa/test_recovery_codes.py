@@ -7,9 +7,9 @@ import re
 
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.mfa import models as mfa_models
 from authserver.mfa.models import RecoveryCode
+from authserver.services import Services
 from authserver.users.models import User
 from tests.conftest import audit_events, csrf_token, sessions_of
 from tests.mfa.conftest import SignIn, enrol_totp, recovery_codes, submit_factor

@@ -9,9 +9,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import jwt
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.mfa import models as mfa_models
 from authserver.mfa.policy import ACR_MFA, ACR_PWD
+from authserver.services import Services
 from authserver.users.models import User
 from tests.conftest import csrf_token, sessions_of
 from tests.factories import PASSWORD

@@ -11,10 +11,10 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.mfa import models as mfa_models
 from authserver.mfa import totp
 from authserver.mfa.policy import ACR_MFA
+from authserver.services import Services
 from authserver.users.models import User
 from tests.conftest import audit_events, csrf_token, sessions_of
 from tests.mfa.conftest import SignIn, code_now, enrol_totp, submit_factor

@@ -16,9 +16,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from authserver import db
-from authserver.app import Services
 from authserver.oauth import consent
 from authserver.oauth.clients import Client
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users

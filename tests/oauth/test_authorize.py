@@ -13,7 +13,7 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import safe_next
 from authserver.users.models import User

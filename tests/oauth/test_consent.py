@@ -11,8 +11,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.oauth import clients, consent
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import event
 from starlette.testclient import TestClient
 
-from authserver.app import Services
+from authserver.services import Services
 from authserver.users.models import User
 from tests import factories
 from tests.oauth.conftest import RP, Flow

@@ -16,9 +16,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.oauth import device
 from authserver.oauth.clients import DEVICE_CODE
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories

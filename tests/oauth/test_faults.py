@@ -11,8 +11,9 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from authserver import audit
-from authserver.app import Services, create_app
+from authserver.app import create_app
 from authserver.oauth import tokens
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users.models import User

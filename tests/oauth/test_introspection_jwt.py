@@ -16,8 +16,8 @@ from jwcrypto import jwk
 from jwcrypto import jwt as jwcrypto_jwt
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.oauth import clients
+from authserver.services import Services
 from authserver.users.models import User
 from tests import factories
 from tests.oauth.conftest import CALLBACK, RP, Flow

@@ -16,9 +16,9 @@ import respx
 from starlette.testclient import TestClient
 
 from authserver import fetch
-from authserver.app import Services
 from authserver.oauth import clients, metadata_documents
 from authserver.oauth.clients import Client
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User

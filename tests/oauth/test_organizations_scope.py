@@ -15,9 +15,9 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.organizations import models as orgs
 from authserver.organizations.models import Organization
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories

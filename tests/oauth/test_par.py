@@ -16,8 +16,8 @@ from authlib.integrations.httpx_client import OAuth2Client
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.oauth import par
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories

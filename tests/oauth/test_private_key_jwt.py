@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from starlette.testclient import TestClient
 
 from authserver import fetch
-from authserver.app import Services
 from authserver.oauth import assertions
+from authserver.services import Services
 from tests import factories
 from tests.conftest import ISSUER, TEST_REDIS_URL
 from tests.oauth.test_token import assert_oauth_error

@@ -25,9 +25,10 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver.app import Services, create_app
+from authserver.app import create_app
 from authserver.db import utcnow
 from authserver.oauth import codes, tokens
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users.models import User

@@ -10,8 +10,9 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services, create_app
+from authserver.app import create_app
 from authserver.oauth import clients
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings

@@ -19,11 +19,11 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from authserver import jsonsafe
-from authserver.app import Services
 from authserver.db import current_session
 from authserver.oauth import clients, registration
 from authserver.oauth.clients import Client
 from authserver.oauth.registration import InitialAccessToken
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories

@@ -12,9 +12,9 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.oauth import resources
-from authserver.rest import API_SCOPES
+from authserver.resource_server import API_SCOPES
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories

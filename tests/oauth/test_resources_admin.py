@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from authserver import api as api_table
-from authserver.app import Services
+from authserver.services import Services
 from tests import factories
 from tests.conftest import API, Api, Schemas, audit_events, is_problem
 from tests.factories import Person

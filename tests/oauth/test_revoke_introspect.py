@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from authserver.app import Services
 from authserver.errors import Invalid
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users

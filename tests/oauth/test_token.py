@@ -19,8 +19,8 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from authserver import db
-from authserver.app import Services
 from authserver.oauth import codes
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users import models as users

@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from starlette.testclient import TestClient
 
 from authserver import db
-from authserver.app import Services, create_app
-from authserver.oauth import tokens
+from authserver.app import create_app
+from authserver.oauth import token_format
+from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings
 from authserver.users.models import User
@@ -211,7 +212,7 @@ def test_unknown_crit_header_is_refused(services: Services, issued: dict[str, An
     private = services.keystore.signing_key("RS256").private_key
     signature = private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
     forged = f"{signing_input}.{b64(signature)}"
-    assert tokens.decode_own_jwt(services.keystore, forged, typ="at+jwt") is None
+    assert token_format.decode_own_jwt(services.keystore, forged, typ="at+jwt") is None
 
 
 @pytest.mark.parametrize(("skew", "accepted"), [(10, True), (120, False)])
@@ -224,7 +225,7 @@ def test_iat_in_the_future(services: Services, skew: int, accepted: bool) -> Non
         "exp": int((now + timedelta(seconds=600)).timestamp()),
     }  # fmt: skip
     raw = services.keystore.sign(claims, typ="at+jwt")
-    verified = tokens.verify_access_token(services.keystore, services.settings, raw, now)
+    verified = token_format.verify_access_token(services.keystore, services.settings, raw, now)
     assert (verified is not None) is accepted
 
 

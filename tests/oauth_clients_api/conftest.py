@@ -10,10 +10,10 @@ import httpx
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.db import current_session
 from authserver.oauth import clients
 from authserver.oauth.clients import Client
+from authserver.services import Services
 from tests.conftest import API
 
 CLIENTS = API + "/clients"

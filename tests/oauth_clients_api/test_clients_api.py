@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.oauth import clients
+from authserver.services import Services
 from tests import factories
 from tests.conftest import Api, audit_events, is_problem
 from tests.factories import Person

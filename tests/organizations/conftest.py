@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from authserver.app import Services
 from authserver.db import current_session
 from authserver.organizations.models import Membership, Organization
+from authserver.services import Services
 from authserver.users.models import User
 from tests import factories
 from tests.conftest import API

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from authserver.app import Services
+from authserver.services import Services
 from tests import factories
 from tests.conftest import API, API_CHALLENGE, Api, is_problem
 from tests.factories import Person

@@ -14,7 +14,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver.app import Services
+from authserver.services import Services
 from tests import factories
 from tests.conftest import API, ISSUER, Api, is_problem
 from tests.factories import Person

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from authserver.app import Services
 from authserver.db import current_session
 from authserver.organizations import models as orgs
+from authserver.services import Services
 from authserver.users.models import User
 from tests import factories
 from tests.conftest import Api, audit_events, is_problem

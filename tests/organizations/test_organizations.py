@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from authserver.app import Services
 from authserver.db import current_session
+from authserver.services import Services
 from authserver.users.models import User
 from tests import factories
 from tests.conftest import API, Api, audit_events, is_problem

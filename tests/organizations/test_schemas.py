@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import jsonschema_rs
 
-from authserver.app import Services
 from authserver.organizations.api import OPERATIONS
+from authserver.services import Services
 from tests.conftest import API, Api, Schemas
 from tests.factories import Person
 from tests.organizations.conftest import Tenant

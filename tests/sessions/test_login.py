@@ -9,8 +9,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.security import Passwords
+from authserver.services import Services
 from authserver.settings import Settings
 from authserver.users import models as users
 from tests import factories

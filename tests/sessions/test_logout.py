@@ -16,8 +16,8 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.oauth.clients import Client
+from authserver.services import Services
 from tests import factories
 from tests.conftest import audit_events, csrf_token, sessions_of
 from tests.sessions.conftest import SignIn, is_signed_in

@@ -20,9 +20,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.db import current_session, utcnow
 from authserver.oauth.tokens import TokenFamily
+from authserver.services import Services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.settings import Settings

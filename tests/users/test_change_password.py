@@ -8,7 +8,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver.app import Services
+from authserver.services import Services
 from tests import factories
 from tests.conftest import audit_events, csrf_token, sessions_of
 from tests.users.conftest import (

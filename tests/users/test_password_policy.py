@@ -7,8 +7,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.errors import Invalid
+from authserver.services import Services
 from authserver.users import models as users
 from tests import factories
 from tests.conftest import API, count_rows, csrf_token, is_problem

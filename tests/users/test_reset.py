@@ -9,8 +9,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.db import utcnow
+from authserver.services import Services
 from authserver.users import models as users
 from tests import factories
 from tests.conftest import audit_events, count_rows, csrf_token, sessions_of, update_user

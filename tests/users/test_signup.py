@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from starlette.testclient import TestClient
 
-from authserver.app import Services
 from authserver.db import utcnow
+from authserver.services import Services
 from authserver.sessions.models import cookie_name
 from authserver.users import models as users
 from tests import factories
