@@ -120,7 +120,7 @@ def safe_next(value: str | None) -> str | None:
 
 
 async def login(request: Request) -> Response:
-    await request.app.state.services.federation.prefetch()
+    await services(request).federation.prefetch()
     if request.method == "POST":
         return await _sign_in(request)
     next_url = safe_next(request.query_params.get("next"))
