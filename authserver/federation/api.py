@@ -15,7 +15,6 @@ from starlette.responses import JSONResponse, Response
 
 from authserver import rest
 from authserver.actors import ADMIN, admin, as_admin, caller
-from authserver.errors import NotFound
 from authserver.federation import models, providers
 from authserver.federation.providers import Changes
 from authserver.services import services
@@ -126,7 +125,7 @@ async def user_identities(request: Request) -> Response:
     user_id = rest.path_id(request, "user_id")
 
     def read() -> dict[str, Any]:
-        _existing_user(user_id)
+        users.existing(user_id)
         return _identities(user_id)
 
     return JSONResponse(await as_admin(request, me, read))
@@ -139,7 +138,7 @@ async def delete_user_identity(request: Request) -> Response:
     identity_id = rest.path_id(request, "identity_id")
 
     def delete() -> None:
-        _existing_user(user_id)
+        users.existing(user_id)
         identity = models.unlink(user_id, identity_id)
         me.record(
             "identity.unlinked", "user", user_id,
@@ -148,11 +147,6 @@ async def delete_user_identity(request: Request) -> Response:
 
     await as_admin(request, me, delete)
     return Response(status_code=204)
-
-
-def _existing_user(user_id: str) -> None:
-    if users.get(user_id) is None:
-        raise NotFound("No such user.")
 
 
 # -- OpenAPI --------------------------------------------------------------------------------

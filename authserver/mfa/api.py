@@ -46,11 +46,6 @@ def factors_of(user_id: str) -> dict[str, Any]:
     }
 
 
-def _existing_user(user_id: str) -> None:
-    if users.get(user_id) is None:
-        raise NotFound("No such user.")
-
-
 async def get_my_factors(request: Request) -> Response:
     me = await caller(request, READ)
     return JSONResponse(await rest.run_sync(request, factors_of, me.user_id))
@@ -74,7 +69,7 @@ async def get_factors(request: Request) -> Response:
     user_id = rest.path_id(request, "user_id")
 
     def read() -> dict[str, Any]:
-        _existing_user(user_id)
+        users.existing(user_id)
         return factors_of(user_id)
 
     return JSONResponse(await as_admin(request, actor, read))
@@ -85,7 +80,7 @@ async def remove_totp(request: Request) -> Response:
     user_id = rest.path_id(request, "user_id")
 
     def remove() -> None:
-        _existing_user(user_id)
+        users.existing(user_id)
         if not models.remove_totp(user_id):
             raise NotFound("No authenticator app is set up.")
         actor.record("mfa.totp_removed", "user", user_id)
@@ -113,7 +108,7 @@ async def reset_factors(request: Request) -> Response:
     user_id = rest.path_id(request, "user_id")
 
     def reset() -> dict[str, Any]:
-        _existing_user(user_id)
+        users.existing(user_id)
         models.remove_all(user_id)
         actor.record("mfa.reset", "user", user_id)
         return factors_of(user_id)

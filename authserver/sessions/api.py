@@ -19,7 +19,6 @@ from starlette.responses import JSONResponse, Response
 from authserver import rest
 from authserver.actors import ADMIN, admin, as_admin, caller
 from authserver.db import Position
-from authserver.errors import NotFound
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession, end_others, end_own
 from authserver.users import models as users
@@ -75,8 +74,7 @@ async def list_user_sessions(request: Request) -> Response:
     listing = rest.Listing(request, f"sessions:{user_id}")
 
     def read() -> list[LoginSession]:
-        if users.get(user_id) is None:
-            raise NotFound("No such user.")
+        users.existing(user_id)
         return sessions.page_for_user(user_id, after=listing.after, limit=listing.limit)
 
     rows = await as_admin(request, actor, read)

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from authserver import rest
 from authserver.actors import ADMIN, Admin, admin, as_admin, caller
 from authserver.app_access import AppAccess
-from authserver.errors import Conflict, Invalid, NotFound, TooManyRequests
+from authserver.errors import Conflict, Invalid, TooManyRequests
 from authserver.organizations import models as orgs
 from authserver.services import services
 from authserver.sessions import models as sessions
@@ -31,7 +31,6 @@ from authserver.users.models import User
 
 READ = ("users:read", "users:write")
 WRITE = ("users:write",)
-NO_SUCH_USER = "No such user."
 T = TypeVar("T")
 
 
@@ -40,13 +39,6 @@ def query_text(request: Request, name: str, limit: int = users.EMAIL_MAX) -> str
     if value is not None and (len(value) > limit or not value.isprintable()):
         raise Invalid(f"`{name}` must be at most {limit} printable characters.")
     return value
-
-
-def _user(user_id: str) -> User:
-    user = users.get(user_id)
-    if user is None:
-        raise NotFound(NO_SUCH_USER)
-    return user
 
 
 def _delete(actor: Admin, user: User, access: AppAccess) -> None:
@@ -81,7 +73,9 @@ class PasswordChange:
 
 async def get_me(request: Request) -> Response:
     me = await caller(request, READ)
-    return JSONResponse(await rest.run_sync(request, lambda: users.as_dict(_user(me.user_id))))
+    return JSONResponse(
+        await rest.run_sync(request, lambda: users.as_dict(users.existing(me.user_id)))
+    )
 
 
 async def update_me(request: Request) -> Response:
@@ -92,7 +86,7 @@ async def update_me(request: Request) -> Response:
     name = users.validate_name(body.name)
 
     def update() -> dict[str, object]:
-        user = _user(me.user_id)
+        user = users.existing(me.user_id)
         if user.name != name:
             user.name = name
             me.record("user.updated", "user", user.id, fields=["name"])
@@ -107,7 +101,7 @@ async def delete_me(request: Request) -> Response:
     access = services(request).app_access
 
     def delete() -> None:
-        _delete(me, _user(me.user_id), access)
+        _delete(me, users.existing(me.user_id), access)
 
     await rest.run_sync(request, delete)
     return Response(status_code=204)
@@ -120,7 +114,7 @@ async def change_my_password(request: Request) -> Response:
     me = await caller(request, WRITE)
     body: PasswordChange = await rest.read_json(request, PasswordChange)
     svc = services(request)
-    user = await svc.db.run_sync(_user, me.user_id)
+    user = await svc.db.run_sync(users.existing, me.user_id)
     users.validate_password(body.new_password, email=user.email, name=user.name)
     settings, limiter = svc.settings, svc.limiter
     retry_after = await run_in_threadpool(
@@ -145,7 +139,7 @@ async def change_my_password(request: Request) -> Response:
     password_hash = await run_in_threadpool(svc.passwords.hash, body.new_password)
 
     def change() -> None:
-        user = _user(me.user_id)
+        user = users.existing(me.user_id)
         ended = sessions.change_password(
             svc.app_access, user, password_hash, keep_session_id=me.session_id()
         )
@@ -237,7 +231,7 @@ async def get_user(request: Request) -> Response:
     user_id = rest.path_id(request, "user_id")
 
     def read() -> dict[str, object]:
-        return users.as_dict(_user(user_id))
+        return users.as_dict(users.existing(user_id))
 
     return JSONResponse(await as_admin(request, actor, read))
 
@@ -250,7 +244,7 @@ async def update_user(request: Request) -> Response:
     access = services(request).app_access
 
     def update() -> dict[str, object]:
-        user = _user(user_id)
+        user = users.existing(user_id)
         if body.is_admin is False or body.is_active is False:
             users.keeps_an_admin(user)
         requested = {"name": name, "is_admin": body.is_admin, "email_verified": body.email_verified}
@@ -280,7 +274,7 @@ async def deactivate_user(request: Request) -> Response:
     access = services(request).app_access
 
     def deactivate() -> dict[str, object]:
-        user = _user(user_id)
+        user = users.existing(user_id)
         _deactivate(actor, user, access)
         return users.as_dict(user)
 
@@ -294,7 +288,7 @@ async def delete_user(request: Request) -> Response:
     access = services(request).app_access
 
     def delete() -> None:
-        _delete(actor, _user(user_id), access)
+        _delete(actor, users.existing(user_id), access)
 
     await as_admin(request, actor, delete)
     return Response(status_code=204)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from zxcvbn import zxcvbn
 
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
-from authserver.errors import Conflict, Forbidden, Invalid
+from authserver.errors import Conflict, Forbidden, Invalid, NotFound
 from authserver.security import Digester, Passwords, new_token
 
 
@@ -70,6 +70,14 @@ ESTIMATED_LENGTH = 72
 PRODUCT_NAME = "authserver"
 TOO_GUESSABLE = "This password is too common or too easy to guess"
 PASSPHRASE_ADVICE = "use a longer passphrase of several unrelated words."
+
+
+def existing(user_id: str) -> User:
+    """The user, or the API's 404 when there is none (deleted, or an id from elsewhere)."""
+    user = get(user_id)
+    if user is None:
+        raise NotFound("No such user.")
+    return user
 
 
 def validate_email(email: str) -> str:
