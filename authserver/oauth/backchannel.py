@@ -93,8 +93,10 @@ def check_uri(fetcher: Fetcher, uri: Any) -> str:
     return uri
 
 
-def registered(fetcher: Fetcher, uri: str | None, session_required: bool | None) -> dict[str, Any]:
+def registered(fetcher: Fetcher, uri: Any, session_required: Any) -> dict[str, Any]:
     """The `Client.info` members for a registration: none without a URI."""
+    if session_required is not None and not isinstance(session_required, bool):
+        raise Invalid(f"{SESSION_REQUIRED_KEY} must be true or false.")
     if not uri:
         if session_required:
             raise Invalid(f"{SESSION_REQUIRED_KEY} needs a {URI_KEY}.")
@@ -285,7 +287,8 @@ class Step:
 
 def deliver_due(services: Services, *, now: datetime | None = None, limit: int = BATCH) -> Step:
     """Send what is due at `now`, one row at a time: claim (one transaction), POST (none:
-    no connection is held while a receiver answers), settle (one transaction)."""
+    no connection is held while a receiver answers), settle (one transaction). `now` only
+    schedules (tests move it); the tokens always carry the real time."""
     step = Step()
     for _ in range(limit):
         at = now or utcnow()
@@ -298,7 +301,7 @@ def deliver_due(services: Services, *, now: datetime | None = None, limit: int =
             services.db.call(delivered, claimed)
             continue
         try:
-            token = logout_token(services, client, claimed, at)
+            token = logout_token(services, client, claimed, utcnow())
             services.fetcher.call(
                 "POST", uri, form=[("logout_token", token)], accept=(200, 204), parse=False
             )
