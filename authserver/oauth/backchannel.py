@@ -3,7 +3,8 @@ in through it that registered a `backchannel_logout_uri` is told so, server to s
 
 Ending a session (/logout, the sessions API, /account, a deactivation or password change)
 writes one outbox row per (client, session) in the same transaction, through the
-`AppAccess.sessions_ended` port (`OAuthAppAccess`); nothing is sent while the person waits.
+`AppAccess.sessions_ended` port (`OAuthAppAccess`); nothing is sent while the person waits
+(docs/security.md P113).
 The worker in the app's lifespan (`deliver_periodically`) sends what is due: it claims one
 row at a time with a conditional UPDATE that gives it a lease, so two workers or instances
 never send the same row at once (docs/security.md P111), builds a signed logout token
@@ -258,9 +259,9 @@ def failed(claimed: Claimed, reason: str, now: datetime) -> bool:
 
 def logout_token(services: Services, client: Client, claimed: Claimed, now: datetime) -> str:
     """OIDC Back-Channel Logout §2.4: iss, aud, iat, exp, jti, the logout event, `sid` (the
-    value the client's ID tokens carry) and `sub`; never a `nonce`. `typ: logout+jwt`
-    (§2.4, RFC 8417 style) so it is never taken for an ID token, and signed with the
-    algorithm the client gets its ID tokens in."""
+    value the client's ID tokens carry) and `sub`; never a `nonce`. `typ: logout+jwt`,
+    so it is never taken for an ID token, signed with the algorithm the client gets its ID
+    tokens in (docs/security.md P109)."""
     issued = int(now.timestamp())
     claims = {
         "iss": services.settings.issuer,

@@ -344,7 +344,9 @@ def test_a_receiver_that_is_down_gets_the_token_after_it_comes_back(
 
     assert (first.sent, first.failed, first.dropped) == (0, 1, 0)
     [row] = outbox(services)
-    assert row.attempts == 1 and row.lease is None and row.last_error
+    assert row.attempts == 1
+    assert row.lease is None
+    assert row.last_error
     assert row.next_attempt_at == now + timedelta(seconds=backchannel.backoff(1))
     assert backchannel.deliver_due(services, now=now).failed == 0  # not due yet
 
@@ -397,7 +399,9 @@ def test_a_lease_keeps_two_workers_from_sending_one_row(
     # The first worker died mid-send: once its lease runs out another takes the row over,
     # and the first can no longer settle it.
     second = services.db.call(backchannel.claim, now + timedelta(seconds=backchannel.LEASE_SECONDS))
-    assert second is not None and second.id == first.id and second.attempts == 2
+    assert second is not None
+    assert second.id == first.id
+    assert second.attempts == 2
     assert not services.db.call(backchannel.delivered, first)
     assert not services.db.call(backchannel.failed, first, "late", now)
     assert [row.lease for row in outbox(services)] == [second.lease]
