@@ -321,12 +321,22 @@ def deliver_due(services: Services, *, now: datetime | None = None, limit: int =
     return step
 
 
+def any_due(now: datetime) -> bool:
+    return (
+        current_session().scalar(select(BackchannelLogout.id).where(_due(now)).limit(1)) is not None
+    )
+
+
 async def deliver_periodically(services: Services, interval: float = POLL_SECONDS) -> None:
-    """Every instance runs this in its lifespan; leases keep them from sending twice. A
-    failed round is logged and the next one tries again."""
+    """Every instance runs this in its lifespan; leases keep them from sending twice. The
+    idle check waits its turn with the requests' units of work (`Database.run_sync`), so
+    polling an empty outbox never competes with them for SQLite's write lock. A failed
+    round is logged and the next one tries again."""
     while True:
         await anyio.sleep(interval)
         try:
+            if not await services.db.run_sync(any_due, utcnow()):
+                continue
             step = await anyio.to_thread.run_sync(deliver_due, services)
         except Exception:
             log.exception("back-channel logout delivery failed")
