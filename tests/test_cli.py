@@ -225,6 +225,9 @@ def test_clients_create_registers_a_back_channel_logout_uri(env: Path, capsys, m
     status, _, err = run([*args, *refused], capsys, monkeypatch)
     assert status != 0
     assert "backchannel_logout_uri" in err
+    status, _, err = run([*args, "--backchannel-logout-session-required"], capsys, monkeypatch)
+    assert status != 0
+    assert "needs a backchannel_logout_uri" in err
     assert query(env, "SELECT COUNT(*) FROM clients") == [(1,)]
 
 

@@ -111,6 +111,8 @@ def register(
     """Set (a URI) or clear ("") the client's back-channel logout registration; None
     leaves it as it is."""
     if uri is None:
+        if session_required:
+            raise Invalid(f"{SESSION_REQUIRED_KEY} needs a {URI_KEY}.")
         return
     kept = {
         name: value
