@@ -24,6 +24,7 @@ from authserver.maintenance import purge_periodically, rotate_periodically
 from authserver.mfa import pages as mfa_pages
 from authserver.oauth import (
     authorize,
+    backchannel,
     bearer,
     build_server,
     cors,
@@ -92,7 +93,7 @@ def build_services(settings: Settings) -> Services:
         csrf=web.Csrf(secret, issuer=settings.issuer),
         limiter=limiter,
         verify_access_token=bearer.make_verifier(keystore, settings),
-        app_access=OAuthAppAccess(),
+        app_access=OAuthAppAccess(backchannel_logout=settings.backchannel_logout),
         mailer=outbound.build_mailer(settings),
         fetcher=fetcher,
         clients=lookup,
@@ -195,6 +196,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     services.keystore,
                     settings.key_rotation_period,
                 )
+            if settings.backchannel_logout:
+                tasks.start_soon(backchannel.deliver_periodically, services)
             yield
             tasks.cancel_scope.cancel()
         services.db.dispose()

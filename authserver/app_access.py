@@ -8,7 +8,8 @@ presented. Three things cannot work that way, and they go through this port, whi
 
 - a password change, a deactivation or a deleted account ends every grant the person made,
   including `offline_access` grants that outlive browser sessions;
-- /account lists the apps a person allowed, and revokes one.
+- /account lists the apps a person allowed, and revokes one;
+- the apps signed in through a session that ended are told so (Back-Channel Logout).
 
 Every method runs inside the caller's unit of work, so its writes commit or roll back
 with the change that caused them.
@@ -16,6 +17,7 @@ with the change that caused them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -35,6 +37,11 @@ class AppAccess(Protocol):
     def end_grants(self, user_id: str, *, reason: str, keep_session_id: str | None = None) -> int:
         """Revoke the person's token families, except those bound to the browser session
         `keep_session_id` (the one making the change); returns how many ended."""
+        ...
+
+    def sessions_ended(self, session_ids: Sequence[str]) -> None:
+        """These sessions just ended: queue a logout notice for every app that holds tokens
+        from them; sent after the commit, never while the person waits."""
         ...
 
     def allowed_apps(self, user_id: str, *, limit: int) -> list[AllowedApp]:

@@ -223,7 +223,7 @@ def cmd_users_create(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
     from authserver import audit
-    from authserver.oauth import clients
+    from authserver.oauth import backchannel, clients
 
     auth_method = args.auth_method or ("none" if args.public else "client_secret_basic")
     if args.public and auth_method != "none":
@@ -248,6 +248,12 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
             jwks_uri=args.jwks_uri,
             require_pushed_authorization_requests=args.require_par,
             introspection_signed_response_alg=args.introspection_signed_response_alg,
+        )
+        backchannel.register(
+            client,
+            services.fetcher,
+            args.backchannel_logout_uri,
+            args.backchannel_logout_session_required,
         )
         audit.record("client.created", actor_type="cli", target_type="client", target_id=client.id)
         record = clients.as_dict(client)
@@ -560,6 +566,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--introspection-signed-response-alg",
         default=None,
         help="answer this client's introspection requests as signed JWTs (RFC 9701), e.g. RS256",
+    )
+    clients_create.add_argument(
+        "--backchannel-logout-uri",
+        default=None,
+        help="OIDC Back-Channel Logout: where ended sessions are POSTed as logout tokens",
+    )
+    clients_create.add_argument(
+        "--backchannel-logout-session-required",
+        action="store_true",
+        help="the client needs sid in logout tokens (always sent)",
     )
     key_source = clients_create.add_mutually_exclusive_group()
     key_source.add_argument(

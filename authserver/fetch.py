@@ -16,7 +16,8 @@ the company network), and a trusted host on a loopback address may even be plain
 second server started by a test); https stays mandatory for every other host.
 
 Besides cached documents (`json`), `call` makes one uncached request with a form body or
-extra headers (an upstream token endpoint, a userinfo or user API) under the same checks.
+extra headers (an upstream token endpoint, a userinfo or user API, a client's back-channel
+logout URI, whose answer need not be JSON) under the same checks.
 
 Answers are cached by URL, honouring `Cache-Control` between a floor and a ceiling;
 failures are cached briefly, so a broken or hostile URL is not fetched on every request.
@@ -398,13 +399,18 @@ class Fetcher:
         form: Sequence[tuple[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         accept: Collection[int] = (200,),
+        parse: bool = True,
     ) -> tuple[int, Any]:
         """One uncached request (a token endpoint POST, a GET with a bearer token): the status
-        and the JSON body, for any status in `accept`. Same checks, caps and deadline as
-        `json`; neither the form nor the headers are ever logged."""
+        and the JSON body, for any status in `accept`; without `parse` the body is read
+        (within the cap) but not parsed, and None stands for it. Same checks, caps and
+        deadline as `json`; neither the form nor the headers are ever logged."""
         self.check_url(url)
         try:
-            return self._fetch(url, method=method, form=form, headers=headers, accept=accept)[:2]
+            answer = self._fetch(
+                url, method=method, form=form, headers=headers, accept=accept, parse=parse
+            )
+            return answer[:2]
         except FetchError as error:
             log.info("%s %s failed: %s", method, url, error.reason)
             raise
@@ -417,6 +423,7 @@ class Fetcher:
         form: Sequence[tuple[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         accept: Collection[int] = (200,),
+        parse: bool = True,
     ) -> tuple[int, Any, int]:
         try:
             body_form = dict(form) if form is not None else None
@@ -438,6 +445,8 @@ class Fetcher:
             raise FetchError("The server took too long to answer.") from None
         except httpx.HTTPError as exc:
             raise FetchError(f"The document could not be fetched ({type(exc).__name__}).") from None
+        if not parse:
+            return response.status_code, None, lifetime
         try:
             value = jsonsafe.loads(bytes(body), max_bytes=self._max_bytes)
         except (ValueError, UnicodeDecodeError):

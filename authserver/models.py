@@ -12,6 +12,7 @@ from authserver.mfa.models import (
     TotpFactor,
     WebAuthnChallenge,
 )
+from authserver.oauth.backchannel import BackchannelLogout
 from authserver.oauth.clients import Client
 from authserver.oauth.codes import AuthorizationCode
 from authserver.oauth.consent import Consent
@@ -28,6 +29,7 @@ __all__ = [
     "AccessToken",
     "AuditEvent",
     "AuthorizationCode",
+    "BackchannelLogout",
     "Base",
     "Client",
     "Consent",

@@ -262,6 +262,12 @@ class Settings:
     jwt_introspection: bool = _setting(
         True, _bool, "signed introspection responses (RFC 9701) for clients registered for them"
     )
+    backchannel_logout: bool = _setting(
+        True,
+        _bool,
+        "OIDC Back-Channel Logout: an ended session is POSTed as a signed logout token to "
+        "each client signed in through it that registered a backchannel_logout_uri",
+    )
 
     smtp_url: str | None = _setting(None, _smtp_url, "mail server; unset: mail is only logged")
     mail_from: str | None = _setting(None, _mail_address, "From: of mail; no-reply@issuer host")

@@ -212,6 +212,25 @@ def test_clients_create_requires_par_and_signs_introspection(
     ) == [(True, "ES256")]
 
 
+def test_clients_create_registers_a_back_channel_logout_uri(env: Path, capsys, monkeypatch) -> None:
+    args = ["clients", "create", "--name", "Listener", "--redirect-uri", "https://a.example/cb"]
+    uri = "https://a.example/backchannel-logout"
+    flags = ["--backchannel-logout-uri", uri, "--backchannel-logout-session-required"]
+    status, out, _ = run([*args, *flags, "--json"], capsys, monkeypatch)
+    assert status == 0, out
+    record = json.loads(out)
+    assert record["backchannel_logout_uri"] == uri
+    assert record["backchannel_logout_session_required"] is True
+    refused = ["--backchannel-logout-uri", "http://a.example/logout"]
+    status, _, err = run([*args, *refused], capsys, monkeypatch)
+    assert status != 0
+    assert "backchannel_logout_uri" in err
+    status, _, err = run([*args, "--backchannel-logout-session-required"], capsys, monkeypatch)
+    assert status != 0
+    assert "needs a backchannel_logout_uri" in err
+    assert query(env, "SELECT COUNT(*) FROM clients") == [(1,)]
+
+
 PUBLIC_JWK = {
     "kty": "EC",
     "crv": "P-256",

@@ -30,7 +30,7 @@ def test_purge_removes_expired_and_ended_sessions_only(services, make) -> None:
     live = start_session(services, user.id)
     start_session(services, user.id, ago=timedelta(days=30))
     ended = start_session(services, user.id)
-    services.db.call(sessions.end, ended)
+    services.db.call(sessions.end, services.app_access, ended)
 
     counts = services.db.call(purge_expired)
 

@@ -86,7 +86,7 @@ def test_unusable_tokens_are_invalid_token(api, make, tokens, services, variant)
     if variant == "garbage":
         token = "not.a.jwt"
     if variant == "session_ended":
-        services.db.call(sessions.end, issued.session_id)
+        services.db.call(sessions.end, services.app_access, issued.session_id)
     response = api.get("/api/v1/whoami", headers=bearer(token))
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["www-authenticate"]

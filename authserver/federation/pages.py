@@ -370,7 +370,7 @@ def resolve(
     _join_organization(provider, user.id)
     previous = sessions.find_active(services.digester, services.settings, previous_sid, touch=False)
     if previous is not None:
-        sessions.end(previous.id)
+        sessions.end(services.app_access, previous.id)
     login, raw_sid = sessions.start(
         services.digester,
         services.settings,

@@ -365,7 +365,7 @@ def _passkey_unit(
         raise Forbidden("Verify your email address first, then sign in again.")
     previous = sessions.find_active(services.digester, services.settings, previous_sid, touch=False)
     if previous is not None:
-        sessions.end(previous.id)
+        sessions.end(services.app_access, previous.id)
     amr = policy.with_factor("", methods)
     now = utcnow()
     login_session, raw_sid = sessions.start(

@@ -37,6 +37,10 @@ SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 CONFIDENTIAL_AUTH_METHODS = (*SECRET_AUTH_METHODS, "private_key_jwt")
 
 
+#: OIDC Back-Channel Logout §2.2 client metadata, kept in `Client.info` (see `backchannel`).
+BACKCHANNEL_URI = "backchannel_logout_uri"
+BACKCHANNEL_SESSION_REQUIRED = "backchannel_logout_session_required"
+
 #: Long enough for a client ID metadata document URL (see `metadata_documents`).
 CLIENT_ID_MAX = 255
 
@@ -125,6 +129,17 @@ class Client(Base, ClientMixin):
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.grant_types
+
+
+def backchannel_logout(client: Client) -> dict[str, Any]:
+    """The client's back-channel logout registration as metadata; empty when it has none."""
+    info = client.info or {}
+    if not info.get(BACKCHANNEL_URI):
+        return {}
+    return {
+        BACKCHANNEL_URI: info[BACKCHANNEL_URI],
+        BACKCHANNEL_SESSION_REQUIRED: bool(info.get(BACKCHANNEL_SESSION_REQUIRED)),
+    }
 
 
 def get(client_id: str) -> Client | None:
@@ -370,6 +385,7 @@ def as_dict(client: Client) -> dict[str, Any]:
         ),
         **({"jwks": client.jwks} if client.jwks else {}),
         **({"jwks_uri": client.jwks_uri} if client.jwks_uri else {}),
+        **backchannel_logout(client),
     }
 
 

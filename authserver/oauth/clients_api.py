@@ -22,7 +22,7 @@ from authserver import rest
 from authserver.actors import ADMIN, admin, as_admin
 from authserver.errors import NO_STORE, Invalid, NotFound
 from authserver.keystore import ALGORITHMS
-from authserver.oauth import clients
+from authserver.oauth import backchannel, clients
 from authserver.oauth.clients import Client
 from authserver.services import services
 
@@ -43,6 +43,8 @@ class NewClient:
     jwks_uri: str | None = None
     require_pushed_authorization_requests: bool = False
     introspection_signed_response_alg: str | None = None
+    backchannel_logout_uri: str | None = None
+    backchannel_logout_session_required: bool = False
 
 
 @dataclass
@@ -59,6 +61,9 @@ class ClientPatch:
     is_active: bool | None = None
     require_pushed_authorization_requests: bool | None = None
     introspection_signed_response_alg: str | None = None
+    #: "" removes the registration.
+    backchannel_logout_uri: str | None = None
+    backchannel_logout_session_required: bool | None = None
 
 
 def _existing(client_id: str) -> Client:
@@ -83,7 +88,7 @@ async def create_client(request: Request) -> Response:
     me = await admin(request)
     body: NewClient = await rest.read_json(request, NewClient)
     _check_text(body.client_name, body.scope)
-    digester = services(request).digester
+    digester, fetcher = services(request).digester, services(request).fetcher
 
     def create() -> dict[str, Any]:
         client, secret = clients.create(
@@ -100,6 +105,12 @@ async def create_client(request: Request) -> Response:
             jwks_uri=body.jwks_uri,
             require_pushed_authorization_requests=body.require_pushed_authorization_requests,
             introspection_signed_response_alg=body.introspection_signed_response_alg,
+        )
+        backchannel.register(
+            client,
+            fetcher,
+            body.backchannel_logout_uri,
+            body.backchannel_logout_session_required,
         )
         me.record("client.created", "client", client.id)
         created = clients.as_dict(client)
@@ -126,9 +137,11 @@ async def update_client(request: Request) -> Response:
     client_id = rest.path_id(request, "client_id")
     body: ClientPatch = await rest.read_json(request, ClientPatch)
     _check_text(body.client_name, body.scope)
+    fetcher = services(request).fetcher
 
     def update() -> dict[str, Any]:
         client = _existing(client_id)
+        before = clients.backchannel_logout(client)
         changed = clients.update(
             client,
             name=body.client_name,
@@ -142,6 +155,14 @@ async def update_client(request: Request) -> Response:
             require_pushed_authorization_requests=body.require_pushed_authorization_requests,
             introspection_signed_response_alg=body.introspection_signed_response_alg,
         )
+        uri, required = body.backchannel_logout_uri, body.backchannel_logout_session_required
+        if uri is None and required is not None:
+            uri = before.get(clients.BACKCHANNEL_URI, "")
+        if required is None:
+            required = bool(uri) and bool(before.get(clients.BACKCHANNEL_SESSION_REQUIRED))
+        backchannel.register(client, fetcher, uri, required)
+        if clients.backchannel_logout(client) != before:
+            changed.append(clients.BACKCHANNEL_URI)
         if changed:
             me.record("client.updated", "client", client_id, fields=changed)
         return clients.as_dict(client)
@@ -234,6 +255,17 @@ JWKS_URI: dict[str, Any] = {
     "pattern": "^https://",
     "description": "private_key_jwt: https URL of the client's public keys.",
 }
+BACKCHANNEL_URI: dict[str, Any] = {
+    "type": "string",
+    "maxLength": 2000,
+    "description": "OIDC Back-Channel Logout: where a signed logout token is POSTed when a "
+    "session the client holds tokens from ends. https; plain http only for a loopback host "
+    "the operator trusts (AUTHSERVER_TRUSTED_HOSTS); no fragment.",
+}
+BACKCHANNEL_SESSION: dict[str, Any] = {
+    "type": "boolean",
+    "description": "The client needs `sid` in logout tokens (this server always sends it).",
+}
 CLIENT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -268,6 +300,8 @@ CLIENT: dict[str, Any] = {
         "created_at": rest.TIMESTAMP,
         "jwks": JWKS,
         "jwks_uri": JWKS_URI,
+        "backchannel_logout_uri": BACKCHANNEL_URI,
+        "backchannel_logout_session_required": BACKCHANNEL_SESSION,
     },
 }
 CREATED_CLIENT = {
@@ -300,6 +334,8 @@ NEW_CLIENT = {
         "introspection_signed_response_alg": INTROSPECTION_ALG,
         "jwks": JWKS,
         "jwks_uri": JWKS_URI,
+        "backchannel_logout_uri": BACKCHANNEL_URI,
+        "backchannel_logout_session_required": BACKCHANNEL_SESSION,
     },
     "not": {"required": ["jwks", "jwks_uri"]},
     "allOf": [
@@ -352,6 +388,12 @@ CLIENT_PATCH = {
             "type": ["string", "null"],
             "enum": [*ALGORITHMS, None],
         },
+        "backchannel_logout_uri": {
+            **BACKCHANNEL_URI,
+            "type": ["string", "null"],
+            "description": '"" removes the registration. ' + BACKCHANNEL_URI["description"],
+        },
+        "backchannel_logout_session_required": {**BACKCHANNEL_SESSION, "type": ["boolean", "null"]},
     },
 }
 SECRET = {

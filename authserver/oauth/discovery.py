@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.mfa.policy import ACR_VALUES
-from authserver.oauth import device, introspection_jwt, par
+from authserver.oauth import backchannel, device, introspection_jwt, par
 from authserver.oauth.assertions import SIGNING_ALGS
 from authserver.oauth.clients import (
     AUTH_METHODS,
@@ -77,6 +77,7 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         **device.discovery_fields(settings),
         **par.discovery_fields(settings),
         **introspection_jwt.discovery_fields(settings, signing_algs),
+        **backchannel.discovery_fields(settings),
     }
     if settings.registration != "closed":
         document["registration_endpoint"] = f"{issuer}/register"

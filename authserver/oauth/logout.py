@@ -103,7 +103,7 @@ def _requested(
         error = NOT_VERIFIED if params.id_token_hint and claims is None else None
         return _ask(current, client, params, return_to=return_to, error=error)
     if current is not None:
-        _end(current, ip, client, via="id_token_hint")
+        _end(services, current, ip, client, via="id_token_hint")
     return Outcome(redirect_to=return_to, client_name=client.name if client else "")
 
 
@@ -112,7 +112,7 @@ def _confirmed(services: Services, raw_sid: str | None, params: LogoutRequest, i
     current = sessions.find_active(services.digester, services.settings, raw_sid, touch=False)
     client = _client(params.client_id)
     if current is not None:
-        _end(current, ip, client, via="confirmation")
+        _end(services, current, ip, client, via="confirmation")
     return Outcome(return_to=_return_to(client, params), client_name=client.name if client else "")
 
 
@@ -144,9 +144,12 @@ def _ask(
     )
 
 
-def _end(current: LoginSession, ip: str, client: Client | None, *, via: str) -> None:
-    """End the session; refresh tokens bound to it stop working by reference."""
-    sessions.end(current.id)
+def _end(
+    services: Services, current: LoginSession, ip: str, client: Client | None, *, via: str
+) -> None:
+    """End the session; refresh tokens bound to it stop working by reference, and the
+    apps signed in through it hear so over the back channel (`backchannel`)."""
+    sessions.end(services.app_access, current.id)
     audit.record(
         "logout",
         actor_type="user",

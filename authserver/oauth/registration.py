@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, Response
 from authserver import audit, db
 from authserver.db import Base, current_session, new_id, utcnow
 from authserver.errors import NO_STORE, AppError, NotFound, oauth_error_response, render_error
-from authserver.oauth import clients, cors, resources
+from authserver.oauth import backchannel, clients, cors, resources
 from authserver.oauth.clients import Client
 from authserver.oauth.discovery import SCOPES, signing_algs
 from authserver.oauth.requests import (
@@ -284,6 +284,21 @@ def read_metadata(
     )
 
 
+def _read_backchannel(services: Services, document: dict[str, Any], metadata: Metadata) -> None:
+    """OIDC Back-Channel Logout §2.2: `backchannel_logout_uri` is one the outbound client
+    will POST to (docs/security.md P110), kept in `Client.info` with the session flag."""
+    try:
+        metadata.info.update(
+            backchannel.registered(
+                services.fetcher,
+                _present(document, clients.BACKCHANNEL_URI),
+                document.get(clients.BACKCHANNEL_SESSION_REQUIRED),
+            )
+        )
+    except AppError as error:
+        raise _invalid_metadata(error.detail) from None
+
+
 def _present(document: dict[str, Any], name: str) -> Any:
     value = document.get(name)
     return None if value is None or value == "" or value == [] else value
@@ -481,6 +496,7 @@ def configuration(client: Client, issuer: str) -> dict[str, Any]:
     for name in (*INFO_URIS, *INFO_TEXTS, "contacts"):
         if name in info:
             body[name] = info[name]
+    body.update(clients.backchannel_logout(client))
     return body
 
 
@@ -515,6 +531,7 @@ def _register(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
     metadata = read_metadata(
         snapshot.json, policy.with_resources(), signing_algs(services.keystore)
     )
+    _read_backchannel(services, snapshot.json, metadata)
     try:
         client, secret = clients.create(
             digester, auth_method=metadata.token_endpoint_auth_method, **metadata.client_fields()
@@ -607,6 +624,7 @@ def _replace(services: Services, snapshot: RequestSnapshot, client_id: str) -> R
         signing_algs(services.keystore),
         auth_method=client.token_endpoint_auth_method,
     )
+    _read_backchannel(services, document, metadata)
     if metadata.token_endpoint_auth_method != client.token_endpoint_auth_method:
         raise _invalid_metadata(
             "token_endpoint_auth_method cannot change; register a new client instead."

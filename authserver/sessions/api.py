@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from authserver import rest
 from authserver.actors import ADMIN, admin, as_admin, caller
 from authserver.db import Position
+from authserver.services import services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession, end_others, end_own
 from authserver.users import models as users
@@ -57,14 +58,16 @@ async def list_my_sessions(request: Request) -> Response:
 async def end_my_session(request: Request) -> Response:
     me = await caller(request, WRITE)
     session_id = rest.path_id(request, "session_id")
-    await rest.run_sync(request, end_own, me, me.user_id, session_id)
+    access = services(request).app_access
+    await rest.run_sync(request, end_own, access, me, me.user_id, session_id)
     return Response(status_code=204)
 
 
 async def end_my_other_sessions(request: Request) -> Response:
     """Every session but the one the caller's token was issued in."""
     me = await caller(request, WRITE)
-    ended = await rest.run_sync(request, lambda: end_others(me, me.session_id()))
+    access = services(request).app_access
+    ended = await rest.run_sync(request, lambda: end_others(access, me, me.session_id()))
     return JSONResponse({"ended": ended})
 
 
@@ -85,7 +88,8 @@ async def end_user_session(request: Request) -> Response:
     actor = await admin(request)
     user_id = rest.path_id(request, "user_id")
     session_id = rest.path_id(request, "session_id")
-    await as_admin(request, actor, lambda: end_own(actor, user_id, session_id))
+    access = services(request).app_access
+    await as_admin(request, actor, lambda: end_own(access, actor, user_id, session_id))
     return Response(status_code=204)
 
 

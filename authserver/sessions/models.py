@@ -181,18 +181,34 @@ def complete_factor(
     return bool(rowcount(result))
 
 
-def end(session_id: str, *, now: datetime | None = None) -> bool:
-    """End a session. Tokens bound to it die by reference: they check the session is live."""
+def _end_where(access: AppAccess, *conditions: ColumnElement[bool], now: datetime) -> list[str]:
+    """End the sessions matching `conditions` in one UPDATE, and tell the apps signed in
+    through them (`AppAccess.sessions_ended`) in the same transaction."""
     result = current_session().execute(
         update(LoginSession)
-        .where(LoginSession.id == session_id, LoginSession.ended_at.is_(None))
-        .values(ended_at=now or utcnow())
+        .where(*conditions)
+        .values(ended_at=now)
+        .returning(LoginSession.id)
+        .execution_options(synchronize_session="fetch")
     )
-    return bool(rowcount(result))
+    ended = list(result.scalars())
+    if ended:
+        access.sessions_ended(ended)
+    return ended
+
+
+def end(access: AppAccess, session_id: str, *, now: datetime | None = None) -> bool:
+    """End a session. Tokens bound to it die by reference: they check the session is live."""
+    conditions = (LoginSession.id == session_id, LoginSession.ended_at.is_(None))
+    return bool(_end_where(access, *conditions, now=now or utcnow()))
 
 
 def end_all_for_user(
-    user_id: str, *, except_session_id: str | None = None, now: datetime | None = None
+    access: AppAccess,
+    user_id: str,
+    *,
+    except_session_id: str | None = None,
+    now: datetime | None = None,
 ) -> int:
     """End every live session of a user in one UPDATE, sparing `except_session_id` if given.
 
@@ -201,10 +217,7 @@ def end_all_for_user(
     conditions = [LoginSession.user_id == user_id, LoginSession.ended_at.is_(None)]
     if except_session_id is not None:
         conditions.append(LoginSession.id != except_session_id)
-    result = current_session().execute(
-        update(LoginSession).where(*conditions).values(ended_at=now or utcnow())
-    )
-    return int(rowcount(result) or 0)
+    return len(_end_where(access, *conditions, now=now or utcnow()))
 
 
 def end_everything(
@@ -212,7 +225,7 @@ def end_everything(
 ) -> dict[str, Any]:
     """End a user's sessions and revoke their token families (all but `keep_session_id`'s),
     so that nothing signed in before survives a reactivation or a password change."""
-    ended = end_all_for_user(user_id, except_session_id=keep_session_id)
+    ended = end_all_for_user(access, user_id, except_session_id=keep_session_id)
     revoked = access.end_grants(user_id, reason=reason, keep_session_id=keep_session_id)
     return {"sessions_ended": ended, "token_families_revoked": revoked}
 
@@ -229,16 +242,16 @@ def change_password(
     )
 
 
-def end_own(actor: Admin, user_id: str, session_id: str) -> None:
+def end_own(access: AppAccess, actor: Admin, user_id: str, session_id: str) -> None:
     """End one of `user_id`'s live sessions, or NotFound (the same for anyone else's)."""
-    if not end_for_user(user_id, session_id):
+    if not end_for_user(access, user_id, session_id):
         raise NotFound(NO_SUCH_SESSION)
     actor.record("session.ended", "session", session_id, user_id=user_id)
 
 
-def end_others(actor: Caller, keep_session_id: str | None) -> int:
+def end_others(access: AppAccess, actor: Caller, keep_session_id: str | None) -> int:
     """End all of the caller's sessions but `keep_session_id` (the one acting)."""
-    ended = end_all_for_user(actor.user_id, except_session_id=keep_session_id)
+    ended = end_all_for_user(access, actor.user_id, except_session_id=keep_session_id)
     actor.record("sessions.ended", "user", actor.user_id, sessions_ended=ended)
     return ended
 
@@ -268,14 +281,11 @@ def page_for_user(
     return list(current_session().scalars(query))
 
 
-def end_for_user(user_id: str, session_id: str, *, now: datetime | None = None) -> bool:
+def end_for_user(
+    access: AppAccess, user_id: str, session_id: str, *, now: datetime | None = None
+) -> bool:
     """End one live session if it belongs to `user_id`; False for anyone else's, for an
     unknown id and for one already over alike, so the answer is no existence oracle."""
     now = now or utcnow()
-    result = current_session().execute(
-        update(LoginSession)
-        .where(LoginSession.id == session_id, LoginSession.user_id == user_id, _live(now))
-        .values(ended_at=now)
-        .execution_options(synchronize_session="fetch")
-    )
-    return bool(rowcount(result))
+    conditions = (LoginSession.id == session_id, LoginSession.user_id == user_id, _live(now))
+    return bool(_end_where(access, *conditions, now=now))

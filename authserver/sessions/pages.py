@@ -260,7 +260,7 @@ def _open_session(
         return UNVERIFIED
     previous = sessions.find_active(services.digester, services.settings, previous_sid, touch=False)
     if previous is not None:
-        sessions.end(previous.id)
+        sessions.end(services.app_access, previous.id)
     awaiting = policy.needs_second_step(services.settings, user.id, acr_values)
     login_session, raw_sid = sessions.start(
         services.digester,

@@ -64,7 +64,7 @@ async def end_session(request: Request) -> Response:
     login, actor = signed_in
     session_id = rest.path_id(request, "session_id")
     svc = services(request)
-    await svc.db.run_sync(sessions.end_own, actor, login.user_id, session_id)
+    await svc.db.run_sync(sessions.end_own, svc.app_access, actor, login.user_id, session_id)
     if session_id != login.id:
         return RedirectResponse("/account?done=session_ended", status_code=303)
     response = RedirectResponse("/login", status_code=303)
@@ -77,7 +77,8 @@ async def end_other_sessions(request: Request) -> Response:
     if signed_in is None:
         return RedirectResponse("/login", status_code=303)
     login, actor = signed_in
-    await services(request).db.run_sync(sessions.end_others, actor, login.id)
+    svc = services(request)
+    await svc.db.run_sync(sessions.end_others, svc.app_access, actor, login.id)
     return RedirectResponse("/account?done=sessions_ended", status_code=303)
 
 

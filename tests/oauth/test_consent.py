@@ -206,7 +206,7 @@ def test_each_submit_checks_the_session_again(
     """Double submit: every submit re-validates; after sign-out the second one gets no code."""
     page = to_consent(client, rp)
     assert "code" in location_params(answer(client, page, "allow"))
-    services.db.call(sessions.end, signed_in.id)
+    services.db.call(sessions.end, services.app_access, signed_in.id)
     second = answer(client, page, "allow")
     assert second.status_code == 303
     assert urlsplit(second.headers["location"]).path == "/login"

@@ -153,7 +153,7 @@ def test_tokens_bound_to_the_browser_session_end_with_it(
 ) -> None:
     """SPEC §5: without offline_access, ending the session kills the refresh token (by
     reference) and the access tokens of its family."""
-    services.db.call(sessions.end, signed_in.id)
+    services.db.call(sessions.end, services.app_access, signed_in.id)
     assert_oauth_error(flow.refresh(rp, issued["refresh_token"]), "invalid_grant")
     assert flow.userinfo(issued["access_token"]).status_code == 401
 
@@ -162,7 +162,7 @@ def test_offline_access_outlives_the_browser_session(
     flow: Flow, rp: RP, user: User, signed_in: LoginSession, services: Services
 ) -> None:
     body = flow.tokens(rp, user, scope=SCOPE)
-    services.db.call(sessions.end, signed_in.id)
+    services.db.call(sessions.end, services.app_access, signed_in.id)
     assert flow.refresh(rp, body["refresh_token"]).status_code == 200
 
 

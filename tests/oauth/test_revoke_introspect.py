@@ -182,7 +182,7 @@ def test_inactive_tokens_say_only_that(
     frozen(services.settings.access_token_ttl + 1)
     assert flow.introspect(rp, rotated["access_token"]) == inactive
     assert flow.introspect(rp, rotated["refresh_token"])["active"] is True
-    services.db.call(sessions.end, signed_in.id)
+    services.db.call(sessions.end, services.app_access, signed_in.id)
     assert flow.introspect(rp, rotated["refresh_token"]) == inactive
 
 

@@ -465,7 +465,7 @@ def test_a_code_from_a_session_that_ended_is_invalid_grant(
     """docs/security.md B33 (the code's browser session ended between /authorize and /token, e.g.
     the user signed out): the code buys nothing."""
     code = flow.code(ready)
-    services.db.call(sessions.end, signed_in.id)
+    services.db.call(sessions.end, services.app_access, signed_in.id)
     response = flow.exchange(ready, code)
     assert_oauth_error(response, "invalid_grant", 400)
     assert count_rows(services.db, "access_tokens") == 0

@@ -39,7 +39,7 @@ def _sign_out(client: TestClient, services: Services, session_id: str, user_id: 
 
 
 def _admin_end(client: TestClient, services: Services, session_id: str, user_id: str) -> None:
-    services.db.call(sessions.end, session_id)
+    services.db.call(sessions.end, services.app_access, session_id)
 
 
 def _disable_user(client: TestClient, services: Services, session_id: str, user_id: str) -> None:
