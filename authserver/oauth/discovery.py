@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from authserver.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.mfa.policy import ACR_VALUES
 from authserver.oauth import device, introspection_jwt, par
@@ -77,6 +78,7 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         **device.discovery_fields(settings),
         **par.discovery_fields(settings),
         **introspection_jwt.discovery_fields(settings, signing_algs),
+        **({"dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS)} if settings.dpop else {}),
     }
     if settings.registration != "closed":
         document["registration_endpoint"] = f"{issuer}/register"
