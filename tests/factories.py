@@ -111,7 +111,9 @@ class TokenFactory:
         offline: bool = False,
         typ: str = "at+jwt",
         ttl: int = 600,
+        jkt: str | None = None,
     ) -> IssuedToken:
+        """`jkt`: bound to that DPoP key (RFC 9449 §6.1)."""
         services = self.factory.services
         settings = services.settings
         if client is None:
@@ -146,6 +148,7 @@ class TokenFactory:
                 "jti": jti,
                 "client_id": client.id,
                 "scope": scope,
+                **({"cnf": {"jkt": jkt}} if jkt is not None else {}),
             }
             db.current_session().add(
                 tokens.AccessToken(

@@ -40,6 +40,7 @@ from authserver.resource_server import (
     TokenError,
     audiences,
     bearer_token,
+    check_sender,
     error_response,
     insufficient_scope,
     scopes_of,
@@ -402,14 +403,22 @@ def _userinfo(services: Services, snapshot: RequestSnapshot, origin: str | None)
 def _caller(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
     """The claims of the request's bearer token: one of our access tokens for the API
     resource (which UserInfo belongs to), still live by reference, holding `openid`."""
-    token = bearer_token(snapshot.headers)
+    presented = bearer_token(snapshot.headers)
     now = db.utcnow()
     settings = services.settings
     claims = token_format.verify_access_token(
-        services.keystore, settings, token, now, audience=settings.api_audience
+        services.keystore, settings, presented.token, now, audience=settings.api_audience
     )
     if claims is None or not tokens.access_token_is_live(claims, now):
         raise TokenError(description="The access token is invalid or expired.")
+    check_sender(
+        claims,
+        presented,
+        snapshot.headers,
+        method=snapshot.method,
+        uri=snapshot.uri,
+        proofs=services.dpop,
+    )
     if "openid" not in scopes_of(claims):
         raise insufficient_scope(["openid"])
     return claims

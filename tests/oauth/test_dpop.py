@@ -310,3 +310,111 @@ def test_the_thumbprint_is_rfc_7638s() -> None:
         "kid": "2011-04-29",
     }
     assert dpop.thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+# -- protected resources: /userinfo and the API ---------------------------------------------
+
+
+@pytest.fixture
+def bound(flow: Flow, rp: RP, user: User, key: DPoPKey, token_url: str) -> str:
+    """An access token bound to `key`, from the code flow."""
+    return str(bound_tokens(flow, rp, user, key, token_url)["access_token"])
+
+
+def assert_dpop_refusal(response: httpx.Response, error: str) -> None:
+    """RFC 9449 §7.1: 401 with a `DPoP` challenge naming the error and the algorithms."""
+    assert response.status_code == 401, response.text
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith("DPoP "), challenge
+    assert f'error="{error}"' in challenge
+    assert f'algs="{" ".join(dpop.ALGORITHMS)}"' in challenge
+
+
+def test_userinfo_accepts_a_bound_token_with_a_proof_of_its_key(
+    client: TestClient, bound: str, key: DPoPKey, userinfo_url: str, user: User
+) -> None:
+    response = client.get("/userinfo", headers=key.headers("GET", userinfo_url, bound))
+    assert response.status_code == 200, response.text
+    assert response.json()["sub"] == user.id
+
+
+def test_a_bound_token_presented_as_bearer_is_refused(client: TestClient, bound: str) -> None:
+    """docs/security.md O116: a stolen bound token is useless as a bearer token."""
+    response = client.get("/userinfo", headers={"Authorization": f"Bearer {bound}"})
+    assert_dpop_refusal(response, "invalid_token")
+    assert response.json()["error"] == "invalid_token"
+
+
+def test_a_proof_without_ath_or_for_another_token_is_refused_at_the_resource(
+    client: TestClient, bound: str, key: DPoPKey, userinfo_url: str
+) -> None:
+    """docs/security.md O112: `ath` ties the proof to this token."""
+    missing = key.headers("GET", userinfo_url, bound, claims={"ath": None})
+    assert_dpop_refusal(client.get("/userinfo", headers=missing), "invalid_dpop_proof")
+    other = key.headers("GET", userinfo_url, bound, claims={"ath": dpop.token_hash("other")})
+    assert_dpop_refusal(client.get("/userinfo", headers=other), "invalid_dpop_proof")
+
+
+def test_at_the_resource_a_replayed_or_misdirected_proof_is_refused(
+    client: TestClient, bound: str, key: DPoPKey, userinfo_url: str
+) -> None:
+    """docs/security.md O109, O110, O111 at a resource."""
+    headers = key.headers("GET", userinfo_url, bound)
+    assert client.get("/userinfo", headers=headers).status_code == 200
+    assert_dpop_refusal(client.get("/userinfo", headers=headers), "invalid_dpop_proof")
+    for changes in (
+        {"claims": {"htm": "POST"}},
+        {"claims": {"htu": f"{ISSUER}/api/v1/users/me"}},
+        {"claims": {"iat": int(time.time()) - dpop.MAX_AGE - 5}},
+    ):
+        refused = client.get(
+            "/userinfo", headers=key.headers("GET", userinfo_url, bound, **changes)
+        )
+        assert_dpop_refusal(refused, "invalid_dpop_proof")
+
+
+def test_a_proof_by_another_key_or_no_proof_is_refused(
+    client: TestClient, bound: str, userinfo_url: str
+) -> None:
+    thief = DPoPKey()
+    assert_dpop_refusal(
+        client.get("/userinfo", headers=thief.headers("GET", userinfo_url, bound)),
+        "invalid_dpop_proof",
+    )
+    no_proof = client.get("/userinfo", headers={"Authorization": f"DPoP {bound}"})
+    assert_dpop_refusal(no_proof, "invalid_dpop_proof")
+
+
+def test_an_unbound_token_under_the_dpop_scheme_is_refused(
+    client: TestClient, rp: RP, key: DPoPKey, userinfo_url: str, flow: Flow, user: User
+) -> None:
+    plain = flow.tokens(rp, user)["access_token"]
+    response = client.get("/userinfo", headers=key.headers("GET", userinfo_url, plain))
+    assert_dpop_refusal(response, "invalid_token")
+
+
+def test_the_api_accepts_dpop_and_refuses_a_bound_token_as_bearer(
+    client: TestClient, tokens: Any, user: User, key: DPoPKey, services: Services
+) -> None:
+    url = f"{services.settings.issuer}/api/v1/users/me"
+    issued = tokens.access_token(user, "users:read", jkt=key.jkt)
+    ok = client.get("/api/v1/users/me", headers=key.headers("GET", url, issued.token))
+    assert ok.status_code == 200, ok.text
+    as_bearer = client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {issued.token}"})
+    assert_dpop_refusal(as_bearer, "invalid_token")
+    assert as_bearer.headers["content-type"].startswith("application/problem+json")
+    no_ath = key.headers("GET", url, issued.token, claims={"ath": None})
+    assert_dpop_refusal(client.get("/api/v1/users/me", headers=no_ath), "invalid_dpop_proof")
+
+
+def test_with_nonces_on_the_resource_answers_use_dpop_nonce(
+    app_with: Callable[..., TestClient], tokens: Any, user: User, key: DPoPKey, userinfo_url: str
+) -> None:
+    """docs/security.md O115 at a resource: 401, a `DPoP` challenge and the nonce."""
+    client = app_with(dpop_nonce=True)
+    issued = tokens.access_token(user, "openid", jkt=key.jkt)
+    refused = client.get("/userinfo", headers=key.headers("GET", userinfo_url, issued.token))
+    assert_dpop_refusal(refused, "use_dpop_nonce")
+    nonce = refused.headers["DPoP-Nonce"]
+    retried = key.headers("GET", userinfo_url, issued.token, claims={"nonce": nonce})
+    assert client.get("/userinfo", headers=retried).status_code == 200
