@@ -127,10 +127,7 @@ def _with_proof(handle: Any, verifier: ProofVerifier) -> Any:
 
     def checked(server: AuthorizationServer, snapshot: RequestSnapshot) -> Response:
         try:
-            sent = proof_header(snapshot.headers)
-            if sent is not None:
-                proof = verifier.verify(sent, method=snapshot.method, uri=snapshot.uri)
-                snapshot = dataclasses.replace(snapshot, dpop_jkt=proof.jkt)
+            snapshot = with_proof_key(verifier, snapshot)
         except ProofError as error:
             return proof_refusal(error)
         response: Response = handle(server, snapshot)
@@ -140,6 +137,15 @@ def _with_proof(handle: Any, verifier: ProofVerifier) -> Any:
         return response
 
     return checked
+
+
+def with_proof_key(verifier: ProofVerifier, snapshot: RequestSnapshot) -> RequestSnapshot:
+    """`snapshot` with the key of its verified DPoP proof, unchanged without one."""
+    sent = proof_header(snapshot.headers)
+    if sent is None:
+        return snapshot
+    proof = verifier.verify(sent, method=snapshot.method, uri=snapshot.uri)
+    return dataclasses.replace(snapshot, dpop_jkt=proof.jkt)
 
 
 def proof_refusal(error: ProofError) -> Response:

@@ -418,3 +418,39 @@ def test_with_nonces_on_the_resource_answers_use_dpop_nonce(
     nonce = refused.headers["DPoP-Nonce"]
     retried = key.headers("GET", userinfo_url, issued.token, claims={"nonce": nonce})
     assert client.get("/userinfo", headers=retried).status_code == 200
+
+
+def test_a_proof_at_par_binds_the_code_to_its_key(
+    flow: Flow, public_rp: RP, user: User, key: DPoPKey, services: Services, token_url: str
+) -> None:
+    """RFC 9449 §10.1 (docs/security.md O114): the pushed request's proof acts as dpop_jkt."""
+    flow.allow(user, public_rp)
+    par_url = f"{services.settings.issuer}/par"
+    params = authorization_params(public_rp)
+    mismatch = flow.client.post(
+        "/par",
+        data={**params, "dpop_jkt": DPoPKey().jkt},
+        headers={"DPoP": key.proof("POST", par_url)},
+    )
+    assert_refused(mismatch, "invalid_dpop_proof")
+    pushed = flow.client.post("/par", data=params, headers={"DPoP": key.proof("POST", par_url)})
+    assert pushed.status_code == 201, pushed.text
+    answer = flow.client.get(
+        "/authorize",
+        params={"client_id": public_rp.id, "request_uri": pushed.json()["request_uri"]},
+    )
+    code = location_params(answer)["code"]
+    assert_refused(
+        redeem(flow, public_rp, code, DPoPKey().proof("POST", token_url)), "invalid_grant"
+    )
+    flow.allow(user, public_rp)
+    pushed = flow.client.post("/par", data=params, headers={"DPoP": key.proof("POST", par_url)})
+    answer = flow.client.get(
+        "/authorize",
+        params={"client_id": public_rp.id, "request_uri": pushed.json()["request_uri"]},
+    )
+    redeemed = redeem(
+        flow, public_rp, location_params(answer)["code"], key.proof("POST", token_url)
+    )
+    assert redeemed.status_code == 200, redeemed.text
+    assert redeemed.json()["token_type"] == "DPoP"
