@@ -5,7 +5,7 @@ that key, naming the public key in its header (`jwk`), and binding itself to thi
 request (`htm`, `htu`), to now (`iat`), to itself alone (`jti`, single use through the kv
 backend, so one use across every instance), and at a resource to the access token (`ath`).
 A token issued against a proof carries the key's RFC 7638 thumbprint (`cnf.jkt`), and
-only the holder of that key can use it (docs/security.md O109-O116).
+only the holder of that key can use it (docs/security.md O).
 
 What is refused (`invalid_dpop_proof`): a `typ` other than `dpop+jwt`, a symmetric or
 `none` algorithm, a `jwk` holding private members or not matching the algorithm, a bad

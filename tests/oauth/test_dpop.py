@@ -1,5 +1,5 @@
 """DPoP (RFC 9449) by hand: proofs at /token, bound tokens at /userinfo and the API, the
-binding of codes and refresh tokens, and server nonces (docs/security.md O109-O116)."""
+binding of codes and refresh tokens, and server nonces (docs/security.md O)."""
 
 from __future__ import annotations
 
