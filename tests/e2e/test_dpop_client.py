@@ -2,7 +2,8 @@
 a Node process, against a live server with server nonces on. The library binds the code
 with `dpop_jkt`, answers `use_dpop_nonce` by retrying with the nonce, and gets DPoP-bound
 access tokens that /userinfo accepts with its proofs; the same token as Bearer, or the
-public client's refresh token without a proof, is refused (docs/security.md O113, O114, O115 and O116)."""
+public client's refresh token without a proof, is refused
+(docs/security.md O113, O114, O115 and O116)."""
 
 from __future__ import annotations
 
