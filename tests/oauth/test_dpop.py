@@ -17,7 +17,7 @@ from authserver.services import Services
 from authserver.users.models import User
 from tests.conftest import ISSUER
 from tests.factories import DPoPKey
-from tests.oauth.conftest import RP, VERIFIER, Flow, authorization_params, location_params
+from tests.oauth.conftest import RP, Flow, authorization_params, location_params
 
 pytestmark = pytest.mark.usefixtures("signed_in")
 
@@ -52,28 +52,14 @@ def client_credentials(
 def bound_tokens(flow: Flow, rp: RP, user: User, key: DPoPKey, token_url: str) -> dict[str, Any]:
     """Code flow with a proof at the token request: the token response."""
     flow.allow(user, rp)
-    code = flow.code(rp)
-    proof = {"DPoP": key.proof("POST", token_url)}
-    data = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "redirect_uri": rp.redirect_uri,
-        "code_verifier": VERIFIER,
-    }
-    if rp.secret is None:
-        response = flow.client.post("/token", data={**data, "client_id": rp.id}, headers=proof)
-    else:
-        response = flow.client.post("/token", data=data, auth=rp.basic, headers=proof)
+    response = flow.exchange(rp, flow.code(rp), headers=proof_of(key, token_url))
     assert response.status_code == 200, response.text
     return dict(response.json())
 
 
-def refresh(client: TestClient, rp: RP, refresh_token: str, proof: str | None) -> httpx.Response:
-    data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-    headers = {"DPoP": proof} if proof is not None else {}
-    if rp.secret is None:
-        return client.post("/token", data={**data, "client_id": rp.id}, headers=headers)
-    return client.post("/token", data=data, auth=rp.basic, headers=headers)
+def proof_of(key: DPoPKey | None, url: str) -> dict[str, str]:
+    """The `DPoP` header of a token request (none without a key)."""
+    return {"DPoP": key.proof("POST", url)} if key is not None else {}
 
 
 def assert_refused(response: httpx.Response, error: str, status: int = 400) -> None:
@@ -186,13 +172,11 @@ def test_a_public_clients_refresh_token_is_bound_to_the_key(
 ) -> None:
     """docs/security.md O113: a stolen refresh token is useless without the key."""
     issued = bound_tokens(flow, public_rp, user, key, token_url)
-    without = refresh(flow.client, public_rp, issued["refresh_token"], None)
-    assert_refused(without, "invalid_grant")
-    other = refresh(
-        flow.client, public_rp, issued["refresh_token"], DPoPKey().proof("POST", token_url)
-    )
+    raw = issued["refresh_token"]
+    assert_refused(flow.refresh(public_rp, raw), "invalid_grant")
+    other = flow.refresh(public_rp, raw, headers=proof_of(DPoPKey(), token_url))
     assert_refused(other, "invalid_grant")
-    good = refresh(flow.client, public_rp, issued["refresh_token"], key.proof("POST", token_url))
+    good = flow.refresh(public_rp, raw, headers=proof_of(key, token_url))
     assert good.status_code == 200, good.text
     assert good.json()["token_type"] == "DPoP"
     assert claims_of(good.json()["access_token"])["cnf"] == {"jkt": key.jkt}
@@ -204,24 +188,12 @@ def test_a_confidential_clients_refresh_token_is_not_bound(
     """RFC 9449 §5: the client authenticates, so its refresh token is not bound; the access
     tokens it gets are bound to whichever key proves the request."""
     issued = bound_tokens(flow, rp, user, key, token_url)
-    plain = refresh(flow.client, rp, issued["refresh_token"], None)
+    plain = flow.refresh(rp, issued["refresh_token"])
     assert plain.status_code == 200, plain.text
     assert plain.json()["token_type"] == "Bearer"
 
 
 # -- dpop_jkt at /authorize -----------------------------------------------------------------
-
-
-def redeem(flow: Flow, rp: RP, code: str, proof: str | None) -> httpx.Response:
-    data = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "redirect_uri": rp.redirect_uri,
-        "code_verifier": VERIFIER,
-        "client_id": rp.id,
-    }
-    headers = {"DPoP": proof} if proof is not None else {}
-    return flow.client.post("/token", data=data, headers=headers)
 
 
 @pytest.mark.parametrize("sent", ["none", "other"])
@@ -231,8 +203,8 @@ def test_a_code_bound_with_dpop_jkt_needs_a_proof_with_that_key(
     """docs/security.md O114: a code stolen on its way back is useless without the key."""
     flow.allow(user, public_rp)
     code = flow.code(public_rp, dpop_jkt=key.jkt)
-    proof = DPoPKey().proof("POST", token_url) if sent == "other" else None
-    assert_refused(redeem(flow, public_rp, code, proof), "invalid_grant")
+    proof = proof_of(DPoPKey() if sent == "other" else None, token_url)
+    assert_refused(flow.exchange(public_rp, code, headers=proof), "invalid_grant")
 
 
 def test_a_code_bound_with_dpop_jkt_is_redeemed_with_that_key(
@@ -240,7 +212,7 @@ def test_a_code_bound_with_dpop_jkt_is_redeemed_with_that_key(
 ) -> None:
     flow.allow(user, public_rp)
     code = flow.code(public_rp, dpop_jkt=key.jkt)
-    response = redeem(flow, public_rp, code, key.proof("POST", token_url))
+    response = flow.exchange(public_rp, code, headers=proof_of(key, token_url))
     assert response.status_code == 200, response.text
     assert claims_of(response.json()["access_token"])["cnf"] == {"jkt": key.jkt}
 
@@ -440,17 +412,15 @@ def test_a_proof_at_par_binds_the_code_to_its_key(
         params={"client_id": public_rp.id, "request_uri": pushed.json()["request_uri"]},
     )
     code = location_params(answer)["code"]
-    assert_refused(
-        redeem(flow, public_rp, code, DPoPKey().proof("POST", token_url)), "invalid_grant"
-    )
+    stolen = flow.exchange(public_rp, code, headers=proof_of(DPoPKey(), token_url))
+    assert_refused(stolen, "invalid_grant")
     flow.allow(user, public_rp)
     pushed = flow.client.post("/par", data=params, headers={"DPoP": key.proof("POST", par_url)})
     answer = flow.client.get(
         "/authorize",
         params={"client_id": public_rp.id, "request_uri": pushed.json()["request_uri"]},
     )
-    redeemed = redeem(
-        flow, public_rp, location_params(answer)["code"], key.proof("POST", token_url)
-    )
+    code = location_params(answer)["code"]
+    redeemed = flow.exchange(public_rp, code, headers=proof_of(key, token_url))
     assert redeemed.status_code == 200, redeemed.text
     assert redeemed.json()["token_type"] == "DPoP"
