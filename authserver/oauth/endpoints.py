@@ -96,7 +96,7 @@ async def _form_endpoint(
         if proofs and svc.dpop is not None:
             checked = _with_proof(handle, svc.dpop)
         if origin is not None and browser_apps:
-            checked = _from_browser_app(handle, origin)
+            checked = _from_browser_app(checked, origin)
         response: Response = checked(svc.oauth, snapshot)
         return response
 
