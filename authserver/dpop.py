@@ -220,7 +220,11 @@ class ProofVerifier:
         if claims.get("htm") != method:
             raise ProofError("The DPoP proof is for another HTTP method.")
         htu = claims.get("htu")
-        if not isinstance(htu, str) or target_uri(htu) != target_uri(uri):
+        try:
+            same = isinstance(htu, str) and target_uri(htu) == target_uri(uri)
+        except ValueError:
+            same = False
+        if not same:
             raise ProofError("The DPoP proof is for another URL.")
         iat = claims.get("iat")
         if isinstance(iat, bool) or not isinstance(iat, int | float):

@@ -107,8 +107,9 @@ def test_a_replayed_proof_is_refused(
         {"htm": "GET"},
         {"htu": "https://elsewhere.example/token"},
         {"htu": f"{ISSUER}/userinfo"},
+        {"htu": "http://[::1/token"},
     ],
-    ids=["wrong-htm", "wrong-host", "wrong-path"],
+    ids=["wrong-htm", "wrong-host", "wrong-path", "unparsable"],
 )
 def test_a_proof_for_another_request_is_refused(
     client: TestClient, rp: RP, key: DPoPKey, token_url: str, claims: dict[str, Any]
