@@ -235,15 +235,23 @@ def error_response(resource: str, error: TokenError) -> Response:
 
 
 def protected_resource_metadata(
-    resource: str, issuer: str, scopes: Sequence[str], name: str | None = None
+    resource: str,
+    issuer: str,
+    scopes: Sequence[str],
+    name: str | None = None,
+    *,
+    dpop_accepted: bool = True,
 ) -> dict[str, Any]:
-    """RFC 9728 §2: what a client needs to find the authorization server for `resource`."""
+    """RFC 9728 §2: what a client needs to find the authorization server for `resource`,
+    and the DPoP proof algorithms it accepts (`check_sender`) unless DPoP is off."""
     document: dict[str, Any] = {
         "resource": resource,
         "authorization_servers": [issuer],
         "scopes_supported": list(scopes),
         "bearer_methods_supported": ["header"],
     }
+    if dpop_accepted:
+        document["dpop_signing_alg_values_supported"] = list(dpop.ALGORITHMS)
     if name:
         document["resource_name"] = name
     return document

@@ -150,6 +150,7 @@ def test_no_token_is_a_bare_challenge_and_the_metadata_is_served(photos_api: Tes
         "scopes_supported": ["photos:read"],
         "bearer_methods_supported": ["header"],
         "resource_name": "Photos",
+        "dpop_signing_alg_values_supported": ["ES256", "RS256", "PS256", "EdDSA"],
     }
     assert document.headers["access-control-allow-origin"] == "*"
 

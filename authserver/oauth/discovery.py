@@ -139,6 +139,10 @@ async def api_metadata(request: Request) -> JSONResponse:
     """RFC 9728 §3 for `<issuer>/api/v1`, which every 401 of the API points at."""
     settings = request.app.state.settings
     document = protected_resource_metadata(
-        settings.api_audience, settings.issuer, list(API_SCOPES), API_NAME
+        settings.api_audience,
+        settings.issuer,
+        list(API_SCOPES),
+        API_NAME,
+        dpop_accepted=settings.dpop,
     )
     return JSONResponse(document, headers=PUBLIC_DOCUMENT)

@@ -254,6 +254,9 @@ def test_discovery_advertises_dpop_only_while_it_is_on(
     off_client = app_with(dpop=False)
     off = off_client.get("/.well-known/openid-configuration").json()
     assert "dpop_signing_alg_values_supported" not in off
+    api = "/.well-known/oauth-protected-resource/api/v1"
+    assert "dpop_signing_alg_values_supported" in client.get(api).json()
+    assert "dpop_signing_alg_values_supported" not in off_client.get(api).json()
     ignored = client_credentials(off_client, rp, key.proof("POST", token_url))
     assert ignored.status_code == 200, ignored.text
     assert ignored.json()["token_type"] == "Bearer"
