@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from authserver import api, fetch, kv, observability, outbound, web
+from authserver import api, dpop, fetch, kv, observability, outbound, web
 from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
 from authserver.federation import pages as federation_pages
@@ -99,6 +99,7 @@ def build_services(settings: Settings) -> Services:
         clients=lookup,
         oauth=build_server(settings, keystore, digester, limiter, fetcher, lookup),
         federation=Federation(database, fetcher, secret, settings.issuer),
+        dpop=dpop.verifier(settings, limiter.kv, digester),
     )
 
 

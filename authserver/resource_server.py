@@ -10,9 +10,11 @@ HTTP) and then checks liveness by reference; `ResourceServer` runs it for a thir
 Starlette or FastAPI app with the issuer's JWKS fetched over HTTP, cached, and refreshed on
 an unknown `kid` no more often than `refresh_floor` seconds.
 
-`bearer_challenge` is the one writer of RFC 6750 §3 challenges, each naming the resource's
-RFC 9728 metadata document (`resource_metadata`), and `protected_resource_metadata` the one
-builder of that document.
+`bearer_challenge` is the one writer of RFC 6750 §3 and RFC 9449 §7.1 challenges, each naming
+the resource's RFC 9728 metadata document (`resource_metadata`), and
+`protected_resource_metadata` the one builder of that document. `check_sender` is the one
+sender check (RFC 9449 §7): a token bound to a DPoP key (`cnf.jkt`) counts only with the
+`DPoP` scheme and a proof of that key for this request and this token.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from authserver import jsonsafe
+from authserver import dpop, jsonsafe
+from authserver.dpop import ProofError, ProofVerifier
 from authserver.errors import NO_STORE, Forbidden
 from authserver.keystore import jws_registry
+from authserver.kv import LocalKV
 
 #: Algorithms an access token of this server may be signed with (RFC 9068 §4: the resource
 #: server chooses); `none` and every HS* are absent on purpose.
@@ -62,7 +66,9 @@ WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 class TokenError(Exception):
     """An RFC 6750 §3.1 error: `invalid_token` (401), `insufficient_scope` (403) or
-    `invalid_request` (400); no `error` at all for a request without a token (401)."""
+    `invalid_request` (400); no `error` at all for a request without a token (401).
+    `scheme` is `DPoP` for a refusal about DPoP (RFC 9449 §7.1: also `invalid_dpop_proof`
+    and `use_dpop_nonce`), with the server `nonce` to use next when there is one."""
 
     def __init__(
         self,
@@ -71,12 +77,16 @@ class TokenError(Exception):
         *,
         status: int = 401,
         scope: str | None = None,
+        scheme: str = "Bearer",
+        nonce: str | None = None,
     ) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
         self.scope = scope
+        self.scheme = scheme
+        self.nonce = nonce
 
 
 def insufficient_scope(scopes: Sequence[str]) -> TokenError:
@@ -186,23 +196,38 @@ def bearer_challenge(
     error: str | None = None,
     description: str | None = None,
     scope: str | None = None,
+    *,
+    scheme: str = "Bearer",
 ) -> str:
     """The `WWW-Authenticate` value of an answer refusing access to `resource` (RFC 6750
-    §3; no error code without a token, §3.1), pointing at its metadata (RFC 9728 §5.1)."""
+    §3; no error code without a token, §3.1), pointing at its metadata (RFC 9728 §5.1);
+    the `DPoP` scheme's also names the proof algorithms accepted (RFC 9449 §7.1)."""
     params = [("resource_metadata", metadata_url(resource))]
+    if scheme == "DPoP":
+        params.append(("algs", " ".join(dpop.ALGORITHMS)))
     if error is not None:
         params.append(("error", error))
         if description:
             params.append(("error_description", description))
         if scope:
             params.append(("scope", scope))
-    return "Bearer " + ", ".join(f'{name}="{_quotable(value)}"' for name, value in params)
+    return f"{scheme} " + ", ".join(f'{name}="{_quotable(value)}"' for name, value in params)
+
+
+def challenge_headers(resource: str, error: TokenError) -> dict[str, str]:
+    """The headers of a refusal: its challenge, and the DPoP nonce to use next if any."""
+    challenge = bearer_challenge(
+        resource, error.error, error.description, error.scope, scheme=error.scheme
+    )
+    headers = {"WWW-Authenticate": challenge}
+    if error.nonce is not None:
+        headers[dpop.NONCE_HEADER] = error.nonce
+    return headers
 
 
 def error_response(resource: str, error: TokenError) -> Response:
     """An RFC 6750 error answer: the challenge, and the error as JSON when there is one."""
-    challenge = bearer_challenge(resource, error.error, error.description, error.scope)
-    headers = {**NO_STORE, "WWW-Authenticate": challenge}
+    headers = {**NO_STORE, **challenge_headers(resource, error)}
     if error.error is None:
         return Response(status_code=error.status, headers=headers)
     body = {"error": error.error, "error_description": error.description}
@@ -210,15 +235,23 @@ def error_response(resource: str, error: TokenError) -> Response:
 
 
 def protected_resource_metadata(
-    resource: str, issuer: str, scopes: Sequence[str], name: str | None = None
+    resource: str,
+    issuer: str,
+    scopes: Sequence[str],
+    name: str | None = None,
+    *,
+    dpop_accepted: bool = True,
 ) -> dict[str, Any]:
-    """RFC 9728 §2: what a client needs to find the authorization server for `resource`."""
+    """RFC 9728 §2: what a client needs to find the authorization server for `resource`,
+    and the DPoP proof algorithms it accepts (`check_sender`) unless DPoP is off."""
     document: dict[str, Any] = {
         "resource": resource,
         "authorization_servers": [issuer],
         "scopes_supported": list(scopes),
         "bearer_methods_supported": ["header"],
     }
+    if dpop_accepted:
+        document["dpop_signing_alg_values_supported"] = list(dpop.ALGORITHMS)
     if name:
         document["resource_name"] = name
     return document
@@ -228,21 +261,74 @@ def protected_resource_metadata(
 PUBLIC_DOCUMENT = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
 
 
-def bearer_token(headers: Mapping[str, str]) -> str:
-    """The token of `Authorization: Bearer <token>` (RFC 6750 §2.1 only: a token in the
-    query or body is not looked at). No header, or another scheme, is a request without
-    a token (§3.1: "attempted using an unsupported authentication method"); a Bearer
-    header without exactly one token is `invalid_request`."""
+@dataclass(frozen=True)
+class PresentedToken:
+    """An access token as the request presented it: under `Bearer` or `DPoP`."""
+
+    token: str
+    scheme: str
+
+
+def bearer_token(headers: Mapping[str, str]) -> PresentedToken:
+    """The token of `Authorization: Bearer <token>` or `Authorization: DPoP <token>` (RFC
+    6750 §2.1, RFC 9449 §7.1; a token in the query or body is not looked at). No header,
+    or another scheme, is a request without a token (§3.1: "attempted using an unsupported
+    authentication method"); a header without exactly one token is `invalid_request`."""
     header = headers.get("authorization")
     scheme, _, token = (header or "").partition(" ")
-    if scheme.lower() != "bearer":
+    named = {"bearer": "Bearer", "dpop": "DPoP"}.get(scheme.lower())
+    if named is None:
         raise TokenError(None, "An access token is required.")
     token = token.strip()
     if not token or " " in token:
         raise TokenError(
-            "invalid_request", "The Authorization header must be `Bearer <token>`.", status=400
+            "invalid_request",
+            f"The Authorization header must be `{named} <token>`.",
+            status=400,
+            scheme=named,
         )
-    return token
+    return PresentedToken(token, named)
+
+
+def check_sender(
+    claims: Mapping[str, Any],
+    presented: PresentedToken,
+    headers: Any,
+    *,
+    method: str,
+    uri: str,
+    proofs: ProofVerifier | None,
+) -> None:
+    """RFC 9449 §7: a bound token (`cnf.jkt`) only under the `DPoP` scheme with a proof of
+    its key for this request and this token (`ath`); an unbound one only as `Bearer`.
+    A bound token presented as Bearer is exactly what a thief would do, so it is refused
+    (docs/security.md O116). `proofs` is None where DPoP is off: bound tokens are refused."""
+    jkt = dpop.bound_key(claims)
+    if jkt is None:
+        if presented.scheme == "DPoP":
+            raise TokenError(
+                description="The access token is not bound to a key; send it as Bearer.",
+                scheme="DPoP",
+            )
+        return
+    if presented.scheme != "DPoP" or proofs is None:
+        raise TokenError(
+            description="The access token is bound to a key: send it with DPoP and a proof.",
+            scheme="DPoP",
+        )
+    try:
+        proof = proofs.verify(
+            dpop.proof_header(headers), method=method, uri=uri, access_token=presented.token
+        )
+    except ProofError as error:
+        raise TokenError(error.error, error.description, scheme="DPoP", nonce=error.nonce) from None
+    if proof.jkt != jkt:
+        raise TokenError(
+            dpop.INVALID_PROOF,
+            "The DPoP proof is signed with another key than the token is bound to.",
+            scheme="DPoP",
+            nonce=proofs.fresh_nonce(),
+        )
 
 
 # -- the helper for other people's APIs ------------------------------------------------------
@@ -268,7 +354,9 @@ class ResourceServer:
 
     `jwks_uri` and the introspection endpoint are read from the issuer's discovery document
     unless given. `http` lets the app share its own `httpx.AsyncClient`; `clock` exists for
-    tests.
+    tests. DPoP-bound tokens (RFC 9449) are accepted with a proof of their key; `proofs`
+    remembers used proofs in this process unless given one over shared storage
+    (`ProofVerifier(RedisKV.from_url(...))`) for an API served by several workers.
     """
 
     def __init__(
@@ -284,6 +372,7 @@ class ResourceServer:
         http: httpx.AsyncClient | None = None,
         leeway: int = LEEWAY,
         refresh_floor: float = REFRESH_FLOOR,
+        proofs: ProofVerifier | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer.rstrip("/")
@@ -298,6 +387,7 @@ class ResourceServer:
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False)
         self._clock = clock
+        self._proofs = proofs or ProofVerifier(LocalKV(), clock=clock)
         self._keys: KeySet | None = None
         self._fetched_at = float("-inf")
         self._lock = anyio.Lock()
@@ -329,9 +419,20 @@ class ResourceServer:
         return claims
 
     async def authenticate(self, request: Request, scopes: Sequence[str] = ()) -> dict[str, Any]:
-        """The request's token's claims (see `verify`); `TokenError` otherwise, which
+        """The request's token's claims (see `verify`), once its sender is the one it is
+        bound to (`check_sender`, against `request.url`); `TokenError` otherwise, which
         `error_response` turns into the RFC 6750 answer (in FastAPI: an exception handler)."""
-        return await self.verify(bearer_token(request.headers), scopes)
+        presented = bearer_token(request.headers)
+        claims = await self.verify(presented.token, scopes)
+        check_sender(
+            claims,
+            presented,
+            request.headers,
+            method=request.method,
+            uri=str(request.url),
+            proofs=self._proofs,
+        )
+        return claims
 
     def protect(self, *scopes: str) -> Callable[[Endpoint], Endpoint]:
         """Decorate a Starlette endpoint: it runs only for a valid token holding `scopes`,

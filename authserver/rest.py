@@ -28,10 +28,12 @@ from authserver.errors import NO_STORE, AppError, Invalid, NotFound
 from authserver.jsonsafe import UnsafeJson
 from authserver.resource_server import (
     API_SCOPES,
+    PresentedToken,
     Principal,
     TokenError,
-    bearer_challenge,
     bearer_token,
+    challenge_headers,
+    check_sender,
     insufficient_scope,
 )
 from authserver.services import services
@@ -55,11 +57,22 @@ async def authenticate(request: Request, any_of: Sequence[str]) -> Principal:
     """
     svc = services(request)
     resource = svc.settings.api_audience
-    try:
-        token = bearer_token(request.headers)
-        principal: Principal = await svc.db.run_sync(
-            svc.verify_access_token, token, audience=resource
+    uri = f"{svc.settings.issuer}{request.url.path}"
+
+    def verify(presented: PresentedToken) -> Principal:
+        principal = svc.verify_access_token(presented.token, audience=resource)
+        check_sender(
+            principal.claims,
+            presented,
+            request.headers,
+            method=request.method,
+            uri=uri,
+            proofs=svc.dpop,
         )
+        return principal
+
+    try:
+        principal: Principal = await svc.db.run_sync(verify, bearer_token(request.headers))
         if any_of and not principal.scopes & {*any_of, "admin"}:
             raise insufficient_scope(any_of)
     except TokenError as error:
@@ -68,11 +81,11 @@ async def authenticate(request: Request, any_of: Sequence[str]) -> Principal:
 
 
 class BearerRefusal(AppError):
-    """An RFC 6750 refusal of an API request (status from the error), in problem+json."""
+    """An RFC 6750 / RFC 9449 refusal of an API request (status from the error), in
+    problem+json."""
 
     def __init__(self, resource: str, error: TokenError) -> None:
-        challenge = bearer_challenge(resource, error.error, error.description, error.scope)
-        super().__init__(error.description, headers={"WWW-Authenticate": challenge})
+        super().__init__(error.description, headers=challenge_headers(resource, error))
         self.status_code = error.status
 
 

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from authserver import fetch, outbound, web
 from authserver.app_access import AppAccess
 from authserver.db import Database
+from authserver.dpop import ProofVerifier
 from authserver.keystore import KeyStore
 from authserver.ratelimit import RateLimiter
 from authserver.resource_server import TokenVerifier
@@ -46,6 +47,8 @@ class Services:
     clients: ClientLookup
     oauth: AuthorizationServer
     federation: Federation
+    #: DPoP proofs (RFC 9449); None while `settings.dpop` is off.
+    dpop: ProofVerifier | None = None
 
 
 def services(request: Request) -> Services:

@@ -259,6 +259,12 @@ class Settings:
     require_par: bool = _setting(
         False, _bool, "every authorization request must be pushed to /par first"
     )
+    dpop: bool = _setting(
+        True, _bool, "DPoP (RFC 9449): sender-constrained tokens for clients that send proofs"
+    )
+    dpop_nonce: bool = _setting(
+        False, _bool, "DPoP proofs must carry a server nonce (RFC 9449 section 8)"
+    )
     jwt_introspection: bool = _setting(
         True, _bool, "signed introspection responses (RFC 9701) for clients registered for them"
     )

@@ -150,6 +150,7 @@ def test_no_token_is_a_bare_challenge_and_the_metadata_is_served(photos_api: Tes
         "scopes_supported": ["photos:read"],
         "bearer_methods_supported": ["header"],
         "resource_name": "Photos",
+        "dpop_signing_alg_values_supported": ["ES256", "RS256", "PS256", "EdDSA"],
     }
     assert document.headers["access-control-allow-origin"] == "*"
 
@@ -349,3 +350,26 @@ def test_a_challenge_never_carries_a_quote_or_a_control_character() -> None:
     assert "\r" not in challenge
     assert "\n" not in challenge
     assert challenge.endswith('error_description="bad quoteX-Injected: 1"')
+
+
+def test_the_helper_accepts_a_dpop_bound_token_with_a_proof_and_refuses_it_as_bearer(
+    photos_api: TestClient, tokens: factories.TokenFactory, person: Any
+) -> None:
+    """RFC 9449 §7 in a third party's API (docs/security.md O116, O109, O112)."""
+    key = factories.DPoPKey()
+    issued = tokens.access_token(person, "photos:read", audience=PHOTOS, jkt=key.jkt)
+    headers = key.headers("GET", f"{PHOTOS}/photos", issued.token)
+    assert photos_api.get("/photos", headers=headers).status_code == 200
+    replayed = photos_api.get("/photos", headers=headers)
+    as_bearer = call(photos_api, issued.token)
+    no_ath = photos_api.get(
+        "/photos",
+        headers=key.headers("GET", f"{PHOTOS}/photos", issued.token, claims={"ath": None}),
+    )
+    for response, error in ((replayed, "invalid_dpop_proof"), (as_bearer, "invalid_token"),
+                            (no_ath, "invalid_dpop_proof")):  # fmt: skip
+        assert response.status_code == 401, response.text
+        assert response.json()["error"] == error
+        assert response.headers["www-authenticate"].startswith(
+            f'DPoP resource_metadata="{METADATA}", algs="'
+        )

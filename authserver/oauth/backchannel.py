@@ -4,14 +4,14 @@ in through it that registered a `backchannel_logout_uri` is told so, server to s
 Ending a session (/logout, the sessions API, /account, a deactivation or password change)
 writes one outbox row per (client, session) in the same transaction, through the
 `AppAccess.sessions_ended` port (`OAuthAppAccess`); nothing is sent while the person waits
-(docs/security.md P113).
+(docs/security.md P121).
 The worker in the app's lifespan (`deliver_periodically`) sends what is due: it claims one
 row at a time with a conditional UPDATE that gives it a lease, so two workers or instances
-never send the same row at once (docs/security.md P111), builds a signed logout token
+never send the same row at once (docs/security.md P119), builds a signed logout token
 (`logout_token`) and POSTs it through the one outbound client (`authserver.fetch`, so the
-URI gets the same address checks as every fetch, docs/security.md P110). A receiver that is
+URI gets the same address checks as every fetch, docs/security.md P118). A receiver that is
 down is tried again with growing delays, `MAX_ATTEMPTS` times over hours, and the rows
-survive a restart; then the row is dropped with an audit event (docs/security.md P112).
+survive a restart; then the row is dropped with an audit event (docs/security.md P120).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class BackchannelLogout(Base):
 def check_uri(fetcher: Fetcher, uri: Any) -> str:
     """A `backchannel_logout_uri` the outbound client will POST to: https (plain http only
     for a trusted loopback host), no fragment, no user info, no non-public address
-    (OIDC Back-Channel Logout §2.2, docs/security.md P110)."""
+    (OIDC Back-Channel Logout §2.2, docs/security.md P118)."""
     if not isinstance(uri, str) or not uri or not uri.isprintable() or " " in uri:
         raise Invalid(f"{URI_KEY} must be an https URL.")
     try:
@@ -263,7 +263,7 @@ def logout_token(services: Services, client: Client, claimed: Claimed, now: date
     """OIDC Back-Channel Logout §2.4: iss, aud, iat, exp, jti, the logout event, `sid` (the
     value the client's ID tokens carry) and `sub`; never a `nonce`. `typ: logout+jwt`,
     so it is never taken for an ID token, signed with the algorithm the client gets its ID
-    tokens in (docs/security.md P109)."""
+    tokens in (docs/security.md P117)."""
     issued = int(now.timestamp())
     claims = {
         "iss": services.settings.issuer,

@@ -41,6 +41,8 @@ class AuthorizationCode(Base, AuthorizationCodeMixin):
     acr: Mapped[str | None] = mapped_column(String(100))
     #: RFC 8707 resource indicators of the authorization request (None: none was sent).
     resources: Mapped[list[str] | None] = mapped_column(JSON)
+    #: RFC 9449 §10: the DPoP key the token request's proof must be signed with.
+    dpop_jkt: Mapped[str | None] = mapped_column(String(43))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None]
@@ -89,6 +91,7 @@ def create(
     ttl: int,
     organization_id: str | None = None,
     resources: list[str] | None = None,
+    dpop_jkt: str | None = None,
 ) -> AuthorizationCode:
     """Store a new code; only its digest is kept."""
     row = AuthorizationCode(
@@ -106,6 +109,7 @@ def create(
         amr=amr,
         acr=acr,
         resources=resources or None,
+        dpop_jkt=dpop_jkt,
         created_at=now,
         expires_at=now + timedelta(seconds=ttl),
     )

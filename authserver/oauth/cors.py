@@ -35,7 +35,7 @@ from authserver.web import same_origin
 PREFLIGHT_MAX_AGE = "600"
 #: What a browser app sends: a form or JSON body, a bearer token, Basic never (public
 #: clients have no secret) but harmless to list for confidential server-side fetches.
-ALLOWED_HEADERS = "Authorization, Content-Type"
+ALLOWED_HEADERS = "Authorization, Content-Type, DPoP"
 
 
 def foreign_origin(headers: Headers, issuer: str) -> str | None:
@@ -72,7 +72,7 @@ def headers(origin: str) -> dict[str, str]:
     """What `allow` adds, for an answer rendered elsewhere (a 429 raised as `AppError`)."""
     return {
         "Access-Control-Allow-Origin": origin,
-        "Access-Control-Expose-Headers": "WWW-Authenticate, Retry-After",
+        "Access-Control-Expose-Headers": "WWW-Authenticate, Retry-After, DPoP-Nonce",
         "Vary": "Origin",
     }
 

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from authserver.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.mfa.policy import ACR_VALUES
 from authserver.oauth import backchannel, device, introspection_jwt, par
@@ -78,6 +79,7 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         **par.discovery_fields(settings),
         **introspection_jwt.discovery_fields(settings, signing_algs),
         **backchannel.discovery_fields(settings),
+        **({"dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS)} if settings.dpop else {}),
     }
     if settings.registration != "closed":
         document["registration_endpoint"] = f"{issuer}/register"
@@ -138,6 +140,10 @@ async def api_metadata(request: Request) -> JSONResponse:
     """RFC 9728 §3 for `<issuer>/api/v1`, which every 401 of the API points at."""
     settings = request.app.state.settings
     document = protected_resource_metadata(
-        settings.api_audience, settings.issuer, list(API_SCOPES), API_NAME
+        settings.api_audience,
+        settings.issuer,
+        list(API_SCOPES),
+        API_NAME,
+        dpop_accepted=settings.dpop,
     )
     return JSONResponse(document, headers=PUBLIC_DOCUMENT)

@@ -7,6 +7,7 @@ revocation sticks). Anything else that goes wrong rolls the whole request back.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import audit, db
+from authserver.dpop import NONCE_HEADER, ProofError, ProofVerifier, bound_key, proof_header
 from authserver.errors import NO_STORE, AppError, oauth_error_response
 from authserver.keystore import KeyStore
 from authserver.oauth import clients, cors, metadata_documents, resources, token_format, tokens
@@ -38,6 +40,7 @@ from authserver.resource_server import (
     TokenError,
     audiences,
     bearer_token,
+    check_sender,
     error_response,
     insufficient_scope,
     scopes_of,
@@ -54,8 +57,8 @@ if TYPE_CHECKING:
 async def token(request: Request) -> Response:
     """RFC 6749 §3.2: the token endpoint (authorization_code, refresh_token,
     client_credentials). A missing `grant_type` is `invalid_request` (§5.2), not an
-    unsupported one."""
-    return await _form_endpoint(request, _token_response, browser_apps=True)
+    unsupported one. A DPoP proof, when sent, is checked before any grant runs."""
+    return await _form_endpoint(request, _token_response, browser_apps=True, proofs=True)
 
 
 def _token_response(server: AuthorizationServer, snapshot: RequestSnapshot) -> Response:
@@ -81,14 +84,19 @@ async def introspect(request: Request) -> Response:
     )
 
 
-async def _form_endpoint(request: Request, handle: Any, *, browser_apps: bool = False) -> Response:
-    """`browser_apps`: the endpoint answers cross-origin calls from public clients' pages."""
+async def _form_endpoint(
+    request: Request, handle: Any, *, browser_apps: bool = False, proofs: bool = False
+) -> Response:
+    """`browser_apps`: the endpoint answers cross-origin calls from public clients' pages;
+    `proofs`: it reads DPoP proofs (RFC 9449 §5)."""
 
     def run(svc: Services, snapshot: RequestSnapshot) -> Response:
         origin = cors.foreign_origin(snapshot.headers, svc.settings.issuer)
         checked = handle
+        if proofs and svc.dpop is not None:
+            checked = _with_proof(handle, svc.dpop)
         if origin is not None and browser_apps:
-            checked = _from_browser_app(handle, origin)
+            checked = _from_browser_app(checked, origin)
         response: Response = checked(svc.oauth, snapshot)
         return response
 
@@ -109,6 +117,41 @@ async def client_form(
     await run_in_threadpool(svc.clients.warm, metadata_documents.named_client(snapshot))
     response: Response = await svc.db.run_sync(handle, svc, snapshot)
     return response
+
+
+def _with_proof(handle: Any, verifier: ProofVerifier) -> Any:
+    """RFC 9449 §5: a request with a `DPoP` header gets tokens bound to the proof's key
+    (`RequestSnapshot.dpop_jkt`), a bad proof gets `invalid_dpop_proof` (or
+    `use_dpop_nonce`, §8) before anything is redeemed; every answer carries the current
+    server nonce while nonces are on."""
+
+    def checked(server: AuthorizationServer, snapshot: RequestSnapshot) -> Response:
+        try:
+            snapshot = with_proof_key(verifier, snapshot)
+        except ProofError as error:
+            return proof_refusal(error)
+        response: Response = handle(server, snapshot)
+        nonce = verifier.fresh_nonce()
+        if nonce is not None:
+            response.headers[NONCE_HEADER] = nonce
+        return response
+
+    return checked
+
+
+def with_proof_key(verifier: ProofVerifier, snapshot: RequestSnapshot) -> RequestSnapshot:
+    """`snapshot` with the key of its verified DPoP proof, unchanged without one."""
+    sent = proof_header(snapshot.headers)
+    if sent is None:
+        return snapshot
+    proof = verifier.verify(sent, method=snapshot.method, uri=snapshot.uri)
+    return dataclasses.replace(snapshot, dpop_jkt=proof.jkt)
+
+
+def proof_refusal(error: ProofError) -> Response:
+    """An RFC 9449 §5 / §8 token error, with the nonce to use next when there is one."""
+    headers = {NONCE_HEADER: error.nonce} if error.nonce is not None else None
+    return oauth_error_response(error.error, error.description, headers=headers)
 
 
 def _from_browser_app(handle: Any, origin: str) -> Any:
@@ -167,11 +210,14 @@ class FoundAccessToken:
         return "access_token", str(self.claims["jti"])
 
     def introspection(self, issuer: str) -> dict[str, Any]:
+        """RFC 9449 §6.2: a DPoP-bound token says so, with the key it is bound to."""
         names = ("scope", "client_id", "sub", "exp", "iat", "iss", "aud", "jti")
+        jkt = bound_key(self.claims)
         return {
             "active": True,
             **{n: self.claims.get(n, "") for n in names},
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt is not None else "Bearer",
+            **({"cnf": {"jkt": jkt}} if jkt is not None else {}),
         }
 
 
@@ -363,14 +409,22 @@ def _userinfo(services: Services, snapshot: RequestSnapshot, origin: str | None)
 def _caller(services: Services, snapshot: RequestSnapshot) -> dict[str, Any]:
     """The claims of the request's bearer token: one of our access tokens for the API
     resource (which UserInfo belongs to), still live by reference, holding `openid`."""
-    token = bearer_token(snapshot.headers)
+    presented = bearer_token(snapshot.headers)
     now = db.utcnow()
     settings = services.settings
     claims = token_format.verify_access_token(
-        services.keystore, settings, token, now, audience=settings.api_audience
+        services.keystore, settings, presented.token, now, audience=settings.api_audience
     )
     if claims is None or not tokens.access_token_is_live(claims, now):
         raise TokenError(description="The access token is invalid or expired.")
+    check_sender(
+        claims,
+        presented,
+        snapshot.headers,
+        method=snapshot.method,
+        uri=snapshot.uri,
+        proofs=services.dpop,
+    )
     if "openid" not in scopes_of(claims):
         raise insufficient_scope(["openid"])
     return claims

@@ -23,7 +23,7 @@ from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
 from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupportedError
 
-from authserver import audit, db
+from authserver import audit, db, dpop
 from authserver.db import current_session
 from authserver.oauth import codes, resources, token_format, tokens
 from authserver.oauth.clients import AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS
@@ -86,7 +86,14 @@ class ForResource:
             expires_in,
             include_refresh_token,
             audience=getattr(self.request, "audience", None),
+            jkt=proof_key(self.request),
         )
+
+
+def proof_key(request: Any) -> str | None:
+    """The key of the token request's verified DPoP proof (RFC 9449), if it sent one."""
+    snapshot = getattr(request, "snapshot", None)
+    return snapshot.dpop_jkt if snapshot is not None else None
 
 
 def sent_resources(request: Any) -> list[str]:
@@ -166,6 +173,8 @@ def check_authorization_parameters(grant: Any, redirect_uri: str) -> None:
         raise InvalidRequestError(f"The nonce must be at most {NONCE_MAX} characters.")
     if not data.get("scope", "").split():
         raise InvalidScopeError("The scope parameter is required.")
+    if grant.settings.dpop and "dpop_jkt" in data and not dpop.is_thumbprint(data["dpop_jkt"]):
+        raise InvalidRequestError("dpop_jkt must be a SHA-256 JWK thumbprint (RFC 9449).")
     resources.check_authorization_request(
         grant.settings, sent_resources(grant.request), data["scope"]
     )
@@ -239,6 +248,7 @@ class AuthorizationCodeGrant(ForResource, grants.AuthorizationCodeGrant):
             resources=resources.parse(sent_resources(request)),
             now=self.now,
             ttl=self.settings.code_ttl,
+            dpop_jkt=data.get("dpop_jkt") if self.settings.dpop else None,
         )
 
     def query_authorization_code(self, code: str, client: Any) -> codes.AuthorizationCode | None:
@@ -286,6 +296,10 @@ class AuthorizationCodeGrant(ForResource, grants.AuthorizationCodeGrant):
         them, decided before the code is consumed."""
         super().validate_token_request()
         code = self.request.authorization_code
+        if code.dpop_jkt is not None and code.dpop_jkt != proof_key(self.request):
+            raise InvalidGrantError(
+                "The authorization code is bound to a DPoP key: send a proof signed with it."
+            )
         self.request.audience = resources.for_token(
             self.settings,
             code.resources or [],
@@ -371,6 +385,11 @@ class RefreshTokenGrant(ForResource, grants.RefreshTokenGrant):
         is `invalid_scope`); then the token must still be live, and fresh or retried."""
         super().validate_token_request()
         self._check(self.request.refresh_token)
+        bound = self.request.refresh_token.family.dpop_jkt
+        if bound is not None and bound != proof_key(self.request):
+            raise InvalidGrantError(
+                "The refresh token is bound to a DPoP key: send a proof signed with it."
+            )
         family, scope = self.request.refresh_token.family, self.request.payload.scope
         self.request.audience = resources.for_token(
             self.settings,

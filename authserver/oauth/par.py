@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 
 from authserver import db
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
+from authserver.dpop import ProofError
 from authserver.errors import NO_STORE, NotFound
 from authserver.oauth import endpoints
 from authserver.oauth.grants import CLIENT_AUTH_METHODS
@@ -204,6 +205,7 @@ def _push(services: Services, snapshot: RequestSnapshot) -> Response:
     try:
         client = server.authenticate_client(request, CLIENT_AUTH_METHODS, "par")
         params = tuple((n, v) for n, v in snapshot.form if n not in CLIENT_AUTH_PARAMS)
+        params = _bound_to_proof(services, snapshot, params)
         if any(name == "request_uri" for name, _ in params):
             raise InvalidRequestError("A pushed request must not carry a request_uri.")
         if not any(name == "client_id" for name, _ in params):
@@ -214,6 +216,8 @@ def _push(services: Services, snapshot: RequestSnapshot) -> Response:
         error.redirect_uri = None
         response: Response = server.handle_error_response(request, error)
         return response
+    except ProofError as error:
+        return endpoints.proof_refusal(error)
     request_uri = create(
         services.digester,
         client_id=client.id,
@@ -223,3 +227,17 @@ def _push(services: Services, snapshot: RequestSnapshot) -> Response:
     )
     body = {"request_uri": request_uri, "expires_in": settings.par_ttl}
     return JSONResponse(body, status_code=201, headers=NO_STORE)
+
+
+def _bound_to_proof(services: Services, snapshot: RequestSnapshot, params: Params) -> Params:
+    """RFC 9449 §10.1: a DPoP proof sent with the push binds the code to its key, as
+    `dpop_jkt` does; when both are sent they must name the same key."""
+    if services.dpop is None:
+        return params
+    jkt = endpoints.with_proof_key(services.dpop, snapshot).dpop_jkt
+    if jkt is None:
+        return params
+    sent = [value for name, value in params if name == "dpop_jkt"]
+    if sent and sent != [jkt]:
+        raise ProofError("The dpop_jkt is not the thumbprint of the proof's key.")
+    return params if sent else (*params, ("dpop_jkt", jkt))

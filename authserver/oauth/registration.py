@@ -286,7 +286,7 @@ def read_metadata(
 
 def _read_backchannel(services: Services, document: dict[str, Any], metadata: Metadata) -> None:
     """OIDC Back-Channel Logout §2.2: `backchannel_logout_uri` is one the outbound client
-    will POST to (docs/security.md P110), kept in `Client.info` with the session flag."""
+    will POST to (docs/security.md P118), kept in `Client.info` with the session flag."""
     try:
         metadata.info.update(
             backchannel.registered(

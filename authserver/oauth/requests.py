@@ -70,6 +70,9 @@ class RequestSnapshot:
     #: For a pushed authorization request (RFC 9126) expanded from its `request_uri`: the
     #: parameters the browser sent, which the interaction's own URLs carry on.
     carried: Params | None = None
+    #: The thumbprint of the key a verified DPoP proof came with (RFC 9449): tokens issued
+    #: for this request are bound to it.
+    dpop_jkt: str | None = None
 
     @property
     def params(self) -> Params:

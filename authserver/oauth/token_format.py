@@ -89,10 +89,12 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         include_refresh_token: bool = True,
         *,
         audience: Audience | None = None,
+        jkt: str | None = None,
     ) -> dict[str, Any]:
         """Authlib's token response, with the access token for `audience` when the request
         named a resource; the response's `scope` then says what the access token carries
-        plus the OpenID Connect scopes (`resources.response_scope`)."""
+        plus the OpenID Connect scopes (`resources.response_scope`). With `jkt` (a DPoP
+        proof's key) the token is bound to that key and its type is `DPoP` (RFC 9449 §5)."""
         scope = self.get_allowed_scope(client, scope)
         if audience is None:
             audience = Audience(self.get_audiences(client, user, scope), scope)
@@ -100,8 +102,8 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         else:
             response_scope = resources.response_scope(audience, scope)
         token: dict[str, Any] = {
-            "token_type": "Bearer",
-            "access_token": self.access_token_for(client, user, audience),
+            "token_type": "DPoP" if jkt is not None else "Bearer",
+            "access_token": self.access_token_for(client, user, audience, jkt),
             "expires_in": self.settings.access_token_ttl,
         }
         if include_refresh_token:
@@ -117,9 +119,11 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
             client, user, Audience(self.get_audiences(client, user, scope), scope)
         )
 
-    def access_token_for(self, client: Any, user: EndUser | None, audience: Audience) -> str:
+    def access_token_for(
+        self, client: Any, user: EndUser | None, audience: Audience, jkt: str | None = None
+    ) -> str:
         """RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti (+ scope, auth_time, acr,
-        amr (§2.2.1), and
+        amr (§2.2.1), `cnf.jkt` for a DPoP-bound token (RFC 9449 §6.1), and
         `org_id`/`org_role` as extra claims, §2.2.3);
         the header says `typ: at+jwt` (§2.1) so an access token is never taken for an ID
         token, or the other way round."""
@@ -135,6 +139,8 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         }
         if audience.scope:
             claims["scope"] = audience.scope
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
         if user is not None:
             claims.update(
                 auth_time=int(user.auth_time.timestamp()),

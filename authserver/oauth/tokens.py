@@ -58,6 +58,8 @@ class TokenFamily(Base):
     acr: Mapped[str | None] = mapped_column(String(100))
     #: RFC 8707 resources the grant is for (None: this server's API only).
     resources: Mapped[list[str] | None] = mapped_column(JSON)
+    #: The DPoP key a public client's refresh tokens are bound to (RFC 9449 §5).
+    dpop_jkt: Mapped[str | None] = mapped_column(String(43))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     revoked_at: Mapped[datetime | None]
@@ -115,7 +117,11 @@ def store_grant(
 ) -> None:
     """What a grant that a person approved (a code, a device code) stores with its first
     tokens: the family, the refresh token's digest, and on `request` the family that
-    `save_token` files the access token under."""
+    `save_token` files the access token under. A public client's refresh tokens are bound
+    to the key of its DPoP proof; a confidential client's are not, as it authenticates
+    anyway (RFC 9449 §5)."""
+    snapshot = getattr(request, "snapshot", None)
+    jkt = snapshot.dpop_jkt if snapshot is not None else None
     family = open_family(
         client_id=request.client.id,
         end_user=request.user,
@@ -124,6 +130,7 @@ def store_grant(
         now=now,
         ttl=settings.refresh_token_ttl,
         resources=resources,
+        dpop_jkt=jkt if request.client.is_public else None,
     )
     request.family_id = family.id
     if "refresh_token" in token:
@@ -141,6 +148,7 @@ def open_family(
     now: datetime,
     ttl: int,
     resources: list[str] | None = None,
+    dpop_jkt: str | None = None,
 ) -> TokenFamily:
     family = TokenFamily(
         client_id=client_id,
@@ -154,6 +162,7 @@ def open_family(
         amr=end_user.amr,
         acr=end_user.acr,
         resources=resources or None,
+        dpop_jkt=dpop_jkt,
         created_at=now,
         expires_at=now + timedelta(seconds=ttl),
     )

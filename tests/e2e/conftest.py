@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -114,6 +115,30 @@ def running_server(
         process.terminate()
         process.wait(timeout=20)
         log.close()
+
+
+NODE_CLIENTS = Path(__file__).parent / "node"
+
+
+@pytest.fixture(scope="session")
+def node_clients() -> Path:
+    """The Node clients of `tests/e2e/node`, run from a cache folder where their npm
+    dependencies are installed once per version of `package.json`."""
+    manifest = (NODE_CLIENTS / "package.json").read_bytes()
+    digest = hashlib.sha256(manifest).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"authserver-e2e-node-{digest}"
+    folder.mkdir(exist_ok=True)
+    for source in NODE_CLIENTS.iterdir():
+        if source.is_file():
+            shutil.copy(source, folder / source.name)
+    if not (folder / "node_modules").is_dir():
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=folder,
+            check=True,
+            timeout=300,
+        )
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -158,7 +158,13 @@ class Flow:
         return params["code"]
 
     def exchange(
-        self, rp: RP, code: str, *, verifier: str = VERIFIER, **extra: str
+        self,
+        rp: RP,
+        code: str,
+        *,
+        verifier: str = VERIFIER,
+        headers: dict[str, str] | None = None,
+        **extra: str,
     ) -> httpx.Response:
         data = {
             "grant_type": "authorization_code",
@@ -167,9 +173,16 @@ class Flow:
             "code_verifier": verifier,
             **extra,
         }
+        return self.post_token(rp, data, headers)
+
+    def post_token(
+        self, rp: RP, data: dict[str, str], headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """A token request as `rp` makes it: a public client names itself, a confidential
+        one authenticates with its secret."""
         if rp.secret is None:
-            return self.client.post("/token", data={**data, "client_id": rp.id})
-        return self.client.post("/token", data=data, auth=rp.basic)
+            return self.client.post("/token", data={**data, "client_id": rp.id}, headers=headers)
+        return self.client.post("/token", data=data, auth=rp.basic, headers=headers)
 
     def tokens(self, rp: RP, user: User, **overrides: str | None) -> dict[str, Any]:
         """Sign in (if needed), consent, authorize and redeem: the token response."""
@@ -178,11 +191,11 @@ class Flow:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def refresh(self, rp: RP, refresh_token: str, **extra: str) -> httpx.Response:
+    def refresh(
+        self, rp: RP, refresh_token: str, *, headers: dict[str, str] | None = None, **extra: str
+    ) -> httpx.Response:
         data = {"grant_type": "refresh_token", "refresh_token": refresh_token, **extra}
-        if rp.secret is None:
-            return self.client.post("/token", data={**data, "client_id": rp.id})
-        return self.client.post("/token", data=data, auth=rp.basic)
+        return self.post_token(rp, data, headers)
 
     def userinfo(self, access_token: str) -> httpx.Response:
         return self.client.get("/userinfo", headers={"Authorization": f"Bearer {access_token}"})

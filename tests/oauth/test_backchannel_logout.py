@@ -1,4 +1,4 @@
-"""OIDC Back-Channel Logout 1.0 (docs/security.md P109-P113): a real HTTP receiver on
+"""OIDC Back-Channel Logout 1.0 (docs/security.md P117-P121): a real HTTP receiver on
 127.0.0.1 (a trusted loopback host of the outbound client) checks every logout token with
 PyJWT against the server's JWKS, the way a relying party does.
 

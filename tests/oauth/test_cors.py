@@ -227,3 +227,29 @@ def test_introspection_never_answers_cross_origin(client: TestClient, rp: RP) ->
 def test_redirect_uri_origins_are_serialised_as_browsers_send_them(uri: str, origin: str) -> None:
     client = Client(redirect_uris=[uri])
     assert cors.origins_of(client) == ({origin} if origin else set())
+
+
+def test_a_browser_app_sends_dpop_proofs_from_its_own_origin(
+    client: TestClient, flow: Flow, spa: RP, code: str
+) -> None:
+    """A browser app's DPoP (RFC 9449): the preflight allows the `DPoP` header, answers
+    expose `DPoP-Nonce`, and a proof sent cross-origin binds the token like any other."""
+    preflight = client.options(
+        "/token",
+        headers={
+            "Origin": SPA_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, dpop",
+        },
+    )
+    assert "dpop" in preflight.headers["access-control-allow-headers"].lower()
+    key = factories.DPoPKey()
+    bad = flow.exchange(spa, code, headers={"Origin": SPA_ORIGIN, "DPoP": "not-a-proof"})
+    assert bad.json()["error"] == "invalid_dpop_proof"
+    assert_readable_by(bad, SPA_ORIGIN)
+    proof = key.proof("POST", f"{ISSUER}/token")
+    redeemed = flow.exchange(spa, code, headers={"Origin": SPA_ORIGIN, "DPoP": proof})
+    assert redeemed.status_code == 200, redeemed.text
+    assert redeemed.json()["token_type"] == "DPoP"
+    assert_readable_by(redeemed, SPA_ORIGIN)
+    assert "dpop-nonce" in redeemed.headers["access-control-expose-headers"].lower()

@@ -12,6 +12,7 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
+from authserver import dpop
 from authserver.oauth import resources
 from authserver.resource_server import API_SCOPES
 from authserver.services import Services
@@ -288,6 +289,7 @@ def test_the_api_publishes_its_protected_resource_metadata(client: TestClient) -
         "scopes_supported": list(API_SCOPES),
         "bearer_methods_supported": ["header"],
         "resource_name": "authserver identity API",
+        "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
     }
     assert response.headers["access-control-allow-origin"] == "*"
     assert "public" in response.headers["cache-control"]
