@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from authserver import api, fetch, kv, observability, outbound, web
+from authserver import api, fetch, kv, observability, outbound, rendering, web
 from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
 from authserver.federation import pages as federation_pages
@@ -173,7 +173,7 @@ def routes() -> list[BaseRoute]:
             methods=["POST"],
         ),
         *api.routes(),
-        Mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static"),
+        Mount("/static", StaticFiles(directory=rendering.STATIC_DIR), name="static"),
     ]
 
 
@@ -218,5 +218,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.db = services.db
     app.state.keystore = services.keystore
-    app.state.templates = web.make_templates()
+    app.state.templates = rendering.make_templates()
     return app

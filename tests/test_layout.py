@@ -19,7 +19,7 @@ import authserver
 PACKAGE = Path(authserver.__file__).parent
 PLUMBING = ("db", "security", "errors", "web", "rest", "kv", "keystore", "outbound",
             "ratelimit", "settings", "observability", "app_access",
-            "resource_server", "services", "fetch", "jsonsafe", "cache")  # fmt: skip
+            "resource_server", "services", "fetch", "jsonsafe", "cache", "rendering")  # fmt: skip
 IDENTITY = ("users", "sessions", "organizations", "audit", "actors")
 FEATURES = (*IDENTITY, "oauth", "federation", "mfa")
 

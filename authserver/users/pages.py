@@ -23,9 +23,10 @@ from starlette.responses import RedirectResponse, Response
 from authserver import audit, outbound
 from authserver.errors import Conflict, Invalid, NotFound
 from authserver.outbound import Mail
+from authserver.rendering import render
 from authserver.services import Services, services
 from authserver.sessions import models as sessions
-from authserver.sessions.pages import ACCOUNT_WINDOW, current_login, render
+from authserver.sessions.pages import ACCOUNT_WINDOW, current_login
 from authserver.users import models as users
 from authserver.web import CSRF_FIELD, client_ip
 
