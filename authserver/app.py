@@ -41,8 +41,7 @@ from authserver.security import Digester, Passwords
 from authserver.services import Services
 from authserver.sessions import pages
 from authserver.settings import Settings
-from authserver.users import account
-from authserver.users import pages as user_pages
+from authserver.users import account, passwords, signup
 
 
 def open_keystore(settings: Settings) -> KeyStore:
@@ -139,14 +138,12 @@ def routes() -> list[BaseRoute]:
         Route("/login/federated/callback", federation_pages.callback),
         Route("/login/federated/{provider_id}", federation_pages.start),
         Route("/logout", logout.logout, methods=["GET", "POST"]),
-        Route("/signup", user_pages.signup, methods=["GET", "POST"]),
-        Route("/verify-email", user_pages.verify_email, methods=["GET", "POST"]),
-        Route("/verify-email/resend", user_pages.resend_verification, methods=["GET", "POST"]),
-        Route("/reset-password", user_pages.reset_password, methods=["GET", "POST"]),
-        Route(
-            "/reset-password/confirm", user_pages.reset_password_confirm, methods=["GET", "POST"]
-        ),
-        Route("/account/password", user_pages.change_password, methods=["GET", "POST"]),
+        Route("/signup", signup.signup, methods=["GET", "POST"]),
+        Route("/verify-email", signup.verify_email, methods=["GET", "POST"]),
+        Route("/verify-email/resend", signup.resend_verification, methods=["GET", "POST"]),
+        Route("/reset-password", passwords.reset_password, methods=["GET", "POST"]),
+        Route("/reset-password/confirm", passwords.reset_password_confirm, methods=["GET", "POST"]),
+        Route("/account/password", passwords.change_password, methods=["GET", "POST"]),
         Route("/login/factor", mfa_pages.second_factor, methods=["GET", "POST"]),
         Route("/login/passkey/options", mfa_pages.passkey_options, methods=["POST"]),
         Route("/login/passkey", mfa_pages.passkey_sign_in, methods=["POST"]),

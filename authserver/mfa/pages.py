@@ -40,7 +40,7 @@ from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import IP_WINDOW, safe_next, set_session_cookie
 from authserver.users import models as users
-from authserver.users.pages import Letter, mail_later
+from authserver.users.self_service import Letter, mail_later
 from authserver.web import CSRF_FIELD, client_ip, cookie_name, read_form
 
 MULTI_DEVICE = CredentialDeviceType.MULTI_DEVICE
