@@ -123,17 +123,17 @@ def public_rp(make: factories.Factory) -> RP:
 
 
 @pytest.fixture
-def sign_in(client: TestClient, services: Services) -> Callable[..., LoginSession]:
+def sign_in_directly(client: TestClient, services: Services) -> Callable[..., LoginSession]:
     """Sign `user` in without the login page: a session row and its cookie."""
 
-    def sign_in(user: User, *, auth_time: datetime | None = None) -> LoginSession:
+    def start(user: User, *, auth_time: datetime | None = None) -> LoginSession:
         login, raw_sid = services.db.call(
             sessions.start, services.digester, services.settings, user_id=user.id, now=auth_time
         )
         client.cookies.set(sessions.cookie_name(services.settings), raw_sid)
         return login
 
-    return sign_in
+    return start
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ class Flow:
     """Authorize → code → token, as a relying party runs it."""
 
     client: TestClient
-    sign_in: Callable[..., LoginSession]
+    sign_in_directly: Callable[..., LoginSession]
     allow: Callable[..., None]
 
     def code(self, rp: RP, **overrides: str | None) -> str:
@@ -199,14 +199,27 @@ class Flow:
 
 @pytest.fixture
 def flow(
-    client: TestClient, sign_in: Callable[..., LoginSession], allow: Callable[..., None]
+    client: TestClient, sign_in_directly: Callable[..., LoginSession], allow: Callable[..., None]
 ) -> Flow:
-    return Flow(client, sign_in, allow)
+    return Flow(client, sign_in_directly, allow)
 
 
 @pytest.fixture
-def signed_in(user: User, sign_in: Callable[..., LoginSession]) -> LoginSession:
-    return sign_in(user)
+def signed_in(user: User, sign_in_directly: Callable[..., LoginSession]) -> LoginSession:
+    return sign_in_directly(user)
+
+
+@pytest.fixture
+def ready(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> RP:
+    """A signed-in user who already allowed `rp`: a valid request gets a code at once."""
+    flow.allow(user, rp)
+    return rp
+
+
+@pytest.fixture
+def issued(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> dict[str, Any]:
+    """Tokens `rp` got for `user` through the whole code flow."""
+    return flow.tokens(rp, user)
 
 
 @pytest.fixture
