@@ -50,6 +50,7 @@ from authserver.db import Database
 from authserver.keystore import DB_REFRESH_SECONDS, SigningKey
 from authserver.models import Base
 from authserver.services import Services
+from authserver.sessions.pages import ACCOUNT_WINDOW
 from authserver.settings import Settings
 from tests import factories, servers
 from tests.conftest import (
@@ -468,9 +469,22 @@ def test_one_refresh_token_raced_across_both_yields_one_successor(cluster: Clust
         assert len(successors) == 1  # the same one inside the retry window, never two
 
 
+def _early_in_a_window(window: int, needed: float = 60) -> None:
+    """The servers count attempts in windows aligned to the wall clock (`ratelimit`), and
+    their clock is not the test's to freeze: a test that spends a budget starts with at least
+    `needed` seconds of the window left (waiting for the next one if need be), so the count
+    cannot start over midway."""
+    servers.until(
+        lambda: window - time.time() % window >= needed,
+        timeout=needed + 5,
+        what="a rate-limit window with time to spare",
+    )
+
+
 def test_a_sign_in_rate_limit_counts_attempts_sent_to_both(cluster: Cluster) -> None:
     """docs/security.md I71, M100: the counters live in Redis, shared by every process."""
     user = cluster.make.user()
+    _early_in_a_window(ACCOUNT_WINDOW)
     for attempt in range(ACCOUNT_LIMIT):
         server = cluster.both[attempt % 2]
         with httpx.Client(base_url=server.url, timeout=15) as browser:
@@ -539,6 +553,7 @@ def test_redis_down_sign_in_and_tokens_keep_working_with_per_process_limits(
 
         # Counting falls back to each process: A refuses after its own limit, B still counts.
         user = cluster.make.user()
+        _early_in_a_window(ACCOUNT_WINDOW)
         for _ in range(ACCOUNT_LIMIT):
             with httpx.Client(base_url=cluster.a.url, timeout=15) as browser:
                 sign_in_by_form(browser, user.email, "wrong password")
