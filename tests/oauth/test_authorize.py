@@ -503,7 +503,7 @@ def test_max_age_must_be_ascii_digits(client: TestClient, ready: RP, max_age: st
     assert_client_error(get_authorize(client, ready, max_age=max_age), "invalid_request")
 
 
-def sign_in_on_the_page(client: TestClient, user: User, login_url: str) -> httpx.Response:
+def sign_in_with_next(client: TestClient, user: User, login_url: str) -> httpx.Response:
     """Sign in as a person does: the login page with its `next`, then the form."""
     page = client.get(login_url)
     assert page.status_code == 200, page.text
@@ -549,7 +549,7 @@ def test_reauthentication_is_enforced_on_the_next_url(
     silent = flow.client.get(next_url + "&prompt=none")
     assert_client_error(silent, "login_required")
 
-    back = sign_in_on_the_page(flow.client, user, login_url)
+    back = sign_in_with_next(flow.client, user, login_url)
     assert back.headers["location"] == next_url
     code = location_params(flow.client.get(next_url))["code"]
     response = flow.exchange(rp, code)
@@ -597,7 +597,7 @@ def test_a_long_state_survives_sign_in(
     long_state = "s" * 3000 + "~._-" * 750
     response = get_authorize(client, rp, state=long_state)
     assert urlsplit(response.headers["location"]).path == "/login"
-    back = sign_in_on_the_page(client, user, response.headers["location"])
+    back = sign_in_with_next(client, user, response.headers["location"])
     assert urlsplit(back.headers["location"]).path == "/authorize"
     params = location_params(client.get(back.headers["location"]))
     assert params["state"] == long_state
