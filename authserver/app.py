@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from authserver import api, dpop, fetch, kv, observability, outbound, web
+from authserver import api, dpop, fetch, kv, observability, outbound, rendering, web
 from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
 from authserver.federation import pages as federation_pages
@@ -42,8 +42,7 @@ from authserver.security import Digester, Passwords
 from authserver.services import Services
 from authserver.sessions import pages
 from authserver.settings import Settings
-from authserver.users import account
-from authserver.users import pages as user_pages
+from authserver.users import account, passwords, signup
 
 
 def open_keystore(settings: Settings) -> KeyStore:
@@ -141,14 +140,12 @@ def routes() -> list[BaseRoute]:
         Route("/login/federated/callback", federation_pages.callback),
         Route("/login/federated/{provider_id}", federation_pages.start),
         Route("/logout", logout.logout, methods=["GET", "POST"]),
-        Route("/signup", user_pages.signup, methods=["GET", "POST"]),
-        Route("/verify-email", user_pages.verify_email, methods=["GET", "POST"]),
-        Route("/verify-email/resend", user_pages.resend_verification, methods=["GET", "POST"]),
-        Route("/reset-password", user_pages.reset_password, methods=["GET", "POST"]),
-        Route(
-            "/reset-password/confirm", user_pages.reset_password_confirm, methods=["GET", "POST"]
-        ),
-        Route("/account/password", user_pages.change_password, methods=["GET", "POST"]),
+        Route("/signup", signup.signup, methods=["GET", "POST"]),
+        Route("/verify-email", signup.verify_email, methods=["GET", "POST"]),
+        Route("/verify-email/resend", signup.resend_verification, methods=["GET", "POST"]),
+        Route("/reset-password", passwords.reset_password, methods=["GET", "POST"]),
+        Route("/reset-password/confirm", passwords.reset_password_confirm, methods=["GET", "POST"]),
+        Route("/account/password", passwords.change_password, methods=["GET", "POST"]),
         Route("/login/factor", mfa_pages.second_factor, methods=["GET", "POST"]),
         Route("/login/passkey/options", mfa_pages.passkey_options, methods=["POST"]),
         Route("/login/passkey", mfa_pages.passkey_sign_in, methods=["POST"]),
@@ -175,7 +172,7 @@ def routes() -> list[BaseRoute]:
             methods=["POST"],
         ),
         *api.routes(),
-        Mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static"),
+        Mount("/static", StaticFiles(directory=rendering.STATIC_DIR), name="static"),
     ]
 
 
@@ -222,5 +219,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.db = services.db
     app.state.keystore = services.keystore
-    app.state.templates = web.make_templates()
+    app.state.templates = rendering.make_templates()
     return app

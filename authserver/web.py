@@ -1,4 +1,4 @@
-"""Browser plumbing: templates, security headers, CSRF tokens, form bodies, request size limits.
+"""Browser plumbing: security headers, CSRF tokens, form bodies, request size limits.
 
 CSRF uses a signed double submit: a random value in a `__Host-` cookie and the same value,
 signed with the root secret, in every form. A forged cross-site POST has neither, and the
@@ -8,21 +8,17 @@ Origin check refuses it even before that.
 from __future__ import annotations
 
 import hmac
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authserver.errors import Forbidden, render_error
 from authserver.security import new_token
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-STATIC_DIR = TEMPLATES_DIR / "static"
 CSRF_FIELD = "csrf_token"
 CSRF_MAX_AGE = 4 * 3600
 
@@ -34,10 +30,6 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self' https: data:; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-
-
-def make_templates() -> Jinja2Templates:
-    return Jinja2Templates(directory=str(TEMPLATES_DIR))
 
 
 def cookie_name(name: str, https: bool) -> str:

@@ -297,6 +297,22 @@ def csrf_token(page: httpx.Response) -> str:
     return match.group(1)
 
 
+def sign_in_by_form(
+    client: httpx.Client, email: str, password: str = factories.PASSWORD, **fields: str
+) -> httpx.Response:
+    """Open /login in `client` (a test client or a real server's) and submit it, as a person
+    would; extra `fields` (`next`) go with the form. The answer, for the test to judge."""
+    page = client.get("/login")
+    data = {"csrf_token": csrf_token(page), "email": email, "password": password, **fields}
+    return client.post("/login", data=data)
+
+
+def is_signed_in(client: httpx.Client) -> bool:
+    page = client.get("/login")
+    assert page.status_code == 200
+    return "You are signed in as" in page.text
+
+
 def audit_events(
     services: Services, event: str | None = None, *, prefix: str | None = None
 ) -> list[AuditEvent]:

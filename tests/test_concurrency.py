@@ -5,7 +5,6 @@ an exhausted connection pool is a quick 503 (docs/security.md I71, L88)."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,11 +16,10 @@ from starlette.applications import Starlette
 from authserver.app import create_app
 from authserver.settings import Settings
 from tests import factories
-from tests.conftest import API, ISSUER
+from tests.conftest import API, ISSUER, csrf_token
 from tests.factories import bearer
 
 EMAIL = "grace@example.com"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 HASH_SECONDS = 0.8
 
 
@@ -43,13 +41,11 @@ def browser(app: Starlette) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
 
 
-async def sign_in(app: Starlette, password: str) -> int:
+async def sign_in_async(app: Starlette, password: str) -> int:
     """A fresh browser opens /login and submits it; the status of the answer."""
     async with browser(app) as client:
         page = await client.get("/login")
-        match = CSRF.search(page.text)
-        assert match is not None
-        data = {"csrf_token": match.group(1), "email": EMAIL, "password": password}
+        data = {"csrf_token": csrf_token(page), "email": EMAIL, "password": password}
         return (await client.post("/login", data=data)).status_code
 
 
@@ -71,7 +67,7 @@ def test_password_hashing_does_not_block_other_requests(
 
     async def scenario() -> tuple[float, list[int], float]:
         started = time.perf_counter()
-        sign_ins = [asyncio.create_task(sign_in(app, factories.PASSWORD)) for _ in range(4)]
+        sign_ins = [asyncio.create_task(sign_in_async(app, factories.PASSWORD)) for _ in range(4)]
         await asyncio.sleep(0.2)
         async with browser(app) as client:
             assert (await client.get("/health")).status_code == 200
@@ -94,8 +90,8 @@ def test_parallel_failed_sign_ins_are_counted_exactly(
     app = build(login_rate_per_account=5, login_rate_per_ip=1000)
 
     async def scenario() -> tuple[list[int], int]:
-        wrong = await asyncio.gather(*(sign_in(app, f"wrong guess {i}") for i in range(8)))
-        return list(wrong), await sign_in(app, factories.PASSWORD)
+        wrong = await asyncio.gather(*(sign_in_async(app, f"wrong guess {i}") for i in range(8)))
+        return list(wrong), await sign_in_async(app, factories.PASSWORD)
 
     wrong, right = asyncio.run(scenario())
     assert sorted(wrong) == [400] * 5 + [429] * 3
@@ -113,8 +109,10 @@ def test_parallel_valid_sign_ins_are_not_locked_out(
     async def scenario() -> list[int]:
         statuses: list[int] = []
         for _ in range(4):
-            statuses += await asyncio.gather(*(sign_in(app, factories.PASSWORD) for _ in range(5)))
-        statuses.append(await sign_in(app, "one wrong guess"))
+            statuses += await asyncio.gather(
+                *(sign_in_async(app, factories.PASSWORD) for _ in range(5))
+            )
+        statuses.append(await sign_in_async(app, "one wrong guess"))
         return statuses
 
     statuses = asyncio.run(scenario())

@@ -18,8 +18,8 @@ import authserver
 
 PACKAGE = Path(authserver.__file__).parent
 PLUMBING = ("db", "security", "errors", "web", "rest", "kv", "keystore", "outbound",
-            "ratelimit", "settings", "observability", "app_access",
-            "resource_server", "dpop", "services", "fetch", "jsonsafe", "cache")  # fmt: skip
+            "ratelimit", "settings", "observability", "app_access", "resource_server",
+            "dpop", "services", "fetch", "jsonsafe", "cache", "rendering")  # fmt: skip
 IDENTITY = ("users", "sessions", "organizations", "audit", "actors")
 FEATURES = (*IDENTITY, "oauth", "federation", "mfa")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -49,9 +50,17 @@ from authserver.db import Database
 from authserver.keystore import DB_REFRESH_SECONDS, SigningKey
 from authserver.models import Base
 from authserver.services import Services
+from authserver.sessions.pages import ACCOUNT_WINDOW
 from authserver.settings import Settings
-from tests import factories
-from tests.conftest import IN_CI, POSTGRES_URL, TEST_DATABASE_URL, TEST_REDIS_URL
+from tests import factories, servers
+from tests.conftest import (
+    IN_CI,
+    POSTGRES_URL,
+    TEST_DATABASE_URL,
+    TEST_REDIS_URL,
+    sign_in_by_form,
+)
+from tests.servers import Server
 
 pytestmark = pytest.mark.postgres
 
@@ -60,7 +69,6 @@ CALLBACK = "https://app.example.com/cb"
 PASSPHRASE = "scale-out test passphrase"
 ACTIVATION_DELAY = 3
 ACCOUNT_LIMIT = 4
-CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 SERVER_ERROR = re.compile(r'"status":\s*500\b')
 
 
@@ -107,7 +115,8 @@ def _reachable_redis() -> str:
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target. `down()` cuts every open connection and
     refuses new ones (accepted, then closed at once) until `up()`; `delay` slows each
-    chunk forwarded, to keep a request in flight."""
+    chunk forwarded, to keep a request in flight; `received` counts the chunks read, so a
+    test can tell that something went through."""
 
     def __init__(self, target_port: int) -> None:
         self._target = ("127.0.0.1", target_port)
@@ -117,6 +126,7 @@ class TcpProxy:
         self._open: set[socket.socket] = set()
         self._down = False
         self.delay = 0.0
+        self.received = 0
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -165,6 +175,8 @@ class TcpProxy:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    with self._lock:
+                        self.received += 1
                     if self.delay:
                         time.sleep(self.delay)
                     peers[sock].sendall(data)
@@ -186,66 +198,15 @@ def _close(sock: socket.socket) -> None:
 # -- servers ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    folder: Path
-    log: Any
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=15, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(self.url + path, timeout=15, **kwargs)
-
-    def rss_kib(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-
-    def log_text(self) -> str:
-        return (self.folder / "server.log").read_text()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-        self.log.close()
+def _rss_kib(server: Server) -> int:
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
 
 
 def _start(folder: Path, env: dict[str, str], workers: int = 1) -> Server:
-    folder.mkdir(parents=True)
-    port = _free_port()
-    log = (folder / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "authserver.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--timeout-graceful-shutdown", "15", "--workers", str(workers)],
-        cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    return Server(f"http://127.0.0.1:{port}", process, folder, log)
-
-
-def _wait_healthy(servers: list[Server]) -> None:
-    deadline = time.monotonic() + 40
-    for server in servers:
-        while True:
-            if server.process.poll() is not None:
-                raise RuntimeError(server.log_text())
-            try:
-                if server.get("/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{server.url} did not start: {server.log_text()}")
-            time.sleep(0.2)
+    return servers.start(
+        folder, env, args=["--timeout-graceful-shutdown", "15", "--workers", str(workers)]
+    )
 
 
 def _proxied(url: str, port: int) -> str:
@@ -281,29 +242,24 @@ class Cluster:
             env["AUTHSERVER_DATABASE_URL"] = _proxied(self.database_url, db_proxy.port)
         server = _start(self.folder / name, env, workers)
         self.extra.append(server)
-        _wait_healthy([server])
+        servers.wait_healthy([server])
         return server
 
 
 def _server_env(database_url: str, redis_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")}
-    env.update(
-        AUTHSERVER_ISSUER=ISSUER,
-        AUTHSERVER_DATABASE_URL=database_url,
+    return servers.environment(
+        ISSUER,
+        database_url,
         AUTHSERVER_REDIS_URL=redis_url,
         AUTHSERVER_KEYS_STORE="database",
         AUTHSERVER_KEYS_PASSPHRASE=PASSPHRASE,
         AUTHSERVER_KEY_ACTIVATION_DELAY=str(ACTIVATION_DELAY),
-        AUTHSERVER_PASSWORD_TIME_COST="1",
-        AUTHSERVER_PASSWORD_MEMORY_COST="8",
-        AUTHSERVER_LOG_FORMAT="json",
         AUTHSERVER_LOGIN_RATE_PER_IP="100000",
         AUTHSERVER_LOGIN_RATE_PER_ACCOUNT=str(ACCOUNT_LIMIT),
         AUTHSERVER_TOKEN_RATE_PER_CLIENT="100000",
         AUTHSERVER_PURGE_INTERVAL="0",
         AUTHSERVER_DB_POOL_TIMEOUT="2",
     )
-    return env
 
 
 def _empty(database: Database) -> None:
@@ -325,21 +281,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     proxied_redis = f"redis://127.0.0.1:{redis_proxy.port}{redis_parts.path}"
     env = _server_env(_proxied(database_url, db_proxy.port), proxied_redis)
     folder = tmp_path_factory.mktemp("scale-out")
-    servers = [_start(folder / name, env) for name in ("a", "b")]  # started together: one ring
+    pair = [_start(folder / name, env) for name in ("a", "b")]  # started together: one ring
     try:
-        _wait_healthy(servers)
+        servers.wait_healthy(pair)
         settings = Settings.from_mapping(
             {**env, "AUTHSERVER_DATABASE_URL": database_url, "AUTHSERVER_REDIS_URL": redis_url}
         )
         services = build_services(settings)
         yield Cluster(
-            *servers, database_url, redis_url, db_proxy, redis_proxy, env, services,
+            *pair, database_url, redis_url, db_proxy, redis_proxy, env, services,
             factories.Factory(services), folder,
         )  # fmt: skip
         services.db.dispose()
         services.keystore.close()
     finally:
-        for server in servers:
+        for server in pair:
             server.stop()
         db_proxy.close()
         redis_proxy.close()
@@ -386,14 +342,6 @@ def _app(cluster: Cluster, **fields: Any) -> App:
     return App(client.id, secret)
 
 
-def _sign_in(browser: httpx.Client, email: str, password: str = factories.PASSWORD) -> int:
-    page = browser.get("/login")
-    token = CSRF_INPUT.search(page.text)
-    assert token, page.text
-    data = {"csrf_token": token.group(1), "email": email, "password": password}
-    return browser.post("/login", data=data).status_code
-
-
 def _authorize_url(app: App) -> tuple[str, str]:
     verifier = base64.urlsafe_b64encode(os.urandom(40)).rstrip(b"=").decode()
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
@@ -416,7 +364,7 @@ def _code(browser: httpx.Client, app: App) -> tuple[str, str]:
 def _tokens(cluster: Cluster, app: App, *, code_at: Server, redeem_at: Server) -> dict[str, Any]:
     user = cluster.make.user()
     with httpx.Client(base_url=code_at.url, timeout=15) as browser:
-        assert _sign_in(browser, user.email) == 303
+        assert sign_in_by_form(browser, user.email).status_code == 303
         code, verifier = _code(browser, app)
     response = redeem_at.post(
         "/token",
@@ -521,16 +469,29 @@ def test_one_refresh_token_raced_across_both_yields_one_successor(cluster: Clust
         assert len(successors) == 1  # the same one inside the retry window, never two
 
 
+def _early_in_a_window(window: int, needed: float = 60) -> None:
+    """The servers count attempts in windows aligned to the wall clock (`ratelimit`), and
+    their clock is not the test's to freeze: a test that spends a budget starts with at least
+    `needed` seconds of the window left (waiting for the next one if need be), so the count
+    cannot start over midway."""
+    servers.until(
+        lambda: window - time.time() % window >= needed,
+        timeout=needed + 5,
+        what="a rate-limit window with time to spare",
+    )
+
+
 def test_a_sign_in_rate_limit_counts_attempts_sent_to_both(cluster: Cluster) -> None:
     """docs/security.md I71, M100: the counters live in Redis, shared by every process."""
     user = cluster.make.user()
+    _early_in_a_window(ACCOUNT_WINDOW)
     for attempt in range(ACCOUNT_LIMIT):
         server = cluster.both[attempt % 2]
         with httpx.Client(base_url=server.url, timeout=15) as browser:
-            assert _sign_in(browser, user.email, "wrong password") == 400
+            assert sign_in_by_form(browser, user.email, "wrong password").status_code == 400
     for server in cluster.both:
         with httpx.Client(base_url=server.url, timeout=15) as browser:
-            assert _sign_in(browser, user.email) == 429
+            assert sign_in_by_form(browser, user.email).status_code == 429
 
 
 def test_a_key_rotated_through_the_cli_is_published_by_both_and_then_signs_at_both(
@@ -562,10 +523,15 @@ def test_a_key_rotated_through_the_cli_is_published_by_both_and_then_signs_at_bo
         assert seen is not None, f"{server_url} did not publish the key before it signs"
         assert seen - new["created_at"] <= DB_REFRESH_SECONDS + 1.5
 
-    time.sleep(1)
     for server in cluster.both:
-        token = _client_token(server, app).json()["access_token"]
-        assert jwt.get_unverified_header(token)["kid"] == new["kid"]
+
+        def signed_with_the_new_key(server: Server = server) -> str | None:
+            token = str(_client_token(server, app).json()["access_token"])
+            return token if jwt.get_unverified_header(token)["kid"] == new["kid"] else None
+
+        token = servers.until(
+            signed_with_the_new_key, timeout=DB_REFRESH_SECONDS + 3, what="the new key signs"
+        )
         assert _introspect(cluster.b if server is cluster.a else cluster.a, app, token)["active"]
 
 
@@ -587,13 +553,14 @@ def test_redis_down_sign_in_and_tokens_keep_working_with_per_process_limits(
 
         # Counting falls back to each process: A refuses after its own limit, B still counts.
         user = cluster.make.user()
+        _early_in_a_window(ACCOUNT_WINDOW)
         for _ in range(ACCOUNT_LIMIT):
             with httpx.Client(base_url=cluster.a.url, timeout=15) as browser:
-                _sign_in(browser, user.email, "wrong password")
+                sign_in_by_form(browser, user.email, "wrong password")
         with httpx.Client(base_url=cluster.a.url, timeout=15) as browser:
-            assert _sign_in(browser, user.email) == 429
+            assert sign_in_by_form(browser, user.email).status_code == 429
         with httpx.Client(base_url=cluster.b.url, timeout=15) as browser:
-            assert _sign_in(browser, user.email) == 303
+            assert sign_in_by_form(browser, user.email).status_code == 303
     finally:
         cluster.redis_proxy.up()
     assert "Redis unreachable" in cluster.a.log_text()
@@ -614,9 +581,10 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
     bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
     user = cluster.make.user()
     signed_in = httpx.Client(base_url=cluster.a.url, timeout=15)
-    assert _sign_in(signed_in, user.email) == 303
+    assert sign_in_by_form(signed_in, user.email).status_code == 303
     rows_before: dict[str, int] = {}
     statuses: Counter[int] = Counter()
+    refused_by: set[str] = set()
     wrong: list[str] = []
     stop = threading.Event()
 
@@ -625,6 +593,8 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
             for server in cluster.both:
                 response = _client_token(server, app)
                 statuses[response.status_code] += 1
+                if response.status_code == 503:
+                    refused_by.add(server.url)
                 if response.status_code == 503 and (
                     not response.headers.get("retry-after")
                     or response.json().get("error") != "temporarily_unavailable"
@@ -634,9 +604,10 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
-        time.sleep(0.5)
+        servers.until(lambda: statuses[200] > 0, what="the traffic gets tokens")
         cluster.db_proxy.down()
-        time.sleep(0.5)
+        both = {server.url for server in cluster.both}
+        servers.until(lambda: refused_by == both, what="both servers notice the database is gone")
         for table in ("access_tokens", "refresh_tokens", "authorization_codes", "login_sessions"):
             rows_before[table] = _count(cluster, table)
         for server in cluster.both:
@@ -657,10 +628,7 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
             _assert_unavailable(api)
             assert api.headers["content-type"].startswith("application/problem+json")
             with httpx.Client(base_url=server.url, timeout=15) as browser:
-                page = browser.get("/login")
-                data = {"csrf_token": CSRF_INPUT.search(page.text).group(1),  # type: ignore[union-attr]
-                        "email": user.email, "password": factories.PASSWORD}  # fmt: skip
-                answer = browser.post("/login", data=data)
+                answer = sign_in_by_form(browser, user.email)
                 _assert_unavailable(answer)
                 assert answer.headers["content-type"].startswith("text/html")
                 assert "temporarily unavailable" in answer.text
@@ -669,7 +637,8 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
             answer = signed_in.get(server.url + _authorize_url(app)[0])
             _assert_unavailable(answer)
             assert answer.headers["content-type"].startswith("text/html")
-        time.sleep(0.5)
+        sent = statuses.total()
+        servers.until(lambda: statuses.total() >= sent + 4, what="more traffic meets the outage")
         rows_during = {table: _count(cluster, table) for table in rows_before}
         assert rows_during == rows_before  # nothing issued, nothing half-written
     finally:
@@ -677,7 +646,9 @@ def test_database_down_mid_traffic_is_503_with_retry_after_and_then_recovers(
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and cluster.a.get("/ready").status_code != 200:
             time.sleep(0.2)
-        time.sleep(0.5)
+        served = statuses[200]
+        while time.monotonic() < deadline and statuses[200] < served + 2:
+            time.sleep(0.1)  # the traffic gets tokens again (checked below, after the join)
         stop.set()
         worker.join()
         signed_in.close()
@@ -724,17 +695,22 @@ def test_sigterm_lets_in_flight_requests_finish(cleanup: Cluster) -> None:
     try:
         solo = cluster.start("solo-sigterm", db_proxy=slow)
         assert _client_token(solo, app).status_code == 200
+        front = TcpProxy(solo.port)
+        via_front = dataclasses.replace(solo, url=f"http://127.0.0.1:{front.port}")
         slow.delay = 0.25
         result: dict[str, httpx.Response] = {}
-        request = threading.Thread(target=lambda: result.update(r=_client_token(solo, app)))
+        request = threading.Thread(target=lambda: result.update(r=_client_token(via_front, app)))
         request.start()
-        time.sleep(0.3)
+        servers.until(lambda: front.received > 0, what="the request reaches the server")
+        arrived = slow.received
+        servers.until(lambda: slow.received > arrived, what="the request waits on the database")
         solo.process.send_signal(signal.SIGTERM)
         request.join(timeout=30)
         assert result["r"].status_code == 200
         # uvicorn finishes the requests in flight, then re-raises the signal it caught.
         assert solo.process.wait(timeout=20) in (0, -signal.SIGTERM)
         assert not SERVER_ERROR.search(solo.log_text())
+        front.close()
     finally:
         slow.close()
 
@@ -804,11 +780,11 @@ def test_a_short_soak_keeps_memory_flat_and_answers_without_errors(
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(300)))  # warm-up: pools, caches, imports
-        before = {server.url: server.rss_kib() for server in cluster.both}
+        before = {server.url: _rss_kib(server) for server in cluster.both}
         started = time.monotonic()
         results = list(pool.map(one, range(300, 2300)))
         elapsed = time.monotonic() - started
-    after = {server.url: server.rss_kib() for server in cluster.both}
+    after = {server.url: _rss_kib(server) for server in cluster.both}
 
     outcomes = Counter(f"{kind} {status}" for kind, status in results)
     report = {

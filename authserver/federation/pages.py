@@ -31,12 +31,12 @@ from authserver.federation.models import IdentityProvider
 from authserver.federation.providers import SecretBox
 from authserver.federation.upstream import LEEWAY, Attempt, Person, UpstreamError
 from authserver.organizations import models as orgs
+from authserver.rendering import render
 from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.pages import (
     IP_WINDOW,
     current_login,
-    render,
     safe_next,
     set_session_cookie,
 )

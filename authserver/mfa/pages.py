@@ -33,13 +33,14 @@ from authserver.errors import NO_STORE, Forbidden, Invalid, TooManyRequests
 from authserver.mfa import models, policy, recovery, totp
 from authserver.mfa import webauthn as passkeys
 from authserver.mfa.models import Passkey
+from authserver.rendering import render
 from authserver.security import new_token
 from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
-from authserver.sessions.pages import IP_WINDOW, render, safe_next, set_session_cookie
+from authserver.sessions.pages import IP_WINDOW, safe_next, set_session_cookie
 from authserver.users import models as users
-from authserver.users.pages import Letter, mail_later
+from authserver.users.self_service import Letter, mail_later
 from authserver.web import CSRF_FIELD, client_ip, cookie_name, read_form
 
 MULTI_DEVICE = CredentialDeviceType.MULTI_DEVICE

@@ -21,10 +21,11 @@ from starlette.responses import RedirectResponse, Response
 from authserver import audit
 from authserver.oauth import clients, oidc
 from authserver.oauth.clients import Client
+from authserver.rendering import render
 from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
-from authserver.sessions.pages import clear_session_cookie, render
+from authserver.sessions.pages import clear_session_cookie
 from authserver.users import models as users
 from authserver.web import CSRF_FIELD, client_ip, read_form
 

@@ -8,7 +8,6 @@ disabled account) gets the same answer, and the cookie carries only the session'
 from __future__ import annotations
 
 import math
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -16,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from authserver import audit
-from authserver.errors import NO_STORE
 from authserver.federation import buttons as federation
 from authserver.mfa import policy
 from authserver.mfa.policy import ACR_PWD
+from authserver.rendering import render
 from authserver.services import Services, services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
@@ -54,28 +53,6 @@ async def current_login(request: Request) -> LoginSession | None:
     if not raw_sid:
         return None
     return await svc.db.run_sync(sessions.find_active, svc.digester, svc.settings, raw_sid)
-
-
-def render(
-    request: Request,
-    template: str,
-    context: dict[str, Any],
-    *,
-    status: int = 200,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """A page with a fresh CSRF token for its forms; never cached, since it carries one."""
-    csrf = services(request).csrf
-    form_token, cookie_value = csrf.token(request)
-    response = request.app.state.templates.TemplateResponse(
-        request,
-        template,
-        {**context, "csrf_token": form_token},
-        status_code=status,
-        headers={**NO_STORE, **(headers or {})},
-    )
-    csrf.set_cookie(response, cookie_value)
-    return response
 
 
 def set_session_cookie(response: Response, settings: Settings, raw_sid: str) -> None:

@@ -23,10 +23,11 @@ from authserver.db import utcnow
 from authserver.federation import pages as federation
 from authserver.mfa import pages as mfa_pages
 from authserver.organizations import models as orgs
+from authserver.rendering import render
 from authserver.services import services
 from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
-from authserver.sessions.pages import clear_session_cookie, current_login, render
+from authserver.sessions.pages import clear_session_cookie, current_login
 from authserver.users import models as users
 from authserver.web import CSRF_FIELD, client_ip, read_form
 

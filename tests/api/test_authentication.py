@@ -59,11 +59,16 @@ def test_the_table_covers_every_identity_module() -> None:
 
 
 @pytest.mark.parametrize("op", MINE, ids=case_id)
-def test_no_token_is_401_with_a_bare_challenge(api: Api, op: rest.Operation, bob: Person) -> None:
-    """RFC 6750 §3.1: no credentials → 401 and a challenge without an error code."""
+def test_no_token_is_401_with_a_bare_challenge(
+    api: Api, op: rest.Operation, bob: Person, services: Services
+) -> None:
+    """RFC 6750 §3.1: no credentials → 401 and a challenge without an error code; nothing
+    changed."""
+    before = rows(services)
     response = send(api, op, None, bob)
     assert is_problem(response, 401)
     assert response.headers["www-authenticate"] == API_CHALLENGE
+    assert rows(services) == before
 
 
 @pytest.mark.parametrize("op", MINE, ids=case_id)
@@ -77,9 +82,11 @@ def test_unusable_tokens_are_401_invalid_token(
     make: factories.Factory,
     tokens: factories.TokenFactory,
     bob: Person,
+    services: Services,
 ) -> None:
     """J74: an ID token (typ JWT), a token for another resource, an expired one or garbage
-    → 401 invalid_token, whatever scopes it claims; a token in the query string is not read."""
+    → 401 invalid_token, whatever scopes it claims; a token in the query string is not read.
+    Either way nothing changed."""
     root = make.user(is_admin=True)
     everything = "admin " + " ".join(sorted({s for o in MINE for s in o.scopes}))
     kwargs: dict[str, Any] = {
@@ -90,13 +97,15 @@ def test_unusable_tokens_are_401_invalid_token(
     token = tokens.access_token(root, everything, **kwargs).token
     if variant == "garbage":
         token = "eyJhbGciOiJub25lIn0.e30."
+    before = rows(services)
     if variant == "query_string":
         response = send(api, op, None, bob, query=f"?access_token={token}")
         assert is_problem(response, 401)
-        return
-    response = send(api, op, token, bob)
-    assert is_problem(response, 401)
-    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    else:
+        response = send(api, op, token, bob)
+        assert is_problem(response, 401)
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert rows(services) == before
 
 
 def wrong_scopes(op: rest.Operation) -> list[str]:

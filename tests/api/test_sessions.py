@@ -12,7 +12,7 @@ from authserver.services import Services
 from authserver.sessions import models as sessions
 from tests import factories
 from tests.api.conftest import Grant, introspect, refresh, rows
-from tests.conftest import ISSUER, Api, csrf_token, is_problem
+from tests.conftest import ISSUER, Api, is_problem, sign_in_by_form
 from tests.factories import Person
 
 SESSION_KEYS = {"id", "device", "ip", "created_at", "last_seen_at", "current"}
@@ -23,17 +23,15 @@ def browser(app: Starlette) -> Iterator[Callable[[str], TestClient]]:
     """Browsers of their own (cookie jars apart from `client`), signed in through /login."""
     opened: list[TestClient] = []
 
-    def sign_in(email: str) -> TestClient:
+    def signed_in_browser(email: str) -> TestClient:
         browser = TestClient(app, base_url=ISSUER, follow_redirects=False)
         browser.__enter__()
         opened.append(browser)
         browser.headers["user-agent"] = "Mozilla/5.0 (X11; Linux x86_64) Firefox/126.0"
-        page = browser.get("/login")
-        data = {"csrf_token": csrf_token(page), "email": email, "password": factories.PASSWORD}
-        assert browser.post("/login", data=data).status_code == 303
+        assert sign_in_by_form(browser, email).status_code == 303
         return browser
 
-    yield sign_in
+    yield signed_in_browser
     for browser in opened:
         browser.__exit__(None, None, None)
 

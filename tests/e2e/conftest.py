@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +21,6 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 from authlib.common.security import generate_token
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -36,6 +31,7 @@ from authserver.services import Services
 from authserver.settings import Settings
 from tests import factories
 from tests.factories import PASSWORD
+from tests.servers import environment, free_port, uvicorn
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -57,64 +53,29 @@ class LiveServer:
     make: factories.Factory
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running_server(
     folder: Path,
     keys_template: Path,
     database_url: str,
     host: str = "127.0.0.1",
-    **environment: str,
+    **extra: str,
 ) -> Iterator[LiveServer]:
     """An authserver in its own uvicorn process on a free port of 127.0.0.1, on the test
-    database, with `environment` (`AUTHSERVER_*` settings, `SSL_CERT_FILE`) on top; the
+    database, with `extra` (`AUTHSERVER_*` settings, `SSL_CERT_FILE`) on top; the
     issuer is `http://<host>:<port>` (WebAuthn needs `localhost`: Chromium refuses an IP
     address as the relying party ID)."""
     shutil.copytree(keys_template, folder / "keys")
-    port = _free_port()
+    port = free_port()
     url = f"http://{host}:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")}
-    env.update(
-        AUTHSERVER_ISSUER=url,
-        AUTHSERVER_DATABASE_URL=database_url,
-        AUTHSERVER_KEYS_DIR=str(folder / "keys"),
-        AUTHSERVER_PASSWORD_TIME_COST="1",
-        AUTHSERVER_PASSWORD_MEMORY_COST="8",
-        AUTHSERVER_LOG_FORMAT="json",
-        **environment,
-    )
-    log = (folder / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "authserver.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError((folder / "server.log").read_text())
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the live server did not start")
-            time.sleep(0.1)
+    env = environment(url, database_url, AUTHSERVER_KEYS_DIR=str(folder / "keys"), **extra)
+    with uvicorn(folder, env, port=port):
         settings = Settings.from_mapping(env)
         services = build_services(settings)
-        yield LiveServer(url, settings, services, factories.Factory(services))
-        services.db.dispose()
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
+        try:
+            yield LiveServer(url, settings, services, factories.Factory(services))
+        finally:
+            services.db.dispose()
 
 
 NODE_CLIENTS = Path(__file__).parent / "node"
@@ -230,7 +191,7 @@ def authorize_url(server: str, client_id: str, redirect_uri: str, **params: str)
     return f"{server}/authorize?{urlencode(query)}", verifier
 
 
-def sign_in(page: Page, email: str) -> None:
+def sign_in_with_browser(page: Page, email: str) -> None:
     """Fill in and send the sign-in page the browser is on."""
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)

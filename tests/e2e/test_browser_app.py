@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import Page
 
-from tests.e2e.conftest import LiveServer, RelyingParty, authorize_url, sign_in
+from tests.e2e.conftest import LiveServer, RelyingParty, authorize_url, sign_in_with_browser
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,7 @@ def test_browser_app_redeems_calls_userinfo_and_revokes_from_its_origin(
     )
     url, verifier = authorize_url(server, client.id, callback, scope="openid email")
     page.goto(url)
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(f"{callback}?**")
     code = parse_qs(urlsplit(page.url).query)["code"][0]

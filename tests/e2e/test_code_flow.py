@@ -18,7 +18,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
 from playwright.sync_api import Page
 
-from tests.e2e.conftest import LiveServer, RelyingParty, authorize_url, sign_in
+from tests.e2e.conftest import LiveServer, RelyingParty, authorize_url, sign_in_with_browser
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,7 @@ def test_sign_in_consent_tokens_refresh_introspect_revoke_sign_out(
     )
 
     page.goto(url)
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     page.get_by_role("button", name="Allow").wait_for()
     assert "Photo Printer" in page.content()
     page.get_by_role("button", name="Allow").click()
@@ -150,7 +150,7 @@ def test_form_post_response_mode_submits_itself(
     url, _ = authorize_url(server, client.id, callback, state="s-123", response_mode="form_post")
     relying_party.received.clear()
     page.goto(url)
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(callback)
     posted = parse_qs(relying_party.received[-1].decode())

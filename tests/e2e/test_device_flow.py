@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page
 
 from authserver.oauth.clients import DEVICE_CODE
-from tests.e2e.conftest import LiveServer, sign_in
+from tests.e2e.conftest import LiveServer, sign_in_with_browser
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ def test_a_person_connects_a_device_by_typing_its_code(live_server: LiveServer, 
         assert too_soon.json()["error"] == "slow_down"
 
         page.goto(body["verification_uri"])
-        sign_in(page, user.email)
+        sign_in_with_browser(page, user.email)
         page.get_by_label("Code").wait_for()
         page.get_by_label("Code").fill(body["user_code"].lower())
         page.get_by_role("button", name="Continue").click()

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Page
 
 from authserver.db import Database
-from tests.e2e.conftest import LiveServer, RelyingParty, running_server, sign_in
+from tests.e2e.conftest import LiveServer, RelyingParty, running_server, sign_in_with_browser
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,7 @@ def test_oauth4webapi_dpop_code_flow_userinfo_and_refresh(
         url = node.stdout.readline().strip()
         assert url.startswith(f"{server}/authorize?"), node.stderr.read() if node.stderr else ""
         page.goto(url)
-        sign_in(page, user.email)
+        sign_in_with_browser(page, user.email)
         page.get_by_role("button", name="Allow").click()
         page.wait_for_url(f"{callback}?**")
         out, err = node.communicate(page.url + "\n", timeout=60)

@@ -12,12 +12,10 @@ federated.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,60 +32,11 @@ from authserver.services import Services
 from authserver.settings import Settings
 from authserver.users import models as users
 from tests import factories
-from tests.e2e.conftest import RelyingParty, _free_port, authorize_url, sign_in
+from tests.e2e.conftest import RelyingParty, authorize_url, sign_in_with_browser
 from tests.factories import PASSWORD
+from tests.servers import Server, environment, free_port, uvicorn
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass(frozen=True)
-class Instance:
-    url: str
-    env: dict[str, str]
-
-
-def _environment(url: str, database_url: str, keys: Path, **more: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")}
-    env.update(
-        AUTHSERVER_ISSUER=url,
-        AUTHSERVER_DATABASE_URL=database_url,
-        AUTHSERVER_KEYS_DIR=str(keys),
-        AUTHSERVER_PASSWORD_TIME_COST="1",
-        AUTHSERVER_PASSWORD_MEMORY_COST="8",
-        AUTHSERVER_LOG_FORMAT="json",
-        **more,
-    )
-    return env
-
-
-@contextmanager
-def serving(folder: Path, port: int, env: dict[str, str]) -> Iterator[Instance]:
-    """uvicorn serving the app on 127.0.0.1:`port` until the block ends."""
-    url = env["AUTHSERVER_ISSUER"]
-    log = (folder / f"server-{port}.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "authserver.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError((folder / f"server-{port}.log").read_text())
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.1)
-        yield Instance(url, env)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str, stdin: str = "") -> dict[str, str]:
@@ -100,8 +49,8 @@ def cli(env: dict[str, str], cwd: Path, *args: str, stdin: str = "") -> dict[str
 
 @dataclass(frozen=True)
 class Pair:
-    server: Instance
-    upstream: Instance
+    server: Server
+    upstream: Server
     services: Services
     make: factories.Factory
     upstream_client_id: str
@@ -116,12 +65,14 @@ def pair(
     schema: Database,
 ) -> Iterator[Pair]:
     folder = tmp_path_factory.mktemp("federation")
-    server_port, upstream_port = _free_port(), _free_port()
+    server_port, upstream_port = free_port(), free_port()
     server_url = f"http://127.0.0.1:{server_port}"
     upstream_url = f"http://127.0.0.1:{upstream_port}"
 
-    upstream_env = _environment(
-        upstream_url, f"sqlite:///{folder / 'upstream.db'}", folder / "upstream-keys"
+    upstream_env = environment(
+        upstream_url,
+        f"sqlite:///{folder / 'upstream.db'}",
+        AUTHSERVER_KEYS_DIR=str(folder / "upstream-keys"),
     )
     subprocess.run(
         [sys.executable, "-m", "authserver.cli", "migrate"],
@@ -137,13 +88,13 @@ def pair(
     (folder / "keys").mkdir()
     for key in keys_template.iterdir():
         (folder / "keys" / key.name).write_bytes(key.read_bytes())
-    server_env = _environment(
-        server_url, database_url, folder / "keys",
+    server_env = environment(
+        server_url, database_url, AUTHSERVER_KEYS_DIR=str(folder / "keys"),
         AUTHSERVER_TRUSTED_HOSTS=f"127.0.0.1:{upstream_port}",
     )  # fmt: skip
     with (
-        serving(folder, upstream_port, upstream_env) as upstream,
-        serving(folder, server_port, server_env) as server,
+        uvicorn(folder, upstream_env, port=upstream_port) as upstream,
+        uvicorn(folder, server_env, port=server_port) as server,
     ):
         services = build_services(Settings.from_mapping(server_env))
         try:
@@ -183,7 +134,7 @@ def test_a_third_party_app_signs_a_person_in_through_the_upstream_provider(
     page.goto(url)
     page.get_by_role("link", name="Continue with Acme SSO").click()
     page.wait_for_url(f"{pair.upstream.url}/login?**")
-    sign_in(page, "ann@acme.example")
+    sign_in_with_browser(page, "ann@acme.example")
     page.get_by_role("button", name="Allow").wait_for()
     assert "Downstream server" in page.content()
     page.get_by_role("button", name="Allow").click()
@@ -224,7 +175,7 @@ def test_an_upstream_consent_denied_comes_back_to_our_sign_in_page(
 
     page.goto(url)
     page.get_by_role("link", name="Continue with Acme SSO").click()
-    sign_in(page, "bob@acme.example")
+    sign_in_with_browser(page, "bob@acme.example")
     page.get_by_role("button", name="Deny").click()
     page.wait_for_url(f"{server}/login/federated/callback?**")
     assert "You cancelled the sign-in at Acme SSO" in page.content()

@@ -37,7 +37,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from authserver.resource_server import ResourceServer
-from tests.e2e.conftest import LiveServer, RelyingParty, _free_port, running_server, sign_in
+from tests.e2e.conftest import (
+    LiveServer,
+    RelyingParty,
+    running_server,
+    sign_in_with_browser,
+)
+from tests.servers import free_port
 from tests.tls_server import Answer, TlsServer, tls_server
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +67,7 @@ class World:
 
 
 def _serve_api(issuer: str, name: str) -> tuple[Api, uvicorn.Server, threading.Thread]:
-    port = _free_port()
+    port = free_port()
     resource = f"http://127.0.0.1:{port}/{name}"
     guard = ResourceServer(issuer=issuer, resource=resource, scopes_supported=[SCOPE])
 
@@ -158,7 +164,7 @@ def _authorize_in_browser(
         "resource": resource,
     }
     page.goto(f"{metadata['authorization_endpoint']}?{urlencode(query)}")
-    sign_in(page, email)
+    sign_in_with_browser(page, email)
     assert page.get_by_role("alert").first.is_visible()
     assert "not verified by the operator" in page.content().lower()
     with page.expect_response(lambda r: "/consent" in r.url and r.request.method == "POST") as got:

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import ConsoleMessage, Page
 
-from tests.e2e.conftest import LiveServer, authorize_url, sign_in
+from tests.e2e.conftest import LiveServer, authorize_url, sign_in_with_browser
 
 pytestmark = pytest.mark.e2e
 NATIVE_CALLBACK = "com.example.app:/oauth/callback"
@@ -32,7 +32,7 @@ def test_consent_redirects_to_a_private_use_scheme(live_server: LiveServer, page
     page.on("console", watch)
     url, _ = authorize_url(live_server.url, client.id, NATIVE_CALLBACK, state="native-1")
     page.goto(url)
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     # Chromium hands the redirect to the app (a request to the private-use scheme) only
     # once CSP has let it through; a blocked one never gets there and logs a violation.
     with (

@@ -12,7 +12,7 @@ from authlib.integrations.httpx_client import OAuth2Client
 from playwright.sync_api import Page
 
 from authserver.organizations import models as orgs
-from tests.e2e.conftest import LiveServer, RelyingParty, sign_in
+from tests.e2e.conftest import LiveServer, RelyingParty, sign_in_with_browser
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ def test_member_of_two_organizations_picks_the_second(
     )
 
     page.goto(url)
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     chooser = page.get_by_label("Organization")
     chooser.wait_for()
     assert chooser.locator("option").all_inner_texts() == ["Acme (Owner)", "Beta Labs (Admin)"]

@@ -11,7 +11,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
 from playwright.sync_api import Page
 
-from tests.e2e.conftest import LiveServer, RelyingParty, sign_in
+from tests.e2e.conftest import LiveServer, RelyingParty, sign_in_with_browser
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,7 @@ def test_a_pushed_request_signs_in_consents_and_gets_tokens(
     request_uri = pushed.json()["request_uri"]
     query = urlencode({"client_id": client.id, "request_uri": request_uri})
     page.goto(f"{server}/authorize?{query}")
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     page.get_by_role("button", name="Allow").wait_for()
     assert "Pushy App" in page.content()
     page.get_by_role("button", name="Allow").click()

@@ -18,7 +18,13 @@ from playwright.sync_api import Browser, Page
 from authserver.db import Database
 from authserver.mfa import totp
 from authserver.mfa.policy import ACR_MFA
-from tests.e2e.conftest import LiveServer, RelyingParty, authorize_url, running_server, sign_in
+from tests.e2e.conftest import (
+    LiveServer,
+    RelyingParty,
+    authorize_url,
+    running_server,
+    sign_in_with_browser,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +46,7 @@ def test_authenticator_app_enrolment_and_sign_in(live_server: LiveServer, page: 
     server = live_server.url
     user = live_server.make.user(email="totp@example.com")
     page.goto(f"{server}/login?next=/account")
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     page.get_by_role("button", name="Set up authenticator app").click()
     qr = page.locator("#totp-qr")
     assert (qr.get_attribute("src") or "").startswith("data:image/svg+xml;base64,")
@@ -60,7 +66,7 @@ def test_authenticator_app_enrolment_and_sign_in(live_server: LiveServer, page: 
 
     _sign_out(page)
     page.goto(f"{server}/login?next=/account")
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     page.wait_for_url(f"{server}/login/factor?**")
     _enter_code(page, _code(secret))
     assert "not right, or it was used already" in page.locator("#factor-error").inner_text(), (
@@ -75,7 +81,7 @@ def test_authenticator_app_enrolment_and_sign_in(live_server: LiveServer, page: 
 
     _sign_out(page)
     page.goto(f"{server}/login?next=/account")
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     _enter_code(page, fresh)
     assert page.locator("#factor-error").is_visible(), "a code works once"
 
@@ -87,7 +93,7 @@ def test_authenticator_app_attempts_are_limited(live_server: LiveServer, page: P
     user = live_server.make.user(email="limited@example.com")
     secret = enrol_totp(live_server.services, user)
     page.goto(f"{server}/login?next=/account")
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     wrong = "000000" if _code(secret) != "000000" else "111111"
     for _ in range(5):
         _enter_code(page, wrong)
@@ -145,7 +151,7 @@ def test_passkey_registration_then_passwordless_code_flow(
     )
 
     page.goto(f"{server}/login?next=/account")
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     page.wait_for_url(f"{server}/account")
     page.get_by_label("Name for a new passkey").fill("Laptop")
     page.get_by_role("button", name="Add a passkey").click()
@@ -192,7 +198,7 @@ def test_acr_values_step_up_a_password_session_in_the_browser(
         name="Bank", redirect_uris=[callback], scope="openid", skip_consent=True
     )
     page.goto(f"{server}/login?next=/account")
-    sign_in(page, user.email)
+    sign_in_with_browser(page, user.email)
     page.wait_for_url(f"{server}/account")
 
     url, verifier = authorize_url(server, client.id, callback, acr_values=ACR_MFA)

@@ -14,8 +14,7 @@ from starlette.testclient import TestClient
 from authserver.db import current_session
 from authserver.federation.models import LinkedIdentity
 from authserver.users import models as users
-from tests.conftest import audit_events, csrf_token, sessions_of, update_user
-from tests.factories import PASSWORD
+from tests.conftest import audit_events, csrf_token, sessions_of, sign_in_by_form, update_user
 from tests.federation.upstream import FakeOidc, add_provider, begin, finish
 
 
@@ -39,15 +38,6 @@ def links_of(services: Any, user_id: str) -> list[LinkedIdentity]:
 
 def sign_in_upstream(client: TestClient, fake: FakeOidc, provider_id: str) -> Any:
     return finish(client, begin(client, provider_id, fake))
-
-
-def sign_in_with_password(client: TestClient, email: str) -> None:
-    page = client.get("/login")
-    response = client.post(
-        "/login",
-        data={"email": email, "password": PASSWORD, "csrf_token": csrf_token(page)},
-    )
-    assert response.status_code == 303
 
 
 def test_an_unverified_upstream_email_never_links_to_an_existing_account(
@@ -120,7 +110,7 @@ def test_an_upstream_sign_in_ends_the_browsers_previous_session_h63(
 ) -> None:
     person = make.user(email="ann@acme.example")
     provider = add_provider(services, domains=["acme.example"])
-    sign_in_with_password(client, "ann@acme.example")
+    assert sign_in_by_form(client, "ann@acme.example").status_code == 303
     assert sign_in_upstream(client, fake, provider.id).status_code == 303
     sessions = sorted(sessions_of(services, person.id), key=lambda s: s.created_at)
     assert [s.amr for s in sessions] == ["pwd", "fed pwd mfa"]
@@ -174,7 +164,7 @@ def test_a_signed_in_person_links_an_upstream_account_from_the_account_page(
 ) -> None:
     person = make.user(email="bob@example.com")
     provider = add_provider(services)
-    sign_in_with_password(client, "bob@example.com")
+    assert sign_in_by_form(client, "bob@example.com").status_code == 303
     page = client.get("/account")
     assert "Link Acme SSO" in page.text
     response = client.post(
@@ -205,7 +195,7 @@ def test_an_upstream_account_linked_to_someone_else_is_not_linked_again(
     assert sign_in_upstream(client, fake, provider.id).status_code == 303
     client.cookies.clear()
     other = make.user(email="bob@example.com")
-    sign_in_with_password(client, "bob@example.com")
+    assert sign_in_by_form(client, "bob@example.com").status_code == 303
     page = client.get("/account")
     response = client.post(
         f"/account/identities/{provider.id}/link", data={"csrf_token": csrf_token(page)}

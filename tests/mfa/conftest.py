@@ -1,36 +1,19 @@
-"""Fixtures for second factors: a browser that signs in through the pages, and people with
-an authenticator app or recovery codes set up directly in the database."""
+"""Fixtures for second factors: people with an authenticator app or recovery codes set up
+directly in the database (a browser signs in through the pages with `sign_in_by_form`)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import httpx
-import pytest
 from starlette.testclient import TestClient
 
 from authserver.mfa import models as mfa_models
 from authserver.mfa import recovery, totp
 from authserver.services import Services
 from authserver.users.models import User
-from tests import factories
 from tests.conftest import csrf_token
-from tests.oauth.conftest import allow, flow, now, rp, sign_in, user  # noqa: F401
-
-SignIn = Callable[..., httpx.Response]
-
-
-@pytest.fixture
-def password_sign_in(client: TestClient) -> SignIn:
-    """Submit /login as a person would (`next` optional)."""
-
-    def submit(email: str, password: str = factories.PASSWORD, **fields: str) -> httpx.Response:
-        page = client.get("/login")
-        data = {"csrf_token": csrf_token(page), "email": email, "password": password, **fields}
-        return client.post("/login", data=data)
-
-    return submit
+from tests.oauth.conftest import allow, flow, now, rp, sign_in_directly, user  # noqa: F401
 
 
 def enrol_totp(services: Services, person: User, *, required: bool = True) -> bytes:

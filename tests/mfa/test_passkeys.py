@@ -16,9 +16,9 @@ from authserver.mfa import webauthn as passkeys
 from authserver.mfa.policy import ACR_MFA
 from authserver.services import Services
 from authserver.users.models import User
-from tests.conftest import csrf_token, sessions_of
+from tests.conftest import csrf_token, sessions_of, sign_in_by_form
 from tests.mfa.authenticator import UP, SoftAuthenticator
-from tests.mfa.conftest import SignIn, enrol_totp
+from tests.mfa.conftest import enrol_totp
 
 
 @pytest.fixture
@@ -125,11 +125,10 @@ def test_a_passkey_as_the_second_step(
     services: Services,
     user: User,
     authenticator: SoftAuthenticator,
-    password_sign_in: SignIn,
 ) -> None:
     enrol_totp(services, user)
     _register(services, user, authenticator)
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     csrf = _csrf(client, "/login/factor")
     options = _options(client, csrf, mode="second_step")
     allowed = [c["id"] for c in options["publicKey"]["allowCredentials"]]
@@ -148,12 +147,11 @@ def test_someone_elses_passkey_does_not_complete_my_second_step(
     user: User,
     make,
     authenticator: SoftAuthenticator,
-    password_sign_in: SignIn,
 ) -> None:
     enrol_totp(services, user)
     mallory = make.user(email="mallory@example.com")
     _register(services, mallory, authenticator)
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     csrf = _csrf(client, "/login/factor")
     with_mine = SoftAuthenticator(authenticator.rp_id, authenticator.origin,
                                   credential_id=secrets.token_bytes(32))  # fmt: skip

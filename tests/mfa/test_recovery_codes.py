@@ -11,8 +11,8 @@ from authserver.mfa import models as mfa_models
 from authserver.mfa.models import RecoveryCode
 from authserver.services import Services
 from authserver.users.models import User
-from tests.conftest import audit_events, csrf_token, sessions_of
-from tests.mfa.conftest import SignIn, enrol_totp, recovery_codes, submit_factor
+from tests.conftest import audit_events, csrf_token, sessions_of, sign_in_by_form
+from tests.mfa.conftest import enrol_totp, recovery_codes, submit_factor
 
 
 def _stored(services: Services) -> list[RecoveryCode]:
@@ -24,9 +24,9 @@ def _stored(services: Services) -> list[RecoveryCode]:
 
 
 def test_the_account_page_makes_ten_codes_shown_once(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User
 ) -> None:
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     account = client.get("/account")
     made = client.post("/account/recovery-codes", data={"csrf_token": csrf_token(account)})
     assert made.status_code == 200
@@ -43,11 +43,11 @@ def test_the_account_page_makes_ten_codes_shown_once(
 
 
 def test_each_code_works_once_and_the_person_is_told(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User
 ) -> None:
     enrol_totp(services, user)
     codes = recovery_codes(services, user)
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     done = submit_factor(client, "recovery_code", codes[0].upper(), "/account")
     assert done.headers["location"] == "/account"
     [login] = sessions_of(services, user.id)
@@ -60,19 +60,17 @@ def test_each_code_works_once_and_the_person_is_told(
     assert "9 unused codes remain" in mail.text
 
     client.cookies.clear()
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     assert submit_factor(client, "recovery_code", codes[0]).status_code == 400
     assert submit_factor(client, "recovery_code", codes[1]).status_code == 303
     assert services.db.call(mfa_models.recovery_codes_left, user.id) == 8
 
 
-def test_a_new_set_voids_the_old_one(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn
-) -> None:
+def test_a_new_set_voids_the_old_one(client: TestClient, services: Services, user: User) -> None:
     enrol_totp(services, user)
     old = recovery_codes(services, user)
     new = recovery_codes(services, user)
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     assert submit_factor(client, "recovery_code", old[0]).status_code == 400
     assert submit_factor(client, "recovery_code", new[0]).status_code == 303
 

@@ -13,9 +13,8 @@ from authserver.mfa import models as mfa_models
 from authserver.mfa.policy import ACR_MFA, ACR_PWD
 from authserver.services import Services
 from authserver.users.models import User
-from tests.conftest import csrf_token, sessions_of
-from tests.factories import PASSWORD
-from tests.mfa.conftest import SignIn, code_now, enrol_totp, submit_factor
+from tests.conftest import sessions_of, sign_in_by_form
+from tests.mfa.conftest import code_now, enrol_totp, submit_factor
 from tests.oauth.conftest import RP, Flow, authorization_params, location_params
 
 
@@ -36,10 +35,9 @@ def test_acr_values_asking_for_mfa_prompts_a_password_session_for_the_factor(
     user: User,
     rp: RP,
     flow: Flow,
-    password_sign_in: SignIn,
 ) -> None:
     secret = enrol_totp(services, user, required=False)
-    assert password_sign_in(user.email).status_code == 303
+    assert sign_in_by_form(client, user.email).status_code == 303
     [login] = sessions_of(services, user.id)
     assert login.amr == "pwd", "not required: password only"
     assert not login.awaiting_factor
@@ -74,7 +72,7 @@ def test_prompt_none_with_a_missing_factor_is_interaction_required(
     client: TestClient, services: Services, user: User, rp: RP, flow: Flow
 ) -> None:
     enrol_totp(services, user, required=False)
-    flow.sign_in(user)
+    flow.sign_in_directly(user)
     flow.allow(user, rp)
     params = authorization_params(rp, acr_values=ACR_MFA, prompt="none")
     answer = location_params(client.get("/authorize", params=params))
@@ -85,18 +83,18 @@ def test_acr_values_for_someone_without_a_factor_says_pwd(
     client: TestClient, services: Services, user: User, rp: RP, flow: Flow
 ) -> None:
     """`acr_values` is voluntary (OIDC Core §3.1.2.1): the token says what was done."""
-    flow.sign_in(user)
+    flow.sign_in_directly(user)
     flow.allow(user, rp)
     answer = client.get("/authorize", params=authorization_params(rp, acr_values=ACR_MFA))
     assert _claims(_tokens(flow, rp, answer.headers["location"])["id_token"])["acr"] == ACR_PWD
 
 
 def test_a_password_sign_in_for_an_mfa_request_asks_for_the_factor_at_once(
-    client: TestClient, services: Services, user: User, rp: RP, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User, rp: RP
 ) -> None:
     enrol_totp(services, user, required=False)
     next_url = "/authorize?" + urlencode(authorization_params(rp, acr_values=ACR_MFA))
-    answer = password_sign_in(user.email, next=next_url)
+    answer = sign_in_by_form(client, user.email, next=next_url)
     assert answer.headers["location"].startswith("/login/factor?")
     [pending] = sessions_of(services, user.id)
     assert pending.awaiting_factor
@@ -108,15 +106,14 @@ def test_the_administrator_requires_a_factor_of_everyone(
     client = app_with(mfa_required=True)
     enrol_totp(services, user, required=False)
 
-    def sign_in(email: str) -> str:
+    def lands_on(email: str) -> str:
+        """Where a fresh sign-in of `email` leads."""
         client.cookies.clear()
-        page = client.get("/login")
-        data = {"csrf_token": csrf_token(page), "email": email, "password": PASSWORD}
-        return str(client.post("/login", data=data).headers["location"])
+        return str(sign_in_by_form(client, email).headers["location"])
 
-    assert sign_in(user.email).startswith("/login/factor?")
+    assert lands_on(user.email).startswith("/login/factor?")
     without = make.user(email="nofactor@example.com")
-    assert sign_in(without.email) == "/login"
+    assert lands_on(without.email) == "/login"
     allow(without, rp)
     refused = client.get("/authorize", params=authorization_params(rp))
     assert refused.status_code == 400
@@ -124,12 +121,12 @@ def test_the_administrator_requires_a_factor_of_everyone(
 
 
 def test_an_organization_requires_a_factor_of_its_members(
-    client: TestClient, services: Services, user: User, make, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User, make
 ) -> None:
     enrol_totp(services, user, required=False)
     organization = make.organization(user)
-    assert password_sign_in(user.email, next="/account").headers["location"] == "/account"
+    assert sign_in_by_form(client, user.email, next="/account").headers["location"] == "/account"
     services.db.call(mfa_models.set_organization_requires, organization.id, True)
     client.cookies.clear()
-    answer = password_sign_in(user.email, next="/account")
+    answer = sign_in_by_form(client, user.email, next="/account")
     assert answer.headers["location"].startswith("/login/factor?")

@@ -16,14 +16,14 @@ from authserver.mfa import totp
 from authserver.mfa.policy import ACR_MFA
 from authserver.services import Services
 from authserver.users.models import User
-from tests.conftest import audit_events, csrf_token, sessions_of
-from tests.mfa.conftest import SignIn, code_now, enrol_totp, submit_factor
+from tests.conftest import audit_events, csrf_token, sessions_of, sign_in_by_form
+from tests.mfa.conftest import code_now, enrol_totp, submit_factor
 
 
 def test_enrolment_shows_the_secret_once_and_counts_only_once_confirmed(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User
 ) -> None:
-    assert password_sign_in(user.email, next="/account").headers["location"] == "/account"
+    assert sign_in_by_form(client, user.email, next="/account").headers["location"] == "/account"
     account = client.get("/account")
     assert "Set up authenticator app" in account.text
     started = client.post("/account/totp/start", data={"csrf_token": csrf_token(account)})
@@ -69,10 +69,10 @@ def test_the_secret_is_encrypted_at_rest_and_bound_to_the_person(
 
 
 def test_a_right_password_then_the_code_completes_the_session(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User
 ) -> None:
     secret = enrol_totp(services, user)
-    answer = password_sign_in(user.email)
+    answer = sign_in_by_form(client, user.email)
     assert answer.headers["location"] == "/login/factor?next=%2Faccount"
     [pending] = sessions_of(services, user.id)
     assert pending.awaiting_factor
@@ -92,10 +92,10 @@ def test_a_right_password_then_the_code_completes_the_session(
 
 
 def test_a_used_code_an_old_code_and_a_wrong_code_are_refused(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User
 ) -> None:
     secret = enrol_totp(services, user)
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     assert (
         submit_factor(
             client, "otp", "123456" if code_now(secret) != "123456" else "654321"
@@ -107,7 +107,7 @@ def test_a_used_code_an_old_code_and_a_wrong_code_are_refused(
     assert submit_factor(client, "otp", used).status_code == 303
 
     client.cookies.clear()
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     assert submit_factor(client, "otp", used).status_code == 400, "replayed in its window"
     assert submit_factor(client, "otp", code_now(secret, -1)).status_code == 400, (
         "a code older than one already accepted"
@@ -139,12 +139,12 @@ def test_the_same_step_is_taken_once_by_the_database(services: Services, user: U
 
 
 def test_attempts_are_limited_per_account(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User
 ) -> None:
     """docs/security.md I71: counted before the check, so the right code past the limit is
     refused too."""
     secret = enrol_totp(services, user)
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     right = code_now(secret)
     wrong = "000000" if right != "000000" else "111111"
     for _ in range(5):
@@ -158,10 +158,10 @@ def test_attempts_are_limited_per_account(
 
 @pytest.mark.parametrize("method", ["sms", ""])
 def test_an_unknown_method_is_a_clear_error(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn, method: str
+    client: TestClient, services: Services, user: User, method: str
 ) -> None:
     enrol_totp(services, user)
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     assert submit_factor(client, method, "123456").status_code == 400
 
 
@@ -171,11 +171,11 @@ def test_without_a_pending_sign_in_the_page_sends_to_login(client: TestClient) -
 
 
 def test_a_password_alone_cannot_change_the_factors_of_someone_who_has_one(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User
 ) -> None:
     """Otherwise a stolen password would add the thief's passkey or remove the app."""
     secret = enrol_totp(services, user, required=False)
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     [login] = sessions_of(services, user.id)
     assert login.amr == "pwd"
     account = client.get("/account")
@@ -198,10 +198,10 @@ def test_a_password_alone_cannot_change_the_factors_of_someone_who_has_one(
 
 
 def test_a_right_password_waits_ten_minutes_for_its_factor(
-    client: TestClient, services: Services, user: User, password_sign_in: SignIn
+    client: TestClient, services: Services, user: User
 ) -> None:
     secret = enrol_totp(services, user)
-    password_sign_in(user.email)
+    sign_in_by_form(client, user.email)
     [pending] = sessions_of(services, user.id)
     assert (pending.idle_expires_at - pending.created_at).total_seconds() == 600
     client.get("/login/factor")

@@ -1,5 +1,6 @@
 """Fixtures for the protocol tests: a signed-in browser, a registered client, and helpers
-that run authorize → code → token the way a relying party does."""
+that run authorize → code → token the way a relying party does; for the clients API, helpers
+to look at client rows and to use a client at the token endpoint."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from authserver import db
-from authserver.oauth import consent
+from authserver.db import current_session
+from authserver.oauth import clients, consent
 from authserver.oauth.clients import Client
 from authserver.services import Services
 from authserver.sessions import models as sessions
@@ -24,6 +27,7 @@ from authserver.sessions.models import LoginSession
 from authserver.users import models as users
 from authserver.users.models import User
 from tests import factories
+from tests.conftest import API
 
 CALLBACK = "https://app.example.com/cb"
 VERIFIER = "a-code-verifier-that-is-long-enough-for-rfc-7636-section-4-1"
@@ -119,17 +123,17 @@ def public_rp(make: factories.Factory) -> RP:
 
 
 @pytest.fixture
-def sign_in(client: TestClient, services: Services) -> Callable[..., LoginSession]:
+def sign_in_directly(client: TestClient, services: Services) -> Callable[..., LoginSession]:
     """Sign `user` in without the login page: a session row and its cookie."""
 
-    def sign_in(user: User, *, auth_time: datetime | None = None) -> LoginSession:
+    def start(user: User, *, auth_time: datetime | None = None) -> LoginSession:
         login, raw_sid = services.db.call(
             sessions.start, services.digester, services.settings, user_id=user.id, now=auth_time
         )
         client.cookies.set(sessions.cookie_name(services.settings), raw_sid)
         return login
 
-    return sign_in
+    return start
 
 
 @pytest.fixture
@@ -147,7 +151,7 @@ class Flow:
     """Authorize → code → token, as a relying party runs it."""
 
     client: TestClient
-    sign_in: Callable[..., LoginSession]
+    sign_in_directly: Callable[..., LoginSession]
     allow: Callable[..., None]
 
     def code(self, rp: RP, **overrides: str | None) -> str:
@@ -208,14 +212,27 @@ class Flow:
 
 @pytest.fixture
 def flow(
-    client: TestClient, sign_in: Callable[..., LoginSession], allow: Callable[..., None]
+    client: TestClient, sign_in_directly: Callable[..., LoginSession], allow: Callable[..., None]
 ) -> Flow:
-    return Flow(client, sign_in, allow)
+    return Flow(client, sign_in_directly, allow)
 
 
 @pytest.fixture
-def signed_in(user: User, sign_in: Callable[..., LoginSession]) -> LoginSession:
-    return sign_in(user)
+def signed_in(user: User, sign_in_directly: Callable[..., LoginSession]) -> LoginSession:
+    return sign_in_directly(user)
+
+
+@pytest.fixture
+def ready(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> RP:
+    """A signed-in user who already allowed `rp`: a valid request gets a code at once."""
+    flow.allow(user, rp)
+    return rp
+
+
+@pytest.fixture
+def issued(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> dict[str, Any]:
+    """Tokens `rp` got for `user` through the whole code flow."""
+    return flow.tokens(rp, user)
 
 
 @pytest.fixture
@@ -228,3 +245,34 @@ def frozen(monkeypatch: pytest.MonkeyPatch, now: datetime) -> Callable[[float], 
         current[0] = current[0] + timedelta(seconds=seconds)
 
     return advance
+
+
+# -- the clients API (`/api/v1/clients`) --------------------------------------------------------
+
+CLIENTS = API + "/clients"
+
+
+def stored(services: Services, client_id: str) -> Client | None:
+    return services.db.call(clients.get, client_id)
+
+
+def all_clients(services: Services) -> list[tuple[Any, ...]]:
+    """Every client row as plain values, to compare before and after a refused request."""
+
+    def read() -> list[tuple[Any, ...]]:
+        rows = current_session().scalars(select(Client).order_by(Client.id))
+        return [
+            (c.id, c.name, c.secret_digest, tuple(c.redirect_uris), c.scope, c.is_active)
+            for c in rows
+        ]
+
+    return services.db.call(read)
+
+
+def client_credentials(client: TestClient, client_id: str, secret: str) -> httpx.Response:
+    """A client_credentials request with HTTP Basic authentication (RFC 6749 §4.4)."""
+    return client.post(
+        "/token",
+        data={"grant_type": "client_credentials", "scope": "api"},
+        auth=(client_id, secret),
+    )

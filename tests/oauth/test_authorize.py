@@ -18,7 +18,7 @@ from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import safe_next
 from authserver.users.models import User
 from tests import factories
-from tests.conftest import ISSUER, count_rows, csrf_token
+from tests.conftest import ISSUER, count_rows, sign_in_by_form
 from tests.oauth.conftest import (
     CALLBACK,
     RP,
@@ -47,13 +47,6 @@ def assert_client_error(response: httpx.Response, error: str, state: str | None 
 
 def get_authorize(client: TestClient, rp: RP, **overrides: str | None) -> httpx.Response:
     return client.get("/authorize", params=authorization_params(rp, **overrides))
-
-
-@pytest.fixture
-def ready(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> RP:
-    """A signed-in user who already allowed `rp`: a valid request gets a code at once."""
-    flow.allow(user, rp)
-    return rp
 
 
 # -- client and redirect URI ---------------------------------------------------------------
@@ -481,12 +474,12 @@ def test_max_age_older_than_the_sign_in_asks_again(
     flow: Flow,
     rp: RP,
     user: User,
-    sign_in: Callable[..., LoginSession],
+    sign_in_directly: Callable[..., LoginSession],
     now: datetime,
 ) -> None:
     """docs/security.md A15 (oidcc-max-age-1, oidcc-max-age-10000)."""
     flow.allow(user, rp)
-    sign_in(user, auth_time=now - timedelta(seconds=30))
+    sign_in_directly(user, auth_time=now - timedelta(seconds=30))
     stale = get_authorize(flow.client, rp, max_age="1")
     assert urlsplit(stale.headers["location"]).path == "/login"
     next_url = parse_qs(urlsplit(stale.headers["location"]).query)["next"][0]
@@ -510,18 +503,12 @@ def test_max_age_must_be_ascii_digits(client: TestClient, ready: RP, max_age: st
     assert_client_error(get_authorize(client, ready, max_age=max_age), "invalid_request")
 
 
-def sign_in_on_the_page(client: TestClient, user: User, login_url: str) -> httpx.Response:
+def sign_in_with_next(client: TestClient, user: User, login_url: str) -> httpx.Response:
     """Sign in as a person does: the login page with its `next`, then the form."""
     page = client.get(login_url)
     assert page.status_code == 200, page.text
     next_url = parse_qs(urlsplit(login_url).query)["next"][0]
-    data = {
-        "csrf_token": csrf_token(page),
-        "email": user.email,
-        "password": factories.PASSWORD,
-        "next": next_url,
-    }
-    response = client.post("/login", data=data)
+    response = sign_in_by_form(client, user.email, next=next_url)
     assert response.status_code == 303, response.text
     return response
 
@@ -538,7 +525,7 @@ def test_reauthentication_is_enforced_on_the_next_url(
     flow: Flow,
     rp: RP,
     user: User,
-    sign_in: Callable[..., LoginSession],
+    sign_in_directly: Callable[..., LoginSession],
     now: datetime,
     asked: dict[str, str],
 ) -> None:
@@ -546,7 +533,7 @@ def test_reauthentication_is_enforced_on_the_next_url(
     `max_age`, but loading it with the old session is not a way around them: it asks for
     sign-in again; after a real sign-in the code carries a later `auth_time`."""
     flow.allow(user, rp)
-    sign_in(user, auth_time=now - timedelta(seconds=60))
+    sign_in_directly(user, auth_time=now - timedelta(seconds=60))
     before = id_token_claims(flow.tokens(rp, user))["auth_time"]
 
     response = get_authorize(flow.client, rp, **asked)
@@ -562,7 +549,7 @@ def test_reauthentication_is_enforced_on_the_next_url(
     silent = flow.client.get(next_url + "&prompt=none")
     assert_client_error(silent, "login_required")
 
-    back = sign_in_on_the_page(flow.client, user, login_url)
+    back = sign_in_with_next(flow.client, user, login_url)
     assert back.headers["location"] == next_url
     code = location_params(flow.client.get(next_url))["code"]
     response = flow.exchange(rp, code)
@@ -610,7 +597,7 @@ def test_a_long_state_survives_sign_in(
     long_state = "s" * 3000 + "~._-" * 750
     response = get_authorize(client, rp, state=long_state)
     assert urlsplit(response.headers["location"]).path == "/login"
-    back = sign_in_on_the_page(client, user, response.headers["location"])
+    back = sign_in_with_next(client, user, response.headers["location"])
     assert urlsplit(back.headers["location"]).path == "/authorize"
     params = location_params(client.get(back.headers["location"]))
     assert params["state"] == long_state
@@ -622,14 +609,14 @@ def test_id_token_hint_of_another_user_with_prompt_none_is_login_required(
     make: factories.Factory,
     ready: RP,
     user: User,
-    sign_in: Callable[..., LoginSession],
+    sign_in_directly: Callable[..., LoginSession],
 ) -> None:
     """docs/security.md A16."""
     other = make.user()
     flow.allow(other, ready)
-    sign_in(other)
+    sign_in_directly(other)
     hint = flow.tokens(ready, other)["id_token"]
-    sign_in(user)
+    sign_in_directly(user)
     assert_client_error(
         get_authorize(flow.client, ready, prompt="none", id_token_hint=hint), "login_required"
     )

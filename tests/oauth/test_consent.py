@@ -17,7 +17,7 @@ from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories
-from tests.conftest import ISSUER, count_rows
+from tests.conftest import ISSUER, count_rows, csrf_token
 from tests.oauth.conftest import (
     CALLBACK,
     RP,
@@ -36,12 +36,6 @@ def to_consent(client: TestClient, rp: RP, **overrides: str | None) -> httpx.Res
     page = client.get(response.headers["location"])
     assert page.status_code == 200, page.text
     return page
-
-
-def csrf_token(page: httpx.Response) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert match is not None
-    return match.group(1)
 
 
 def consent_nonce(page: httpx.Response) -> str:
@@ -356,16 +350,16 @@ def test_a_nonce_is_bound_to_the_person_and_session(
     services: Services,
     rp: RP,
     user: User,
-    sign_in: Callable[..., LoginSession],
+    sign_in_directly: Callable[..., LoginSession],
     make: factories.Factory,
 ) -> None:
     """Shown to one person (or one session), answered in another: nothing issued."""
-    sign_in(user)
+    sign_in_directly(user)
     page = to_consent(client, rp)
-    sign_in(make.user(email="mallory@example.com"))
+    sign_in_directly(make.user(email="mallory@example.com"))
     refused = answer(client, page, "allow")
     assert refused.status_code == 400
-    sign_in(user)
+    sign_in_directly(user)
     refused = answer(client, page, "allow")
     assert refused.status_code == 400
     assert count_rows(services.db, "authorization_codes") == 0

@@ -85,12 +85,6 @@ def test_a_failing_family_lookup_is_not_active_either(
 # -- replicas with clocks 30 s apart --------------------------------------------------------
 
 
-@pytest.fixture
-def ready(flow: Flow, rp: RP, user: User, signed_in: Any) -> RP:
-    flow.allow(user, rp)
-    return rp
-
-
 @pytest.mark.parametrize("skew", [LEEWAY, -LEEWAY])
 def test_a_fresh_code_works_on_a_replica_whose_clock_differs_by_30_s(
     flow: Flow, ready: RP, frozen: Callable[[float], None], skew: int

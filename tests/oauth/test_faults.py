@@ -44,12 +44,6 @@ def tolerant(app: Starlette) -> Iterator[TestClient]:
         yield test_client
 
 
-@pytest.fixture
-def ready(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> RP:
-    flow.allow(user, rp)
-    return rp
-
-
 @pytest.mark.parametrize("point", FAULT_POINTS)
 def test_fault_after_consuming_a_code_leaves_it_redeemable_once(
     flow: Flow,
@@ -63,7 +57,7 @@ def test_fault_after_consuming_a_code_leaves_it_redeemable_once(
     code = flow.code(ready)
     with monkeypatch.context() as patch:
         patch.setattr(*point, boom)
-        failed = Flow(tolerant, flow.sign_in, flow.allow).exchange(ready, code)
+        failed = Flow(tolerant, flow.sign_in_directly, flow.allow).exchange(ready, code)
     assert failed.status_code == 500
     assert "Traceback" not in failed.text
     for table in ("token_families", "refresh_tokens", "access_tokens"):
@@ -87,7 +81,9 @@ def test_fault_during_rotation_keeps_the_old_refresh_token(
     before = {t: count_rows(services.db, t) for t in ("refresh_tokens", "access_tokens")}
     with monkeypatch.context() as patch:
         patch.setattr(*point, boom)
-        failed = Flow(tolerant, flow.sign_in, flow.allow).refresh(ready, issued["refresh_token"])
+        failed = Flow(tolerant, flow.sign_in_directly, flow.allow).refresh(
+            ready, issued["refresh_token"]
+        )
     assert failed.status_code == 500
     assert {t: count_rows(services.db, t) for t in before} == before
     assert flow.introspect(ready, issued["refresh_token"])["active"] is True

@@ -131,7 +131,7 @@ def test_the_interaction_carries_only_the_request_uri(
     oauth_client: OAuth2Client,
     settings: Any,
     user: User,
-    sign_in: Callable[..., LoginSession],
+    sign_in_directly: Callable[..., LoginSession],
     frozen: Callable[[float], None],
 ) -> None:
     """Sign-in and consent take longer than `expires_in`: the first use claims it."""
@@ -143,7 +143,7 @@ def test_the_interaction_carries_only_the_request_uri(
     next_url = parse_qs(urlsplit(to_login.headers["location"]).query)["next"][0]
     assert set(parse_qs(urlsplit(next_url).query)) == {"client_id", "request_uri"}
     frozen(settings.par_ttl + 30)
-    sign_in(user)
+    sign_in_directly(user)
     to_consent = client.get(next_url)
     assert to_consent.status_code == 303
     assert to_consent.headers["location"].startswith("/consent?")

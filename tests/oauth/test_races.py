@@ -56,12 +56,6 @@ def outcomes(responses: list[httpx.Response]) -> Counter[str]:
     )
 
 
-@pytest.fixture
-def ready(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> RP:
-    flow.allow(user, rp)
-    return rp
-
-
 def token_request(rp: RP, **data: str) -> dict[str, Any]:
     return {"url": "/token", "data": data, "auth": rp.basic}
 

@@ -28,11 +28,6 @@ def claims_of(token: str) -> dict[str, Any]:
     return jwt.decode(token, options={"verify_signature": False})
 
 
-@pytest.fixture
-def issued(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> dict[str, Any]:
-    return flow.tokens(rp, user)
-
-
 def test_refresh_rotates_and_keeps_the_identity(flow: Flow, rp: RP, issued: dict[str, Any]) -> None:
     """docs/security.md C35 (OIDC Core §12.2): new tokens, same sub/iss/aud, original auth_time."""
     response = flow.refresh(rp, issued["refresh_token"])
@@ -102,7 +97,7 @@ def no_grace_client(settings: Settings) -> Iterator[TestClient]:
 def test_window_of_zero_makes_any_second_use_reuse(
     flow: Flow, rp: RP, issued: dict[str, Any], no_grace_client: TestClient
 ) -> None:
-    strict = Flow(no_grace_client, flow.sign_in, flow.allow)
+    strict = Flow(no_grace_client, flow.sign_in_directly, flow.allow)
     successor = strict.refresh(rp, issued["refresh_token"]).json()
     assert_oauth_error(strict.refresh(rp, issued["refresh_token"]), "invalid_grant")
     assert_oauth_error(strict.refresh(rp, successor["refresh_token"]), "invalid_grant")
@@ -265,10 +260,13 @@ def test_public_client_refreshes_with_its_client_id(
 
 
 def test_admin_scope_ends_when_the_admin_role_does(
-    make: factories.Factory, flow: Flow, services: Services, sign_in: Callable[..., LoginSession]
+    make: factories.Factory,
+    flow: Flow,
+    services: Services,
+    sign_in_directly: Callable[..., LoginSession],
 ) -> None:
     admin = make.user(is_admin=True)
-    sign_in(admin)
+    sign_in_directly(admin)
     client, secret = make.client(redirect_uris=[CALLBACK], scope="openid admin")
     rp = RP(client, secret)
     flow.allow(admin, rp, "openid admin")

@@ -28,7 +28,14 @@ from authserver.sessions.models import LoginSession
 from authserver.users.models import User
 from tests import factories
 from tests.conftest import ISSUER, audit_events, count_rows
-from tests.oauth.conftest import RP, VERIFIER, Flow, authorization_params, location_params
+from tests.oauth.conftest import (
+    RP,
+    VERIFIER,
+    Flow,
+    authorization_params,
+    location_params,
+    stored,
+)
 from tests.oauth.test_consent import answer, to_consent
 
 CALLBACK = "https://printer.example/cb"
@@ -53,10 +60,6 @@ def is_error(response: httpx.Response, status: int, error: str) -> bool:
         return False
     body = response.json()
     return body.get("error") == error and bool(body.get("error_description"))
-
-
-def stored(services: Services, client_id: str) -> Client | None:
-    return services.db.call(clients.get, client_id)
 
 
 def initial_token(services: Services, **options: Any) -> str:

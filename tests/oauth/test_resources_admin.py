@@ -69,9 +69,11 @@ def test_a_duplicate_uri_is_409_and_loopback_http_is_fine(api: Api, admin: Perso
     assert is_problem(api.call("POST", RESOURCES, admin.token, dev), 409)
 
 
-def test_only_administrators(api: Api, person: Any) -> None:
+def test_only_administrators(api: Api, person: Any, admin: Person) -> None:
     someone = person("someone@example.com")
     response = api.call("POST", RESOURCES, someone.token, NEW)
     assert is_problem(response, 403)
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+    assert is_problem(api.call("POST", RESOURCES, None, NEW), 401)
     assert is_problem(api.call("GET", RESOURCES), 401)
+    assert api.call("GET", RESOURCES, admin.token).json()["items"] == []

@@ -22,11 +22,6 @@ ACTIVE_MEMBERS = {"active", "scope", "client_id", "sub", "exp", "iat", "iss", "t
 
 
 @pytest.fixture
-def issued(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> dict[str, Any]:
-    return flow.tokens(rp, user)
-
-
-@pytest.fixture
 def other(make: factories.Factory) -> RP:
     client, secret = make.client(redirect_uris=[CALLBACK])
     return RP(client, secret)

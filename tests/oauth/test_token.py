@@ -56,12 +56,6 @@ def verify_with_jwks(
     return jwt.decode(token, jwks[kid].key, algorithms=[alg], audience=audience, issuer=ISSUER)
 
 
-@pytest.fixture
-def ready(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> RP:
-    flow.allow(user, rp)
-    return rp
-
-
 def test_code_exchange_returns_verifiable_tokens(
     flow: Flow, ready: RP, user: User, signed_in: LoginSession, services: Services
 ) -> None:

@@ -46,11 +46,6 @@ def parts(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     )
 
 
-@pytest.fixture
-def issued(flow: Flow, rp: RP, user: User, signed_in: LoginSession) -> dict[str, Any]:
-    return flow.tokens(rp, user)
-
-
 def assert_invalid_token(response: Any) -> None:
     assert response.status_code == 401, response.text
     challenge = response.headers["www-authenticate"]

@@ -95,16 +95,21 @@ def test_only_an_owner_adds_an_owner(
 ) -> None:
     join(services, bob.organization, alice.user, "admin")
     dave = factories.Factory(services).user(email="dave@example.com")
+    before = rows(services)
     refused = api.call(
         "POST", members_path(bob), alice.token, {"email": dave.email, "role": "owner"}
     )
     assert is_problem(refused, 403)
+    assert rows(services) == before
     as_admin = api.call("POST", members_path(bob), alice.token, {"email": dave.email})
     assert as_admin.status_code == 201
+    erin = factories.Factory(services).user(email="erin@example.com")
+    before = rows(services)
     by_member = api.call(
-        "POST", members_path(bob), carol.token, {"email": "x@example.com", "role": "member"}
+        "POST", members_path(bob), carol.token, {"email": erin.email, "role": "member"}
     )
     assert is_problem(by_member, 403)
+    assert rows(services) == before
 
 
 def test_adding_is_rate_limited(api: Api, alice: Tenant, monkeypatch) -> None:
@@ -203,6 +208,7 @@ def test_a_plain_member_may_leave_but_not_remove_others(
     dave = make.user(email="dave@example.com")
     join(services, bob.organization, dave, "member")
     assert is_problem(api.call("DELETE", members_path(bob, dave.id), carol.token), 403)
+    assert role_of(services, bob.organization, dave) == "member"
     assert api.call("DELETE", members_path(bob, carol.user.id), carol.token).status_code == 204
 
 
@@ -323,12 +329,13 @@ def test_two_owners_demoting_each_other_leave_one(
 
 
 def test_member_tokens_need_the_write_scope(
-    api: Api, bob: Tenant, carol: Person, tokens: factories.TokenFactory
+    api: Api, bob: Tenant, carol: Person, tokens: factories.TokenFactory, services: Services
 ) -> None:
     read_only = tokens.access_token(bob.user, "organizations:read").token
     response = api.call("PATCH", members_path(bob, carol.user.id), read_only, {"role": "admin"})
     assert is_problem(response, 403)
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+    assert role_of(services, bob.organization, carol.user) == "member"
 
 
 def test_solely_owned_names_what_an_account_deletion_would_orphan(

@@ -168,10 +168,12 @@ def test_a_demoted_administrator_loses_the_power_at_once(
 
 
 def test_an_administrator_without_a_user_cannot_list_or_create_mine(
-    api: Api, tokens: factories.TokenFactory
+    api: Api, tokens: factories.TokenFactory, services: Services
 ) -> None:
     """J74: `GET /organizations` and `POST` are about the signed-in user; a client alone
     (client_credentials) has none, so it is refused even with `admin`."""
     token = tokens.access_token(None, "admin " + SCOPES).token
+    before = rows(services)
     assert is_problem(api.call("GET", f"{API}/organizations", token), 403)
     assert is_problem(api.call("POST", f"{API}/organizations", token, {"name": "x"}), 403)
+    assert rows(services) == before

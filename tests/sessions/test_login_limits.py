@@ -9,22 +9,21 @@ from concurrent.futures import ThreadPoolExecutor
 from starlette.testclient import TestClient
 
 from tests import factories
-from tests.conftest import audit_events, csrf_token
-from tests.sessions.conftest import SignIn
+from tests.conftest import audit_events, csrf_token, sign_in_by_form
 
 TOO_MANY = "Too many sign-in attempts."
 AppWith = Callable[..., TestClient]
 
 
 def test_per_ip_limit_answers_429_with_retry_after(
-    app_with: AppWith, make: factories.Factory, sign_in: SignIn
+    app_with: AppWith, make: factories.Factory
 ) -> None:
     """Item 100: every attempt from one IP counts, right or wrong; the next is a 429."""
     client = app_with(login_rate_per_ip=3)
     users = [make.user() for _ in range(4)]
 
-    answers = [sign_in(client, user.email, "wrong password!") for user in users[:3]]
-    refused = sign_in(client, users[3].email)
+    answers = [sign_in_by_form(client, user.email, "wrong password!") for user in users[:3]]
+    refused = sign_in_by_form(client, users[3].email)
 
     assert [a.status_code for a in answers] == [400, 400, 400]
     assert refused.status_code == 429
@@ -35,7 +34,7 @@ def test_per_ip_limit_answers_429_with_retry_after(
 
 
 def test_per_account_limit_refuses_even_the_right_password(
-    app_with: AppWith, make: factories.Factory, sign_in: SignIn
+    app_with: AppWith, make: factories.Factory
 ) -> None:
     """I71: after too many failures the account is soft-locked for the rest of the window; the
     right password gets the same 429, so the lock is no password oracle, and it says when to
@@ -43,9 +42,11 @@ def test_per_account_limit_refuses_even_the_right_password(
     client = app_with(login_rate_per_account=3)
     victim, bystander = make.user(), make.user()
 
-    failures = [sign_in(client, victim.email, "wrong password!").status_code for _ in range(3)]
-    right_password = sign_in(client, victim.email)
-    other_account = sign_in(client, bystander.email)
+    failures = [
+        sign_in_by_form(client, victim.email, "wrong password!").status_code for _ in range(3)
+    ]
+    right_password = sign_in_by_form(client, victim.email)
+    other_account = sign_in_by_form(client, bystander.email)
 
     assert failures == [400, 400, 400]
     assert right_password.status_code == 429
@@ -54,28 +55,28 @@ def test_per_account_limit_refuses_even_the_right_password(
     assert other_account.status_code == 303
 
 
-def test_unknown_accounts_are_limited_too(app_with: AppWith, sign_in: SignIn) -> None:
+def test_unknown_accounts_are_limited_too(app_with: AppWith) -> None:
     """I72: were only real accounts limited, the 429 would tell which emails exist."""
     client = app_with(login_rate_per_account=2)
 
-    codes = [sign_in(client, "nobody@example.com", "guess").status_code for _ in range(3)]
+    codes = [sign_in_by_form(client, "nobody@example.com", "guess").status_code for _ in range(3)]
 
     assert codes == [400, 400, 429]
 
 
 def test_a_successful_sign_in_does_not_use_up_the_failure_budget(
-    app_with: AppWith, make: factories.Factory, sign_in: SignIn
+    app_with: AppWith, make: factories.Factory
 ) -> None:
     client = app_with(login_rate_per_account=3)
     user = make.user()
 
     codes = [
-        sign_in(client, user.email, "wrong password!").status_code,
-        sign_in(client, user.email, "wrong password!").status_code,
-        sign_in(client, user.email).status_code,
-        sign_in(client, user.email).status_code,
-        sign_in(client, user.email, "wrong password!").status_code,
-        sign_in(client, user.email, "wrong password!").status_code,
+        sign_in_by_form(client, user.email, "wrong password!").status_code,
+        sign_in_by_form(client, user.email, "wrong password!").status_code,
+        sign_in_by_form(client, user.email).status_code,
+        sign_in_by_form(client, user.email).status_code,
+        sign_in_by_form(client, user.email, "wrong password!").status_code,
+        sign_in_by_form(client, user.email, "wrong password!").status_code,
     ]
 
     assert codes == [400, 400, 303, 303, 400, 429]
@@ -108,7 +109,7 @@ def test_fifty_parallel_wrong_passwords_are_all_counted(
 
 
 def test_unreachable_redis_degrades_to_local_limits(
-    app_with: AppWith, make: factories.Factory, sign_in: SignIn
+    app_with: AppWith, make: factories.Factory
 ) -> None:
     """I73 / item 94: Redis down → sign-in still works, limits still hold in this process,
     and the operator is told once."""
@@ -119,8 +120,8 @@ def test_unreachable_redis_degrades_to_local_limits(
         client = app_with(redis_url="redis://127.0.0.1:1/0", login_rate_per_ip=3)
         user = make.user()
 
-        first = sign_in(client, user.email)
-        codes = [sign_in(client, user.email).status_code for _ in range(3)]
+        first = sign_in_by_form(client, user.email)
+        codes = [sign_in_by_form(client, user.email).status_code for _ in range(3)]
     finally:
         logger.removeHandler(warnings)
 

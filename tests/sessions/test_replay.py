@@ -19,8 +19,7 @@ from authserver.sessions import models as sessions
 from authserver.sessions.models import LoginSession
 from authserver.sessions.pages import current_login
 from tests import factories
-from tests.conftest import csrf_token, sessions_of, update_user
-from tests.sessions.conftest import SignIn, is_signed_in
+from tests.conftest import csrf_token, is_signed_in, sessions_of, sign_in_by_form, update_user
 
 
 def _age(services: Services, session_id: str, **fields: object) -> None:
@@ -63,13 +62,12 @@ def test_captured_cookie_is_anonymous_once_the_session_ends(
     client: TestClient,
     make: factories.Factory,
     services: Services,
-    sign_in: SignIn,
     end_it: Callable[[TestClient, Services, str, str], None],
 ) -> None:
     """H62 / ASVS 7.3.1-7.4.2: after sign-out, an admin ending the session, the user being
     disabled, or an idle or absolute timeout, replaying the old cookie gets nobody."""
     user = make.user()
-    sign_in(client, user.email)
+    sign_in_by_form(client, user.email)
     captured = client.cookies["sid"]
     [row] = sessions_of(services, user.id)
     assert is_signed_in(client)
@@ -97,10 +95,10 @@ def _current_login(app: Starlette, cookie_header: str) -> LoginSession | None:
 
 
 def test_current_login_finds_the_live_session(
-    client: TestClient, make: factories.Factory, services: Services, sign_in: SignIn
+    client: TestClient, make: factories.Factory, services: Services
 ) -> None:
     user = make.user()
-    sign_in(client, user.email)
+    sign_in_by_form(client, user.email)
 
     found = _current_login(client.app, f"sid={client.cookies['sid']}")
 

@@ -105,11 +105,6 @@ def submit(client: TestClient, path: str, **data: str) -> httpx.Response:
     return client.post(path.split("?")[0], data={"csrf_token": csrf_token(page), **data})
 
 
-def sign_in(client: TestClient, email: str, password: str = factories.PASSWORD) -> None:
-    response = submit(client, "/login", email=email, password=password)
-    assert response.status_code == 303, response.text
-
-
 def signs_in(app: Any, email: str, password: str) -> bool:
     """Whether a fresh browser can sign in with these credentials."""
     with TestClient(app, base_url=ISSUER, follow_redirects=False) as browser:

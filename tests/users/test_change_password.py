@@ -10,13 +10,12 @@ from starlette.testclient import TestClient
 
 from authserver.services import Services
 from tests import factories
-from tests.conftest import audit_events, csrf_token, sessions_of
+from tests.conftest import audit_events, csrf_token, is_signed_in, sessions_of, sign_in_by_form
 from tests.users.conftest import (
     Inbox,
     add_family,
     family,
     open_session,
-    sign_in,
     signs_in,
     user_by_email,
 )
@@ -34,10 +33,6 @@ def change(
     return client.post("/account/password", data=form)
 
 
-def is_signed_in(client: TestClient) -> bool:
-    return "You are signed in as" in client.get("/login").text
-
-
 def test_signed_out_visitors_are_sent_to_sign_in(client: TestClient) -> None:
     answer = client.get("/account/password")
 
@@ -47,7 +42,7 @@ def test_signed_out_visitors_are_sent_to_sign_in(client: TestClient) -> None:
 
 def test_page_names_its_fields(client: TestClient, make: factories.Factory) -> None:
     make.user(EMAIL)
-    sign_in(client, EMAIL)
+    assert sign_in_by_form(client, EMAIL).status_code == 303
     page = client.get("/account/password")
 
     assert page.status_code == 200
@@ -67,7 +62,7 @@ def test_change_keeps_this_session_and_ends_the_others(
     """Other sessions end and their token families are revoked, offline ones included; this
     browser and the families bound to its session stay."""
     user = make.user(EMAIL)
-    sign_in(client, EMAIL)
+    assert sign_in_by_form(client, EMAIL).status_code == 303
     (current,) = sessions_of(services, user.id)
     other = open_session(services, user.id)
     kept = add_family(services, make, user.id, session_id=current.id)
@@ -97,7 +92,7 @@ def test_a_wrong_current_password_changes_nothing(
     client: TestClient, services: Services, make: factories.Factory, inbox: Inbox
 ) -> None:
     user = make.user(EMAIL)
-    sign_in(client, EMAIL)
+    assert sign_in_by_form(client, EMAIL).status_code == 303
     other = open_session(services, user.id)
 
     answer = change(client, current="not my password")
@@ -117,7 +112,7 @@ def test_wrong_current_passwords_count_like_failed_sign_ins(
     """I71: the same per-account counter on every path that checks a password."""
     client = app_with(login_rate_per_account=3)
     make.user(EMAIL)
-    sign_in(client, EMAIL)
+    assert sign_in_by_form(client, EMAIL).status_code == 303
 
     answers = [change(client, current=f"guess {n}") for n in range(4)]
 
@@ -130,7 +125,7 @@ def test_a_weak_new_password_is_refused(
     client: TestClient, services: Services, make: factories.Factory
 ) -> None:
     user = make.user(EMAIL)
-    sign_in(client, EMAIL)
+    assert sign_in_by_form(client, EMAIL).status_code == 303
 
     answer = change(client, new="short")
 
@@ -144,7 +139,7 @@ def test_a_post_without_csrf_token_changes_nothing(
 ) -> None:
     """H64: password change without a CSRF token → 403, nothing changed."""
     user = make.user(EMAIL)
-    sign_in(client, EMAIL)
+    assert sign_in_by_form(client, EMAIL).status_code == 303
     other = open_session(services, user.id)
 
     refused = client.post(

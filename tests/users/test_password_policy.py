@@ -11,9 +11,9 @@ from authserver.errors import Invalid
 from authserver.services import Services
 from authserver.users import models as users
 from tests import factories
-from tests.conftest import API, count_rows, csrf_token, is_problem
+from tests.conftest import API, count_rows, csrf_token, is_problem, sign_in_by_form
 from tests.factories import bearer
-from tests.users.conftest import Inbox, sign_in, submit, user_by_email
+from tests.users.conftest import Inbox, submit, user_by_email
 
 WEAK = ["password", "12345678", "qwertyui", "aaaaaaaa", "abcdefgh", "iloveyou2024"]
 STRONG = "velvet orbit lantern quarry"
@@ -99,7 +99,7 @@ def test_the_change_page_refuses_a_weak_password(
     client: TestClient, make: factories.Factory, services: Services
 ) -> None:
     make.user(EMAIL)
-    sign_in(client, EMAIL)
+    assert sign_in_by_form(client, EMAIL).status_code == 303
     page = client.get("/account/password")
     form = {
         "csrf_token": csrf_token(page),

@@ -13,13 +13,19 @@ from authserver.db import utcnow
 from authserver.services import Services
 from authserver.users import models as users
 from tests import factories
-from tests.conftest import audit_events, count_rows, csrf_token, sessions_of, update_user
+from tests.conftest import (
+    audit_events,
+    count_rows,
+    csrf_token,
+    sessions_of,
+    sign_in_by_form,
+    update_user,
+)
 from tests.users.conftest import (
     Inbox,
     add_family,
     family,
     open_session,
-    sign_in,
     signs_in,
     submit,
     user_by_email,
@@ -59,7 +65,7 @@ def test_reset_through_the_emailed_link(
 ) -> None:
     """A reset ends every session and revokes every token family of the account."""
     user = make.user(EMAIL)
-    sign_in(client, EMAIL)
+    assert sign_in_by_form(client, EMAIL).status_code == 303
     elsewhere = open_session(services, user.id)
     bound = add_family(services, make, user.id, session_id=elsewhere.id)
     offline = add_family(services, make, user.id, session_id=None, offline=True)
@@ -95,7 +101,7 @@ def test_the_browser_that_reset_is_signed_out_too(
     client: TestClient, make: factories.Factory, inbox: Inbox
 ) -> None:
     make.user(EMAIL)
-    sign_in(client, EMAIL)
+    assert sign_in_by_form(client, EMAIL).status_code == 303
     set_password(client, reset_link(client, inbox))
 
     assert "You are signed in" not in client.get("/login").text

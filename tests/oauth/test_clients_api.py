@@ -17,7 +17,7 @@ from authserver.services import Services
 from tests import factories
 from tests.conftest import Api, audit_events, is_problem
 from tests.factories import Person
-from tests.oauth_clients_api.conftest import CLIENTS, all_clients, client_credentials, stored
+from tests.oauth.conftest import CLIENTS, all_clients, client_credentials, stored
 
 NEW = {
     "client_name": "Photo Printer",

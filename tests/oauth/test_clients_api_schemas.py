@@ -12,7 +12,7 @@ from authserver.oauth import clients
 from authserver.oauth.clients_api import OPERATIONS, REDIRECT_URI
 from tests.conftest import Api, Schemas
 from tests.factories import Person
-from tests.oauth_clients_api.conftest import CLIENTS
+from tests.oauth.conftest import CLIENTS
 
 CLIENT = CLIENTS + "/{client_id}"
 

@@ -19,8 +19,7 @@ from starlette.testclient import TestClient
 from authserver.oauth.clients import Client
 from authserver.services import Services
 from tests import factories
-from tests.conftest import audit_events, csrf_token, sessions_of
-from tests.sessions.conftest import SignIn, is_signed_in
+from tests.conftest import audit_events, csrf_token, is_signed_in, sessions_of, sign_in_by_form
 
 RETURN_URI = "https://app.example.com/logged-out"
 RETURN_WITH_QUERY = "https://app.example.com/bye?from=op"
@@ -41,10 +40,10 @@ def rp(make: factories.Factory) -> Client:
 
 @pytest.fixture
 def signed_in(
-    client: TestClient, make: factories.Factory, services: Services, sign_in: SignIn, rp: Client
+    client: TestClient, make: factories.Factory, services: Services, rp: Client
 ) -> SignedIn:
     user = make.user()
-    assert sign_in(client, user.email).status_code == 303
+    assert sign_in_by_form(client, user.email).status_code == 303
     [row] = sessions_of(services, user.id)
     return SignedIn(user.id, row.id, rp)
 
