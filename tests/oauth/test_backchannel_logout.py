@@ -313,7 +313,7 @@ def test_logout_posts_a_logout_token_the_receiver_validates_with_the_jwks(
     receiver: Receiver,
 ) -> None:
     receiver.start()
-    login = flow.sign_in(user)
+    login = flow.sign_in_directly(user)
     id_token = flow.tokens(bc_rp, user)["id_token"]
     response = client.get("/logout", params={"id_token_hint": id_token, "client_id": bc_rp.id})
     assert response.status_code == 200, response.text
