@@ -248,6 +248,7 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
             jwks_uri=args.jwks_uri,
             require_pushed_authorization_requests=args.require_par,
             introspection_signed_response_alg=args.introspection_signed_response_alg,
+            token_exchange_audiences=args.token_exchange_audience,
         )
         audit.record("client.created", actor_type="cli", target_type="client", target_id=client.id)
         record = clients.as_dict(client)
@@ -560,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--introspection-signed-response-alg",
         default=None,
         help="answer this client's introspection requests as signed JWTs (RFC 9701), e.g. RS256",
+    )
+    clients_create.add_argument(
+        "--token-exchange-audience",
+        action="append",
+        default=[],
+        help="a registered resource this client may exchange a person's token for (RFC 8693)",
     )
     key_source = clients_create.add_mutually_exclusive_group()
     key_source.add_argument(

@@ -262,6 +262,11 @@ class Settings:
     jwt_introspection: bool = _setting(
         True, _bool, "signed introspection responses (RFC 9701) for clients registered for them"
     )
+    token_exchange: bool = _setting(
+        True,
+        _bool,
+        "token exchange (RFC 8693) at /token, for clients whose policy names audiences",
+    )
 
     smtp_url: str | None = _setting(None, _smtp_url, "mail server; unset: mail is only logged")
     mail_from: str | None = _setting(None, _mail_address, "From: of mail; no-reply@issuer host")

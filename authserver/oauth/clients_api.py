@@ -43,6 +43,7 @@ class NewClient:
     jwks_uri: str | None = None
     require_pushed_authorization_requests: bool = False
     introspection_signed_response_alg: str | None = None
+    token_exchange_audiences: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ClientPatch:
     is_active: bool | None = None
     require_pushed_authorization_requests: bool | None = None
     introspection_signed_response_alg: str | None = None
+    token_exchange_audiences: list[str] | None = None
 
 
 def _existing(client_id: str) -> Client:
@@ -100,6 +102,7 @@ async def create_client(request: Request) -> Response:
             jwks_uri=body.jwks_uri,
             require_pushed_authorization_requests=body.require_pushed_authorization_requests,
             introspection_signed_response_alg=body.introspection_signed_response_alg,
+            token_exchange_audiences=body.token_exchange_audiences,
         )
         me.record("client.created", "client", client.id)
         created = clients.as_dict(client)
@@ -141,6 +144,7 @@ async def update_client(request: Request) -> Response:
             is_active=body.is_active,
             require_pushed_authorization_requests=body.require_pushed_authorization_requests,
             introspection_signed_response_alg=body.introspection_signed_response_alg,
+            token_exchange_audiences=body.token_exchange_audiences,
         )
         if changed:
             me.record("client.updated", "client", client_id, fields=changed)
@@ -222,6 +226,14 @@ INTROSPECTION_ALG = {
     "enum": list(ALGORITHMS),
     "description": "Signed introspection answers (RFC 9701) with this algorithm.",
 }
+EXCHANGE_AUDIENCES = {
+    "type": "array",
+    "maxItems": clients.EXCHANGE_AUDIENCES_MAX,
+    "items": {"type": "string", "maxLength": 2000},
+    "description": "Token exchange (RFC 8693): the registered resources this client may "
+    "exchange a person's access token for. Empty: it may not exchange; needs a client "
+    "that authenticates.",
+}
 JWKS: dict[str, Any] = {
     "type": "object",
     "description": "private_key_jwt: the client's public keys (RFC 7517); no private members.",
@@ -265,6 +277,7 @@ CLIENT: dict[str, Any] = {
         "is_active": {"type": "boolean"},
         "require_pushed_authorization_requests": REQUIRE_PAR,
         "introspection_signed_response_alg": INTROSPECTION_ALG,
+        "token_exchange_audiences": EXCHANGE_AUDIENCES,
         "created_at": rest.TIMESTAMP,
         "jwks": JWKS,
         "jwks_uri": JWKS_URI,
@@ -298,6 +311,7 @@ NEW_CLIENT = {
         "resource_server": RESOURCE_SERVER,
         "require_pushed_authorization_requests": REQUIRE_PAR,
         "introspection_signed_response_alg": INTROSPECTION_ALG,
+        "token_exchange_audiences": EXCHANGE_AUDIENCES,
         "jwks": JWKS,
         "jwks_uri": JWKS_URI,
     },
@@ -352,6 +366,7 @@ CLIENT_PATCH = {
             "type": ["string", "null"],
             "enum": [*ALGORITHMS, None],
         },
+        "token_exchange_audiences": {**EXCHANGE_AUDIENCES, "type": ["array", "null"]},
     },
 }
 SECRET = {

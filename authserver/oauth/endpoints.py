@@ -171,6 +171,7 @@ class FoundAccessToken:
         return {
             "active": True,
             **{n: self.claims.get(n, "") for n in names},
+            **({"act": self.claims["act"]} if "act" in self.claims else {}),
             "token_type": "Bearer",
         }
 
