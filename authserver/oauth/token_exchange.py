@@ -20,7 +20,8 @@ already, so every API down the chain sees who is acting. What a client may do:
   actor is the authenticated client.
 
 The exchanged token shares the subject token's family and names it (`subject_jti`), so
-revoking either (or ending the person's session, or disabling them) ends it too.
+revoking either (or ending the person's session, or disabling them) ends it too. The cases
+are docs/security.md Q109 to Q113.
 """
 
 from __future__ import annotations

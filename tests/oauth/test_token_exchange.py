@@ -1,5 +1,5 @@
 """Token exchange (RFC 8693): a service trades a person's access token for a narrower one
-that names it as the actor (docs/security.md Q109-Q114)."""
+that names it as the actor (docs/security.md Q109 to Q113)."""
 
 from __future__ import annotations
 
