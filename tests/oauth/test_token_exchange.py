@@ -15,7 +15,13 @@ from starlette.testclient import TestClient
 
 from authserver.errors import Invalid
 from authserver.oauth import clients
-from authserver.oauth.token_exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, JWT_TYPE
+from authserver.oauth.token_exchange import (
+    ACCESS_TOKEN_TYPE,
+    GRANT_TYPE,
+    JWT_TYPE,
+    MAX_ACTORS,
+    actors,
+)
 from authserver.services import Services
 from authserver.sessions.models import LoginSession
 from authserver.users.models import User
@@ -260,6 +266,27 @@ def test_an_exchanged_token_is_exchanged_again_with_nested_act_and_the_same_casc
     assert flow.introspect(printing, second)["act"] == claims["act"]
     client.post("/revoke", data={"token": issued["access_token"]}, auth=app_rp.basic)
     assert not is_active(flow, printing, second)
+
+
+def test_a_delegation_chain_stops_at_five_actors(
+    client: TestClient,
+    make: factories.Factory,
+    services: Services,
+    issued: dict[str, Any],
+    albums: RP,
+    printing: RP,
+) -> None:
+    chain, token = [albums, printing], exchanged(client, albums, issued["access_token"])
+    for hop in range(1, MAX_ACTORS + 1):
+        uri = f"https://hop{hop}.example.com"
+        chain.append(RP(*make.resource_server(uri, ["photos:read"], f"Hop {hop}")))
+        set_policy(services, chain[-2].id, [uri])
+        if hop < MAX_ACTORS:
+            token = exchanged(client, chain[-2], token, audience=uri)
+            continue
+        refused = exchange(client, chain[-2], token, audience=uri)
+        assert_oauth_error(refused, "invalid_grant")
+    assert actors(jwt.decode(token, options={"verify_signature": False})["act"]) == MAX_ACTORS
 
 
 def test_introspection_shows_act_to_the_actor_and_to_the_target_resource(
