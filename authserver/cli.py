@@ -223,7 +223,7 @@ def cmd_users_create(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
     from authserver import audit
-    from authserver.oauth import clients
+    from authserver.oauth import clients, token_exchange
 
     auth_method = args.auth_method or ("none" if args.public else "client_secret_basic")
     if args.public and auth_method != "none":
@@ -234,6 +234,7 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
     services = _services(settings)
 
     def create() -> dict[str, Any]:
+        token_exchange.check_policy(settings, args.token_exchange_audience)
         client, secret = clients.create(
             services.digester,
             name=args.name,

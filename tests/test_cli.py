@@ -192,6 +192,11 @@ def test_clients_create_gives_a_service_a_token_exchange_policy(
 ) -> None:
     args = ["clients", "create", "--name", "Albums API", "--grant-type", "client_credentials"]
     policy = ["--token-exchange-audience", "https://printing.example.com"]
+    status, _, err = run([*args, *policy], capsys, monkeypatch)
+    assert status != 0
+    assert "not known" in err
+    printing = ["resources", "create", "--uri", "https://printing.example.com", "--scope", "print"]
+    assert run(printing, capsys, monkeypatch)[0] == 0
     status, out, _ = run([*args, *policy, "--json"], capsys, monkeypatch)
     assert status == 0, out
     assert json.loads(out)["token_exchange_audiences"] == ["https://printing.example.com"]

@@ -299,18 +299,14 @@ EXCHANGE_AUDIENCES_MAX = 20
 
 
 def _exchange_audiences(values: list[str], auth_method: str) -> list[str] | None:
-    """A token-exchange policy: resource URIs (whether each is registered is checked at
-    every exchange, so deleting a resource ends it), for a client that authenticates."""
-    from authserver.oauth import resources  # it imports this module
-
-    if not values:
+    """A token-exchange policy, for a client that authenticates. What may be in it
+    (registered resources) is `token_exchange.check_policy`, checked again at every
+    exchange, so deleting a resource ends it."""
+    audiences = list(dict.fromkeys(values))
+    if not audiences:
         return None
     if auth_method not in CONFIDENTIAL_AUTH_METHODS:
         raise Invalid("Only a client that authenticates may exchange tokens.")
-    try:
-        audiences = resources.parse(values)
-    except resources.InvalidTargetError as error:
-        raise Invalid(f"Token exchange audiences: {error.description}") from None
     if len(audiences) > EXCHANGE_AUDIENCES_MAX:
         raise Invalid(f"At most {EXCHANGE_AUDIENCES_MAX} token exchange audiences.")
     return audiences

@@ -22,7 +22,7 @@ from authserver import rest
 from authserver.actors import ADMIN, admin, as_admin
 from authserver.errors import NO_STORE, Invalid, NotFound
 from authserver.keystore import ALGORITHMS
-from authserver.oauth import clients
+from authserver.oauth import clients, token_exchange
 from authserver.oauth.clients import Client
 from authserver.services import services
 
@@ -85,9 +85,10 @@ async def create_client(request: Request) -> Response:
     me = await admin(request)
     body: NewClient = await rest.read_json(request, NewClient)
     _check_text(body.client_name, body.scope)
-    digester = services(request).digester
+    digester, settings = services(request).digester, services(request).settings
 
     def create() -> dict[str, Any]:
+        token_exchange.check_policy(settings, body.token_exchange_audiences)
         client, secret = clients.create(
             digester,
             name=body.client_name,
@@ -129,9 +130,11 @@ async def update_client(request: Request) -> Response:
     client_id = rest.path_id(request, "client_id")
     body: ClientPatch = await rest.read_json(request, ClientPatch)
     _check_text(body.client_name, body.scope)
+    settings = services(request).settings
 
     def update() -> dict[str, Any]:
         client = _existing(client_id)
+        token_exchange.check_policy(settings, body.token_exchange_audiences)
         changed = clients.update(
             client,
             name=body.client_name,

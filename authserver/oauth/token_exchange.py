@@ -38,6 +38,7 @@ from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 from authlib.oauth2.rfc6749.hooks import hooked
 
 from authserver import audit, db
+from authserver.errors import Invalid
 from authserver.oauth import resources, token_format, tokens
 from authserver.oauth.clients import CONFIDENTIAL_AUTH_METHODS
 from authserver.oauth.endpoints import FoundAccessToken
@@ -57,6 +58,17 @@ MAX_ACTORS = 5
 def grant_types(settings: Settings) -> list[str]:
     """For discovery's `grant_types_supported`."""
     return [GRANT_TYPE] if settings.token_exchange else []
+
+
+def check_policy(settings: Settings, audiences: list[str] | None) -> None:
+    """What an operator may put in a client's policy: registered resources (this server's
+    API included), as the admin API and the CLI check before storing it."""
+    if not audiences:
+        return
+    try:
+        resources.targets(settings, resources.parse(audiences))
+    except InvalidTargetError as error:
+        raise Invalid(f"token_exchange_audiences: {error.description}") from None
 
 
 def actors(act: Any) -> int:

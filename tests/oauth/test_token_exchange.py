@@ -390,15 +390,25 @@ def test_discovery_advertises_the_grant_when_on_and_stays_valid(
 
 
 def test_administrators_set_the_policy_through_the_clients_api(
-    client: TestClient, admin: Person, albums: RP
+    client: TestClient, make: factories.Factory, admin: Person, albums: RP
 ) -> None:
+    """Only registered resources: STORAGE is not one."""
     api = Api(client)
     path = f"{API}/clients/{albums.id}"
 
+    make.resource_server(MAPS, ["photos:read"], "Maps")
     changed = api.call("PATCH", path, admin.token, {"token_exchange_audiences": [MAPS]})
     assert changed.status_code == 200, changed.text
     assert changed.json()["token_exchange_audiences"] == [MAPS]
-    bad = api.call("PATCH", path, admin.token, {"token_exchange_audiences": ["not a uri"]})
-    assert is_problem(bad, 400)
+    for refused in (["not a uri"], [STORAGE]):
+        bad = api.call("PATCH", path, admin.token, {"token_exchange_audiences": refused})
+        assert is_problem(bad, 400)
     cleared = api.call("PATCH", path, admin.token, {"token_exchange_audiences": []})
     assert cleared.json()["token_exchange_audiences"] == []
+    new = {"client_name": "Maps service", "grant_types": ["client_credentials"]}
+    for audiences, status in (([STORAGE], 400), ([MAPS], 201)):
+        created = api.call(
+            "POST", f"{API}/clients", admin.token, {**new, "token_exchange_audiences": audiences}
+        )
+        assert created.status_code == status, created.text
+    assert created.json()["token_exchange_audiences"] == [MAPS]
