@@ -223,7 +223,7 @@ def cmd_users_create(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
     from authserver import audit
-    from authserver.oauth import backchannel, clients
+    from authserver.oauth import backchannel, clients, token_exchange
 
     auth_method = args.auth_method or ("none" if args.public else "client_secret_basic")
     if args.public and auth_method != "none":
@@ -234,6 +234,7 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
     services = _services(settings)
 
     def create() -> dict[str, Any]:
+        token_exchange.check_policy(settings, args.token_exchange_audience)
         client, secret = clients.create(
             services.digester,
             name=args.name,
@@ -248,6 +249,7 @@ def cmd_clients_create(args: argparse.Namespace, settings: Settings) -> None:
             jwks_uri=args.jwks_uri,
             require_pushed_authorization_requests=args.require_par,
             introspection_signed_response_alg=args.introspection_signed_response_alg,
+            token_exchange_audiences=args.token_exchange_audience,
         )
         backchannel.register(
             client,
@@ -576,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--backchannel-logout-session-required",
         action="store_true",
         help="the client needs sid in logout tokens (always sent)",
+    )
+    clients_create.add_argument(
+        "--token-exchange-audience",
+        action="append",
+        default=[],
+        help="a registered resource this client may exchange a person's token for (RFC 8693)",
     )
     key_source = clients_create.add_mutually_exclusive_group()
     key_source.add_argument(

@@ -274,6 +274,11 @@ class Settings:
         "OIDC Back-Channel Logout: an ended session is POSTed as a signed logout token to "
         "each client signed in through it that registered a backchannel_logout_uri",
     )
+    token_exchange: bool = _setting(
+        True,
+        _bool,
+        "token exchange (RFC 8693) at /token, for clients whose policy names audiences",
+    )
 
     smtp_url: str | None = _setting(None, _smtp_url, "mail server; unset: mail is only logged")
     mail_from: str | None = _setting(None, _mail_address, "From: of mail; no-reply@issuer host")

@@ -187,6 +187,25 @@ def test_clients_create_registers_a_resource_server(env: Path, capsys, monkeypat
     assert query(env, "SELECT resource_server FROM clients") == [(True,)]
 
 
+def test_clients_create_gives_a_service_a_token_exchange_policy(
+    env: Path, capsys, monkeypatch
+) -> None:
+    args = ["clients", "create", "--name", "Albums API", "--grant-type", "client_credentials"]
+    policy = ["--token-exchange-audience", "https://printing.example.com"]
+    status, _, err = run([*args, *policy], capsys, monkeypatch)
+    assert status != 0
+    assert "not known" in err
+    printing = ["resources", "create", "--uri", "https://printing.example.com", "--scope", "print"]
+    assert run(printing, capsys, monkeypatch)[0] == 0
+    status, out, _ = run([*args, *policy, "--json"], capsys, monkeypatch)
+    assert status == 0, out
+    assert json.loads(out)["token_exchange_audiences"] == ["https://printing.example.com"]
+    public = ["clients", "create", "--name", "App", "--public", "--redirect-uri"]
+    status, _, err = run([*public, "http://127.0.0.1/cb", *policy], capsys, monkeypatch)
+    assert status != 0
+    assert "authenticates" in err
+
+
 def test_clients_create_registers_a_device_client(env: Path, capsys, monkeypatch) -> None:
     device_grant = "urn:ietf:params:oauth:grant-type:device_code"
     args = ["clients", "create", "--name", "TV", "--public", "--grant-type", device_grant]

@@ -28,7 +28,8 @@ def build_server(
     lookup: ClientLookup,
 ) -> AuthorizationServer:
     """Authlib's server with our grants (code + PKCE + OIDC, refresh, client_credentials,
-    and the device grant when `settings.device_flow` is on), revocation and introspection
+    the device grant when `settings.device_flow` is on, token exchange when
+    `settings.token_exchange` is), revocation and introspection
     (signed per RFC 9701 for clients registered for it), and storage through `clients`
     and `tokens`.
 
@@ -78,6 +79,12 @@ def build_server(
         server.register_grant(
             grants.bind(device.DeviceCodeGrant, settings, digester, generator),
             [oidc.IDTokens(keystore, settings)],
+        )
+    if settings.token_exchange:
+        from authserver.oauth import token_exchange
+
+        server.register_grant(
+            grants.bind(token_exchange.TokenExchangeGrant, settings, digester, generator)
         )
     server.register_endpoint(endpoints.Revocation(keystore, settings, digester))
     server.register_endpoint(introspection_jwt.SignedIntrospection(keystore, settings, digester))

@@ -74,6 +74,9 @@ class Client(Base, ClientMixin):
     #: RFC 9701: a resource server registered for signed introspection answers, signed
     #: with this algorithm; None: plain JSON only.
     introspection_signed_response_alg: Mapped[str | None] = mapped_column(String(10))
+    #: RFC 8693 policy: the resources this client may exchange a person's access token for
+    #: (`token_exchange`); None or empty: it may not exchange. Operators set it.
+    token_exchange_audiences: Mapped[list[str] | None] = mapped_column(JSON)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     dynamically_registered: Mapped[bool] = mapped_column(Boolean, default=False)
     registration_token_digest: Mapped[str | None] = mapped_column(String(64))
@@ -306,6 +309,24 @@ def _check_introspection_alg(alg: str | None, auth_method: str) -> None:
         raise Invalid("Signed introspection needs a client that authenticates.")
 
 
+#: More than a service plausibly calls on a person's behalf; bounds the stored policy.
+EXCHANGE_AUDIENCES_MAX = 20
+
+
+def _exchange_audiences(values: list[str], auth_method: str) -> list[str] | None:
+    """A token-exchange policy, for a client that authenticates. What may be in it
+    (registered resources) is `token_exchange.check_policy`, checked again at every
+    exchange, so deleting a resource ends it."""
+    audiences = list(dict.fromkeys(values))
+    if not audiences:
+        return None
+    if auth_method not in CONFIDENTIAL_AUTH_METHODS:
+        raise Invalid("Only a client that authenticates may exchange tokens.")
+    if len(audiences) > EXCHANGE_AUDIENCES_MAX:
+        raise Invalid(f"At most {EXCHANGE_AUDIENCES_MAX} token exchange audiences.")
+    return audiences
+
+
 def create(
     digester: Digester,
     *,
@@ -321,6 +342,7 @@ def create(
     jwks_uri: str | None = None,
     require_pushed_authorization_requests: bool = False,
     introspection_signed_response_alg: str | None = None,
+    token_exchange_audiences: list[str] | None = None,
 ) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret, which exists only in this return value."""
     name = name.strip()
@@ -338,6 +360,7 @@ def create(
     )
     _check_resource_server(resource_server, auth_method)
     _check_introspection_alg(introspection_signed_response_alg, auth_method)
+    exchange_audiences = _exchange_audiences(token_exchange_audiences or [], auth_method)
     for uri in post_logout_redirect_uris:
         validate_redirect_uri(uri)
     secret = None if auth_method in {"none", "private_key_jwt"} else new_token()
@@ -357,6 +380,7 @@ def create(
         jwks_uri=jwks_uri,
         require_pushed_authorization_requests=require_pushed_authorization_requests,
         introspection_signed_response_alg=introspection_signed_response_alg,
+        token_exchange_audiences=exchange_audiences,
     )
     current_session().add(client)
     current_session().flush()
@@ -383,6 +407,7 @@ def as_dict(client: Client) -> dict[str, Any]:
             if client.introspection_signed_response_alg
             else {}
         ),
+        "token_exchange_audiences": client.token_exchange_audiences or [],
         **({"jwks": client.jwks} if client.jwks else {}),
         **({"jwks_uri": client.jwks_uri} if client.jwks_uri else {}),
         **backchannel_logout(client),
@@ -538,6 +563,7 @@ def update(
     is_active: bool | None = None,
     require_pushed_authorization_requests: bool | None = None,
     introspection_signed_response_alg: str | None = None,
+    token_exchange_audiences: list[str] | None = None,
 ) -> list[str]:
     """Change a registration, validated as `create` validates it; None leaves a field as it
     is. Returns the names of the fields that changed, for the audit trail.
@@ -563,6 +589,10 @@ def update(
     if resource_server:
         _check_resource_server(resource_server, client.token_endpoint_auth_method)
     _check_introspection_alg(introspection_signed_response_alg, client.token_endpoint_auth_method)
+    exchange_audiences = None
+    if token_exchange_audiences is not None:
+        audiences = _exchange_audiences(token_exchange_audiences, client.token_endpoint_auth_method)
+        exchange_audiences = audiences or []
     logout_uris = None
     if post_logout_redirect_uris is not None:
         logout_uris = [validate_redirect_uri(u) for u in dict.fromkeys(post_logout_redirect_uris)]
@@ -581,6 +611,7 @@ def update(
         "is_active": is_active,
         "require_pushed_authorization_requests": require_pushed_authorization_requests,
         "introspection_signed_response_alg": introspection_signed_response_alg,
+        "token_exchange_audiences": exchange_audiences,
     }
     changed = [f for f, v in wanted.items() if v is not None and getattr(client, f) != v]
     for field in changed:

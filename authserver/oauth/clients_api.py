@@ -22,7 +22,7 @@ from authserver import rest
 from authserver.actors import ADMIN, admin, as_admin
 from authserver.errors import NO_STORE, Invalid, NotFound
 from authserver.keystore import ALGORITHMS
-from authserver.oauth import backchannel, clients
+from authserver.oauth import backchannel, clients, token_exchange
 from authserver.oauth.clients import Client
 from authserver.services import services
 
@@ -45,6 +45,7 @@ class NewClient:
     introspection_signed_response_alg: str | None = None
     backchannel_logout_uri: str | None = None
     backchannel_logout_session_required: bool = False
+    token_exchange_audiences: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ClientPatch:
     #: "" removes the registration.
     backchannel_logout_uri: str | None = None
     backchannel_logout_session_required: bool | None = None
+    token_exchange_audiences: list[str] | None = None
 
 
 def _existing(client_id: str) -> Client:
@@ -88,9 +90,11 @@ async def create_client(request: Request) -> Response:
     me = await admin(request)
     body: NewClient = await rest.read_json(request, NewClient)
     _check_text(body.client_name, body.scope)
-    digester, fetcher = services(request).digester, services(request).fetcher
+    service = services(request)
+    digester, fetcher, settings = service.digester, service.fetcher, service.settings
 
     def create() -> dict[str, Any]:
+        token_exchange.check_policy(settings, body.token_exchange_audiences)
         client, secret = clients.create(
             digester,
             name=body.client_name,
@@ -105,6 +109,7 @@ async def create_client(request: Request) -> Response:
             jwks_uri=body.jwks_uri,
             require_pushed_authorization_requests=body.require_pushed_authorization_requests,
             introspection_signed_response_alg=body.introspection_signed_response_alg,
+            token_exchange_audiences=body.token_exchange_audiences,
         )
         backchannel.register(
             client,
@@ -137,10 +142,11 @@ async def update_client(request: Request) -> Response:
     client_id = rest.path_id(request, "client_id")
     body: ClientPatch = await rest.read_json(request, ClientPatch)
     _check_text(body.client_name, body.scope)
-    fetcher = services(request).fetcher
+    fetcher, settings = services(request).fetcher, services(request).settings
 
     def update() -> dict[str, Any]:
         client = _existing(client_id)
+        token_exchange.check_policy(settings, body.token_exchange_audiences)
         before = clients.backchannel_logout(client)
         changed = clients.update(
             client,
@@ -154,6 +160,7 @@ async def update_client(request: Request) -> Response:
             is_active=body.is_active,
             require_pushed_authorization_requests=body.require_pushed_authorization_requests,
             introspection_signed_response_alg=body.introspection_signed_response_alg,
+            token_exchange_audiences=body.token_exchange_audiences,
         )
         uri, required = body.backchannel_logout_uri, body.backchannel_logout_session_required
         if uri is None and required is not None:
@@ -243,6 +250,14 @@ INTROSPECTION_ALG = {
     "enum": list(ALGORITHMS),
     "description": "Signed introspection answers (RFC 9701) with this algorithm.",
 }
+EXCHANGE_AUDIENCES = {
+    "type": "array",
+    "maxItems": clients.EXCHANGE_AUDIENCES_MAX,
+    "items": {"type": "string", "maxLength": 2000},
+    "description": "Token exchange (RFC 8693): the registered resources this client may "
+    "exchange a person's access token for. Empty: it may not exchange; needs a client "
+    "that authenticates.",
+}
 JWKS: dict[str, Any] = {
     "type": "object",
     "description": "private_key_jwt: the client's public keys (RFC 7517); no private members.",
@@ -297,6 +312,7 @@ CLIENT: dict[str, Any] = {
         "is_active": {"type": "boolean"},
         "require_pushed_authorization_requests": REQUIRE_PAR,
         "introspection_signed_response_alg": INTROSPECTION_ALG,
+        "token_exchange_audiences": EXCHANGE_AUDIENCES,
         "created_at": rest.TIMESTAMP,
         "jwks": JWKS,
         "jwks_uri": JWKS_URI,
@@ -332,6 +348,7 @@ NEW_CLIENT = {
         "resource_server": RESOURCE_SERVER,
         "require_pushed_authorization_requests": REQUIRE_PAR,
         "introspection_signed_response_alg": INTROSPECTION_ALG,
+        "token_exchange_audiences": EXCHANGE_AUDIENCES,
         "jwks": JWKS,
         "jwks_uri": JWKS_URI,
         "backchannel_logout_uri": BACKCHANNEL_URI,
@@ -394,6 +411,7 @@ CLIENT_PATCH = {
             "description": '"" removes the registration. ' + BACKCHANNEL_URI["description"],
         },
         "backchannel_logout_session_required": {**BACKCHANNEL_SESSION, "type": ["boolean", "null"]},
+        "token_exchange_audiences": {**EXCHANGE_AUDIENCES, "type": ["array", "null"]},
     },
 }
 SECRET = {

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from authserver.dpop import ALGORITHMS as DPOP_ALGORITHMS
 from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.mfa.policy import ACR_VALUES
-from authserver.oauth import backchannel, device, introspection_jwt, par
+from authserver.oauth import backchannel, device, introspection_jwt, par, token_exchange
 from authserver.oauth.assertions import SIGNING_ALGS
 from authserver.oauth.clients import (
     AUTH_METHODS,
@@ -57,7 +57,8 @@ def metadata(settings: Settings, signing_algs: Sequence[str]) -> dict[str, Any]:
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": [
-            g for g in GRANT_TYPES if g != DEVICE_CODE or settings.device_flow
+            *(g for g in GRANT_TYPES if g != DEVICE_CODE or settings.device_flow),
+            *token_exchange.grant_types(settings),
         ],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(signing_algs),

@@ -216,6 +216,7 @@ class FoundAccessToken:
         return {
             "active": True,
             **{n: self.claims.get(n, "") for n in names},
+            **({"act": self.claims["act"]} if "act" in self.claims else {}),
             "token_type": "DPoP" if jkt is not None else "Bearer",
             **({"cnf": {"jkt": jkt}} if jkt is not None else {}),
         }

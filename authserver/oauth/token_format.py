@@ -128,19 +128,8 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         the header says `typ: at+jwt` (§2.1) so an access token is never taken for an ID
         token, or the other way round."""
         now = int(db.utcnow().timestamp())
-        claims: dict[str, Any] = {
-            "iss": self.issuer,
-            "sub": user.get_user_id() if user is not None else client.get_client_id(),
-            "aud": audience.aud,
-            "exp": now + self.settings.access_token_ttl,
-            "iat": now,
-            "jti": new_token(16),
-            "client_id": client.get_client_id(),
-        }
-        if audience.scope:
-            claims["scope"] = audience.scope
-        if jkt is not None:
-            claims["cnf"] = {"jkt": jkt}
+        sub = user.get_user_id() if user is not None else client.get_client_id()
+        claims = self._claims(client, sub, audience, now, now + self.settings.access_token_ttl, jkt)
         if user is not None:
             claims.update(
                 auth_time=int(user.auth_time.timestamp()),
@@ -149,6 +138,46 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
                 **user.org_claims(audience.scope),
             )
         return self.keystore.sign(claims, alg=self.alg, typ="at+jwt")
+
+    def exchanged(
+        self,
+        client: Any,
+        subject: dict[str, Any],
+        audience: Audience,
+        act: dict[str, Any],
+        jkt: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """RFC 8693 §4.1: a token about the subject token's person, issued to `client`, which
+        `act` names as acting for them; it ends when the subject token ends, or sooner.
+        How and when the person signed in (and their organization, while the scope keeps
+        it) carry over; the signed token and its claims."""
+        now = int(db.utcnow().timestamp())
+        expires = min(int(subject["exp"]), now + self.settings.access_token_ttl)
+        claims = self._claims(client, str(subject["sub"]), audience, now, expires, jkt)
+        carried = ["auth_time", "amr", "acr"]
+        if ORGANIZATION in audience.scope.split():
+            carried += ["org_id", "org_role"]
+        claims.update({name: subject[name] for name in carried if name in subject})
+        claims["act"] = act
+        return self.keystore.sign(claims, alg=self.alg, typ="at+jwt"), claims
+
+    def _claims(
+        self, client: Any, sub: str, audience: Audience, now: int, expires: int, jkt: str | None
+    ) -> dict[str, Any]:
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": audience.aud,
+            "exp": expires,
+            "iat": now,
+            "jti": new_token(16),
+            "client_id": client.get_client_id(),
+        }
+        if audience.scope:
+            claims["scope"] = audience.scope
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
+        return claims
 
 
 def decode_own_jwt(keystore: KeyStore, raw: str | None, *, typ: str) -> dict[str, Any] | None:

@@ -93,6 +93,9 @@ class AccessToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     revoked_at: Mapped[datetime | None]
+    #: RFC 8693: the access token this one was exchanged for (`token_exchange`), which must
+    #: stay live for this one to count: revoking it revokes every token exchanged from it.
+    subject_jti: Mapped[str | None] = mapped_column(String(64))
 
 
 #: Statements built once and executed with parameters: the rows every token request writes
@@ -322,16 +325,8 @@ def save_token(token: dict[str, Any], request: Any) -> None:
     revoked and introspected. The grant has stored the family and refresh token already."""
     claims = json.loads(resource_server.b64url_decode(token["access_token"].split(".")[1]))
     client, end_user = request.client, request.user
-    current_session().execute(
-        _INSERT_ACCESS_TOKEN,
-        {
-            "jti": claims["jti"],
-            "family_id": request.family_id,
-            "client_id": client.id,
-            "user_id": end_user.user.id if end_user is not None else None,
-            "created_at": datetime.fromtimestamp(claims["iat"], UTC),
-            "expires_at": datetime.fromtimestamp(claims["exp"], UTC),
-        },
+    record_access_token(
+        claims, request.family_id, end_user.user.id if end_user is not None else None
     )
     audit.record(
         "token.issued",
@@ -348,17 +343,60 @@ def save_token(token: dict[str, Any], request: Any) -> None:
     current_session().flush()
 
 
+def record_access_token(
+    claims: dict[str, Any],
+    family_id: str | None,
+    user_id: str | None,
+    *,
+    subject_jti: str | None = None,
+) -> None:
+    """The row of an issued access token: one INSERT, as every token request writes one."""
+    current_session().execute(
+        _INSERT_ACCESS_TOKEN,
+        {
+            "jti": claims["jti"],
+            "family_id": family_id,
+            "client_id": claims["client_id"],
+            "user_id": user_id,
+            "created_at": datetime.fromtimestamp(claims["iat"], UTC),
+            "expires_at": datetime.fromtimestamp(claims["exp"], UTC),
+            "subject_jti": subject_jti,
+        },
+    )
+
+
 def access_token_is_live(claims: dict[str, Any], now: datetime) -> bool:
-    """An access token still counts: recorded, not revoked, and its family live."""
+    """An access token still counts: recorded, not revoked, its family live, and, for an
+    exchanged token, every token it was exchanged from still live (docs/security.md Q125)."""
     row = current_session().get(AccessToken, claims["jti"])
-    if row is None or row.revoked_at is not None or row.expires_at <= now:
+    if row is None or row.client_id != claims["client_id"]:
         return False
-    if row.client_id != claims["client_id"]:
-        return False
-    if row.family_id is None:
-        return clients.query(row.client_id) is not None
-    family = current_session().get(TokenFamily, row.family_id)
-    return family is not None and family_is_live(family, now)
+    return _row_is_live(row, now)
+
+
+def access_token_row(jti: str) -> AccessToken | None:
+    return current_session().get(AccessToken, jti)
+
+
+def _row_is_live(row: AccessToken | None, now: datetime) -> bool:
+    """The token and, up its exchange chain (bounded at issue), each subject token: an
+    exchanged token shares its subject's family but names its own client."""
+    while row is not None:
+        if row.revoked_at is not None or row.expires_at <= now:
+            return False
+        if row.family_id is None:
+            if clients.query(row.client_id) is None:
+                return False
+        else:
+            family = current_session().get(TokenFamily, row.family_id)
+            if family is None or not family_is_live(family, now):
+                return False
+            if family.client_id != row.client_id and clients.query(row.client_id) is None:
+                return False
+        if row.subject_jti is None:
+            return True
+        row = current_session().get(AccessToken, row.subject_jti)
+    return False
 
 
 def session_of(jti: str) -> str | None:
