@@ -20,7 +20,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, String, delete, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    String,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import audit, db, resource_server
@@ -97,6 +107,15 @@ class AccessToken(Base):
 #: (an ORM flush, or a statement built per call, cost more than the token's signature).
 _INSERT_REFRESH_TOKEN = insert(db.table_of(RefreshToken))
 _INSERT_ACCESS_TOKEN = insert(db.table_of(AccessToken))
+#: The state of an access token that every introspection and resource call reads: four
+#: columns by primary key, read fresh from the database, with no ORM object to build.
+_ACCESS_TOKENS = db.table_of(AccessToken)
+_ACCESS_TOKEN_STATE = select(
+    _ACCESS_TOKENS.c.revoked_at,
+    _ACCESS_TOKENS.c.expires_at,
+    _ACCESS_TOKENS.c.client_id,
+    _ACCESS_TOKENS.c.family_id,
+).where(_ACCESS_TOKENS.c.jti == bindparam("jti"))
 REFRESH_PURPOSE = "refresh_token"
 SUCCESSOR_PURPOSE = "refresh_successor"
 # -- families ------------------------------------------------------------------------------
@@ -341,14 +360,16 @@ def save_token(token: dict[str, Any], request: Any) -> None:
 
 def access_token_is_live(claims: dict[str, Any], now: datetime) -> bool:
     """An access token still counts: recorded, not revoked, and its family live."""
-    row = current_session().get(AccessToken, claims["jti"])
-    if row is None or row.revoked_at is not None or row.expires_at <= now:
+    connection = current_session().connection()
+    state = connection.execute(_ACCESS_TOKEN_STATE, {"jti": claims["jti"]}).first()
+    if state is None:
         return False
-    if row.client_id != claims["client_id"]:
+    revoked_at, expires_at, client_id, family_id = state
+    if revoked_at is not None or expires_at <= now or client_id != claims["client_id"]:
         return False
-    if row.family_id is None:
-        return clients.query(row.client_id) is not None
-    family = current_session().get(TokenFamily, row.family_id)
+    if family_id is None:
+        return clients.query(client_id) is not None
+    family = current_session().get(TokenFamily, family_id)
     return family is not None and family_is_live(family, now)
 
 
