@@ -103,8 +103,9 @@ class AccessToken(Base):
     revoked_at: Mapped[datetime | None]
 
 
-#: Statements built once and executed with parameters: the rows every token request writes
-#: (an ORM flush, or a statement built per call, cost more than the token's signature).
+#: Statements built once and executed with parameters on the unit of work's connection: the
+#: rows every token request writes (an ORM flush, a statement built per call, or the ORM's
+#: execute path, which these Core statements do not need, cost more than the signature).
 _INSERT_REFRESH_TOKEN = insert(db.table_of(RefreshToken))
 _INSERT_ACCESS_TOKEN = insert(db.table_of(AccessToken))
 #: The state of an access token that every introspection and resource call reads: four
@@ -270,7 +271,7 @@ def add_refresh_token(
 ) -> None:
     """Store a refresh token's digest; it expires when unused for `idle_ttl`, and never
     later than its family (ASVS 10.4.8). One INSERT: every refresh writes one."""
-    current_session().execute(
+    current_session().connection().execute(
         _INSERT_REFRESH_TOKEN,
         {
             "id": new_id(),
@@ -332,7 +333,7 @@ def save_token(token: dict[str, Any], request: Any) -> None:
     revoked and introspected. The grant has stored the family and refresh token already."""
     claims = json.loads(resource_server.b64url_decode(token["access_token"].split(".")[1]))
     client, end_user = request.client, request.user
-    current_session().execute(
+    current_session().connection().execute(
         _INSERT_ACCESS_TOKEN,
         {
             "jti": claims["jti"],
