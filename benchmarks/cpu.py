@@ -24,6 +24,7 @@ import base64
 import json
 import logging
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,7 @@ import run  # noqa: E402
 WORKLOADS = ("W1-RS256", "W1-ES256", "W2", "W3", "W4")
 ISSUER = "http://127.0.0.1:18400"
 TOKEN_FORM = b"grant_type=client_credentials&scope=bench%3Aread"
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
 
 
 class Transport(asyncio.Transport):
@@ -61,11 +63,8 @@ class Transport(asyncio.Transport):
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0 or self.waiter is None:
             return
-        length = 0
-        for line in bytes(self.buffer[:end]).split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
+        declared = CONTENT_LENGTH.search(self.buffer, 0, end)
+        length = int(declared[1]) if declared else 0
         if len(self.buffer) >= end + 4 + length:
             response = bytes(self.buffer[: end + 4 + length])
             del self.buffer[: end + 4 + length]
