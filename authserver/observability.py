@@ -37,6 +37,10 @@ access_log = logging.getLogger("authserver.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+#: One encoder for every line: `json.dumps(..., default=str)` builds a new one per call.
+_LOG_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
     #: The formatted time of the last second seen: every line in a second shares it.
     _second: tuple[int, str] = (-1, "")
@@ -54,7 +58,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _LOG_ENCODER.encode(entry)
 
 
 def configure_logging(log_format: str | None) -> None:
