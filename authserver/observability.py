@@ -145,7 +145,7 @@ class RequestLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = message.setdefault("headers", [])
+                headers = message["headers"] = list(message.get("headers", ()))
                 if any(name.lower() == b"x-request-id" for name, _ in headers):
                     MutableHeaders(scope=message)["X-Request-ID"] = request_id
                 else:

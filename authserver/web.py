@@ -69,7 +69,8 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = message.setdefault("headers", [])
+                # A list of our own, as MutableHeaders makes: ASGI allows any iterable.
+                headers = message["headers"] = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
                 headers.extend(header for header in self._raw if header[0] not in present)
             await send(message)
