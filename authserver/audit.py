@@ -63,7 +63,7 @@ def record(
         "target_id": target_id,
         "details": details,
     }
-    current_session().execute(_INSERT, values)
+    current_session().connection().execute(_INSERT, values)
     return AuditEvent(**values)
 
 

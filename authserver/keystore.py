@@ -749,12 +749,18 @@ class KeyStore:
             info = max(ready, key=lambda c: (c[0], c[1]))[2]
             return self._private[info.kid]
 
+    def published_kids(self) -> tuple[str, ...]:
+        """The kids `public_jwks` lists now: what a copy of the JWKS encoded once is keyed by
+        (it changes with a rotation, a retirement, and a retired key's retention ending)."""
+        with self._mutex:
+            self._refresh()
+            return tuple(info.kid for info in self._published())
+
     def public_jwks(self) -> dict[str, Any]:
         """The document served at jwks_uri: keys that sign now or soon, and retired keys
         whose tokens may still be live."""
         with self._mutex:
-            self._refresh()
-            kids = tuple(info.kid for info in self._published())
+            kids = self.published_kids()
             if self._jwks is None or self._jwks[0] != kids:
                 self._jwks = (kids, [self._public[kid].as_dict() for kid in kids])
             return {"keys": [dict(jwk) for jwk in self._jwks[1]]}

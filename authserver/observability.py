@@ -37,10 +37,20 @@ access_log = logging.getLogger("authserver.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+#: One encoder for every line: `json.dumps(..., default=str)` builds a new one per call.
+_LOG_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
+    #: The formatted time of the last second seen: every line in a second shares it.
+    _second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"))
         entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "time": self._second[1],
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -48,7 +58,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _LOG_ENCODER.encode(entry)
 
 
 def configure_logging(log_format: str | None) -> None:
@@ -89,11 +99,21 @@ class Metrics:
             ["endpoint"],
             registry=self.registry,
         )
+        #: The labelled series by (method, endpoint, status), looked up once: `labels()`
+        #: builds and locks on every call. Bounded like the labels themselves.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
         endpoint = getattr(scope.get("endpoint"), "__name__", "unmatched")
-        self.requests.labels(scope["method"], endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        key = (scope["method"], endpoint, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.requests.labels(scope["method"], endpoint, str(status)),
+                self.latency.labels(endpoint),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
 
 class RequestLogMiddleware:
@@ -109,7 +129,10 @@ class RequestLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
         if REQUEST_ID.match(incoming):
             request_id = incoming
         else:
@@ -122,7 +145,11 @@ class RequestLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = message["headers"] = list(message.get("headers", ()))
+                if any(name.lower() == b"x-request-id" for name, _ in headers):
+                    MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                else:
+                    headers.append((b"x-request-id", request_id.encode("latin-1")))
             await send(message)
 
         try:
@@ -130,17 +157,32 @@ class RequestLogMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.observe(scope, status, elapsed)
-            fields = {
-                "request_id": request_id,
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-                "client_ip": (scope.get("client") or ("", 0))[0],
-            }
-            access_log.info(
-                "%s %s %s", scope["method"], scope["path"], status, extra={"fields": fields}
-            )
+            if access_log.isEnabledFor(logging.INFO):
+                self._log(scope, request_id, status, elapsed)
+
+    @staticmethod
+    def _log(scope: Scope, request_id: str, status: int, elapsed: float) -> None:
+        """The access line, made as `Logger.info` makes it but without looking up the
+        caller's file and line, which the line does not show."""
+        fields = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "client_ip": (scope.get("client") or ("", 0))[0],
+        }
+        record = access_log.makeRecord(
+            access_log.name,
+            logging.INFO,
+            __file__,
+            0,
+            "%s %s %s",
+            (scope["method"], scope["path"], status),
+            None,
+            extra={"fields": fields},
+        )
+        access_log.handle(record)
 
 
 async def metrics(request: Request) -> Response:

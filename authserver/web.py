@@ -11,7 +11,6 @@ import hmac
 from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,6 +50,9 @@ class SecurityHeadersMiddleware:
         }
         if https:
             self.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        self._raw = [
+            (name.lower().encode(), value.encode()) for name, value in self.headers.items()
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,9 +61,10 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self.headers.items():
-                    headers.setdefault(name, value)
+                # A list of our own, as MutableHeaders makes: ASGI allows any iterable.
+                headers = message["headers"] = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(header for header in self._raw if header[0] not in present)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -101,12 +104,16 @@ class BodySizeLimitMiddleware:
             await _refuse(scope, receive, send, 414, "The URL is too long.")
             return
         headers = scope["headers"]
-        size = sum(len(name) + len(value) + 4 for name, value in headers)
+        size = 0
+        declared = None
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name == b"content-length":
+                declared = value
         if len(headers) > self.max_headers or size > self.max_header_bytes:
             detail = "The request headers are too many or too large."
             await _refuse(scope, receive, send, 431, detail)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             await _refuse(scope, receive, send, 413, "The request body is too large.")
             return

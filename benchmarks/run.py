@@ -200,6 +200,44 @@ def authserver(name: str) -> str:
     return str(tasks.BIN / name)
 
 
+def our_environment(work: Path, url: str, issuer: str, alg: str) -> dict[str, str]:
+    """The environment our server runs with in a benchmark: logs on, budgets lifted."""
+    env = {
+        **os.environ,
+        "AUTHSERVER_ISSUER": issuer,
+        "AUTHSERVER_DATABASE_URL": url,
+        "AUTHSERVER_KEYS_DIR": str(work / "keys"),
+        "AUTHSERVER_LOG_FORMAT": "json",
+        "AUTHSERVER_ACCESS_TOKEN_ALG": alg,
+        "AUTHSERVER_TOKEN_RATE_PER_CLIENT": LIFTED,
+        "AUTHSERVER_LOGIN_RATE_PER_IP": LIFTED,
+        "AUTHSERVER_LOGIN_RATE_PER_ACCOUNT": LIFTED,
+    }
+    env.pop("AUTHSERVER_REDIS_URL", None)
+    return env
+
+
+def provision(work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Migrate, create the bench user and one client for every grant; the client as JSON."""
+    run = {"env": env, "cwd": work, "check": True, "capture_output": True}
+    subprocess.run([authserver("authserver"), "migrate"], **run)  # type: ignore[call-overload]
+    subprocess.run(  # type: ignore[call-overload]
+        [authserver("authserver"), "users", "create", "--email", EMAIL, "--password-stdin"],
+        input=PASSWORD.encode(),
+        **run,
+    )
+    created = subprocess.run(  # type: ignore[call-overload]
+        [
+            *(authserver("authserver"), "clients", "create", "--name", "bench", "--json"),
+            *("--redirect-uri", CALLBACK, "--scope", "openid offline_access bench:read"),
+            *("--grant-type", "client_credentials", "--grant-type", "authorization_code"),
+            *("--grant-type", "refresh_token"),
+        ],
+        **run,
+    )
+    return dict(json.loads(created.stdout))
+
+
 @contextmanager
 def ours(database: str, port: int, alg: str, workers: int, cpus: str) -> Iterator[Target]:
     """Our server on a fresh database: migrated, one user, one client for every grant."""
@@ -208,35 +246,8 @@ def ours(database: str, port: int, alg: str, workers: int, cpus: str) -> Iterato
         url = f"sqlite:///{work / 'bench.db'}" if database == "sqlite" else PG_URL
         if database == "postgresql":
             recreate_postgres_database()
-        env = {
-            **os.environ,
-            "AUTHSERVER_ISSUER": f"http://127.0.0.1:{port}",
-            "AUTHSERVER_DATABASE_URL": url,
-            "AUTHSERVER_KEYS_DIR": str(work / "keys"),
-            "AUTHSERVER_LOG_FORMAT": "json",
-            "AUTHSERVER_ACCESS_TOKEN_ALG": alg,
-            "AUTHSERVER_TOKEN_RATE_PER_CLIENT": LIFTED,
-            "AUTHSERVER_LOGIN_RATE_PER_IP": LIFTED,
-            "AUTHSERVER_LOGIN_RATE_PER_ACCOUNT": LIFTED,
-        }
-        env.pop("AUTHSERVER_REDIS_URL", None)
-        run = {"env": env, "cwd": work, "check": True, "capture_output": True}
-        subprocess.run([authserver("authserver"), "migrate"], **run)  # type: ignore[call-overload]
-        subprocess.run(  # type: ignore[call-overload]
-            [authserver("authserver"), "users", "create", "--email", EMAIL, "--password-stdin"],
-            input=PASSWORD.encode(),
-            **run,
-        )
-        created = subprocess.run(  # type: ignore[call-overload]
-            [
-                *(authserver("authserver"), "clients", "create", "--name", "bench", "--json"),
-                *("--redirect-uri", CALLBACK, "--scope", "openid offline_access bench:read"),
-                *("--grant-type", "client_credentials", "--grant-type", "authorization_code"),
-                *("--grant-type", "refresh_token"),
-            ],
-            **run,
-        )
-        client = json.loads(created.stdout)
+        env = our_environment(work, url, f"http://127.0.0.1:{port}", alg)
+        client = provision(work, env)
         log = work / "server.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import jwt
 import pytest
 from starlette.responses import Response
@@ -9,7 +12,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from authserver.app import create_app
+from authserver.observability import Metrics, RequestLogMiddleware
 from authserver.settings import ConfigError, Settings
+from authserver.web import SecurityHeadersMiddleware
 from tests.conftest import ISSUER
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k"}
@@ -233,3 +238,30 @@ def test_the_metrics_token_setting_is_checked() -> None:
     settings = Settings.from_mapping({"AUTHSERVER_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,::1"})
     assert settings.trusted_proxies == ("10.0.0.1", "192.168.0.0/16", "::1")
     assert Settings.from_mapping({}).trusted_proxies == ()
+
+
+def test_security_headers_and_request_id_reach_a_response_with_a_tuple_of_headers() -> None:
+    """ASGI lets an app send its headers as any iterable, a tuple included; both middleware
+    still add theirs, and keep a header the app set itself."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = ((b"content-length", b"0"), (b"x-frame-options", b"SAMEORIGIN"))
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    wrapped = RequestLogMiddleware(SecurityHeadersMiddleware(app, https=False), metrics=Metrics())
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "client": None}
+    asyncio.run(wrapped(scope, receive, send))
+    names = [name for name, _ in sent[0]["headers"]]
+    assert dict(sent[0]["headers"])[b"x-frame-options"] == b"SAMEORIGIN"
+    assert names.count(b"x-frame-options") == 1
+    assert b"x-content-type-options" in names
+    assert b"x-request-id" in names

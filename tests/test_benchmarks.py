@@ -3,6 +3,7 @@ table. Timings are never asserted: they depend on the machine."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from pathlib import Path
@@ -116,3 +117,27 @@ def test_percentiles() -> None:
     assert drive.percentile(samples, 0.5) == pytest.approx(0.051)
     assert drive.percentile(samples, 0.99) == pytest.approx(0.1)
     assert drive.percentile([], 0.99) == 0.0
+
+
+def test_the_cpu_harness_waits_for_a_whole_response() -> None:
+    """benchmarks/cpu.py's in-memory connection hands back a response only once its head and
+    `content-length` bytes of body have been written, however the server cut them."""
+    cpu = load("cpu")
+
+    async def scenario() -> list[bytes]:
+        transport = cpu.Transport()
+        got = []
+        for pieces in (
+            [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", b"\r\nhel", b"lo"],
+            [b"HTTP/1.1 204 No Content\r\nx: y\r\n\r\n"],
+        ):
+            waiter = transport.waiter = asyncio.get_running_loop().create_future()
+            for piece in pieces:
+                assert not waiter.done()
+                transport.write(piece)
+            got.append(await waiter)
+        return got
+
+    first, second = asyncio.run(scenario())
+    assert first.endswith(b"\r\n\r\nhello")
+    assert second.startswith(b"HTTP/1.1 204 ")

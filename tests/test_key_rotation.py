@@ -322,3 +322,26 @@ def test_an_unreachable_database_keeps_the_loaded_ring_serving(
     assert store.verification_keys().get_by_kid(jwt.get_unverified_header(token)["kid"])
     assert calls == [1]
     assert "key ring not refreshed" in caplog.text
+
+
+def test_the_served_jwks_and_discovery_follow_a_new_key(
+    client: TestClient, services: Services
+) -> None:
+    """Both are encoded once and served as bytes: a rotation must show in the next answer,
+    with headers that still fit the body (content-length, content-type, CORS)."""
+    before = client.get("/jwks.json")
+    new = services.keystore.rotate("ES256")
+    after = client.get("/jwks.json")
+    assert new.kid not in {key["kid"] for key in before.json()["keys"]}
+    assert new.kid in {key["kid"] for key in after.json()["keys"]}
+    assert after.headers["content-type"] == "application/jwk-set+json"
+    assert after.headers["content-length"] == str(len(after.content))
+    assert after.headers["access-control-allow-origin"] == "*"
+    assert after.headers["x-content-type-options"] == "nosniff"
+    again = client.get("/jwks.json")
+    assert again.content == after.content
+    assert again.headers.get_list("x-request-id") != after.headers.get_list("x-request-id")
+    assert len(again.headers.get_list("x-content-type-options")) == 1
+    discovery = client.get("/.well-known/openid-configuration")
+    assert discovery.headers["content-type"] == "application/json"
+    assert discovery.headers["content-length"] == str(len(discovery.content))

@@ -111,8 +111,8 @@ def serve(
 
 
 def test_a_1_mb_header_is_a_431_from_the_server(serve: Callable[..., Server]) -> None:
-    """The server itself refuses it (bounded h11): the app never sees the request, and the
-    server buffered no more than the bound."""
+    """The server itself refuses it (bounded httptools): the app never sees the request, and
+    the server buffered no more than the bound."""
     server = serve()
     head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"
     assert raw_request(server.port, head).startswith(b"HTTP/1.1 431 ")
@@ -121,10 +121,46 @@ def test_a_1_mb_header_is_a_431_from_the_server(serve: Callable[..., Server]) ->
     assert httpx.get(f"{server.url}/health").status_code == 200
 
 
+def test_a_1_mb_url_is_a_414_from_the_server(serve: Callable[..., Server]) -> None:
+    server = serve()
+    head = b"GET /health?q=" + b"a" * 1_000_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert raw_request(server.port, head).startswith(b"HTTP/1.1 414 ")
+    time.sleep(0.2)
+    assert all(entry["status"] == 200 for entry in server.access_log())
+
+
+def test_a_head_in_small_pieces_is_bounded_too(serve: Callable[..., Server]) -> None:
+    """Read by read, the count goes on until the head is complete: 431 once it is past the
+    bound, however it was cut."""
+    server = serve()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        answer = b""
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for number in range(serving.MAX_HEAD_BYTES // 1000 + 20):
+                sock.sendall(f"X-H{number % 90}: ".encode() + b"a" * 990 + b"\r\n")
+                time.sleep(0.002)
+        with contextlib.suppress(ConnectionResetError):
+            answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    time.sleep(0.2)
+    assert all(entry["status"] == 200 for entry in server.access_log())
+
+
+def test_keep_alive_requests_each_get_their_own_bound(serve: Callable[..., Server]) -> None:
+    """The head count starts again with every request on a connection: many ordinary
+    requests on one connection, more bytes than the bound in total, are all answered."""
+    server = serve()
+    with httpx.Client() as client:
+        for _ in range(30):
+            response = client.get(f"{server.url}/health", headers={"x-pad": "a" * 2000})
+            assert response.status_code == 200
+
+
 @pytest.mark.parametrize("size", [40_000, 200_000])
 def test_a_head_that_arrives_whole_is_a_431_too(serve: Callable[..., Server], size: int) -> None:
-    """h11 bounds only a head still arriving; one that fits a single read reaches the app's
-    own check. Either way the answer is 431."""
+    """The server bounds only a head still arriving; one that fits a single read reaches the
+    app's own check. Either way the answer is 431."""
     server = serve()
     head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
     assert raw_request(server.port, head).startswith(b"HTTP/1.1 431 ")
@@ -157,7 +193,7 @@ def test_forwarded_for_counts_only_from_a_trusted_proxy(serve: Callable[..., Ser
 def test_uvicorn_options_follow_the_settings(settings: Settings) -> None:
     options = serving.uvicorn_options(settings)
     assert options["proxy_headers"] is False
-    assert options["http"] is serving.BoundedH11Protocol
+    assert options["http"] is serving.BoundedHttpToolsProtocol
     trusted = serving.uvicorn_options(settings.replace(trusted_proxies=("10.0.0.0/8",)))
     assert trusted["proxy_headers"] is True
     assert trusted["forwarded_allow_ips"] == ["10.0.0.0/8"]

@@ -31,7 +31,6 @@ from authlib.oidc.core.errors import (
     LoginRequiredError,
 )
 from itsdangerous import BadData, URLSafeSerializer, URLSafeTimedSerializer
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -189,7 +188,7 @@ async def _handle(
     except MalformedRequest as error:
         return html_error_response(request, 400, error.description)
     raw_sid = request.cookies.get(sessions.cookie_name(settings))
-    await run_in_threadpool(svc.clients.warm, snapshot.first("client_id"))
+    await svc.clients.prefetch(snapshot.first("client_id"))
     outcome = await svc.db.run_sync(decide, svc, snapshot, raw_sid, step, organization, nonce)
     return _respond(request, svc, outcome)
 

@@ -113,8 +113,7 @@ async def openid_configuration(request: Request) -> Response:
     state = request.app.state
     algs = await _read(state.keystore, lambda: tuple(signing_algs(state.keystore)))
     body = _encoded_metadata(state.settings, algs)
-    headers = public_cache(state.settings, state.keystore)
-    return Response(body, headers=headers, media_type="application/json")
+    return _Prebuilt(body, _headers(state.settings, state.keystore, "application/json", len(body)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -123,13 +122,43 @@ def _encoded_metadata(settings: Settings, signing_algs: tuple[str, ...]) -> byte
     return bytes(JSONResponse(metadata(settings, signing_algs)).body)
 
 
-async def jwks(request: Request) -> JSONResponse:
+async def jwks(request: Request) -> Response:
     """Every key that may have signed a live token (RFC 7517); cached no longer than a
     rotated key waits before it signs."""
     state = request.app.state
-    keys = await _read(state.keystore, state.keystore.public_jwks)
-    headers = public_cache(state.settings, state.keystore)
-    return JSONResponse(keys, headers=headers, media_type="application/jwk-set+json")
+    keystore = state.keystore
+    body = await _read(keystore, lambda: _encoded_jwks(keystore, keystore.published_kids()))
+    headers = _headers(state.settings, keystore, "application/jwk-set+json", len(body))
+    return _Prebuilt(body, headers)
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded_jwks(keystore: KeyStore, kids: tuple[str, ...]) -> bytes:
+    """The JWKS is encoded once per key set (`kids`), again when a key comes or goes."""
+    return bytes(JSONResponse(keystore.public_jwks()).body)
+
+
+@functools.lru_cache(maxsize=64)
+def _headers(
+    settings: Settings, keystore: KeyStore, media_type: str, length: int
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The raw headers of a public document, as `Response` would have encoded them."""
+    return tuple(
+        Response(
+            b"x" * length, headers=public_cache(settings, keystore), media_type=media_type
+        ).raw_headers
+    )
+
+
+class _Prebuilt(Response):
+    """A 200 whose body and headers were encoded beforehand. Each response gets its own
+    list of headers: middleware adds to it."""
+
+    def __init__(self, body: bytes, headers: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.status_code = 200
+        self.body = body
+        self.background = None
+        self.raw_headers = list(headers)
 
 
 #: RFC 9728 §3.1: the well-known segment, then the API's path.

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -114,7 +113,7 @@ async def client_form(
         snapshot = await read_form_request(request, svc.settings.issuer)
     except MalformedRequest as error:
         return oauth_error_response("invalid_request", error.description)
-    await run_in_threadpool(svc.clients.warm, metadata_documents.named_client(snapshot))
+    await svc.clients.prefetch(metadata_documents.named_client(snapshot))
     response: Response = await svc.db.run_sync(handle, svc, snapshot)
     return response
 

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from authserver.db import current_session
 from authserver.errors import Invalid
@@ -150,6 +151,12 @@ class ClientLookup:
             log.info("metadata document %s refused: %s", client_id, error.detail)
             return None
         return _stored(client_id, fields)
+
+    async def prefetch(self, client_id: str | None) -> None:
+        """`warm` in the threadpool, before the unit of work that reads the client; a
+        registered client (the usual case) costs no trip to the threadpool."""
+        if self._enabled and is_document_url(client_id):
+            await run_in_threadpool(self.warm, client_id)
 
     def warm(self, client_id: str | None) -> None:
         """Fetch a metadata document into the cache, if `client_id` names one."""

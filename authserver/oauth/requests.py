@@ -172,7 +172,9 @@ def _snapshot(request: Request, issuer: str, query: Params, form: Params) -> Req
         if name in KEYWORD_PARAMETERS and _printable(value) != value:
             raise MalformedRequest(f"The {name} parameter holds characters it cannot have.")
     raw_query = request.scope.get("query_string", b"").decode("latin-1")
-    uri = f"{issuer}{request.url.path}" + (f"?{raw_query}" if raw_query else "")
+    # `request.url.path` without building the whole URL: the path, its ? # \ escaped.
+    path = request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    uri = f"{issuer}{path}" + (f"?{raw_query}" if raw_query else "")
     return RequestSnapshot(
         method=request.method,
         uri=uri,

@@ -20,7 +20,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, String, delete, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    String,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver import audit, db, resource_server
@@ -98,10 +108,21 @@ class AccessToken(Base):
     subject_jti: Mapped[str | None] = mapped_column(String(64))
 
 
-#: Statements built once and executed with parameters: the rows every token request writes
-#: (an ORM flush, or a statement built per call, cost more than the token's signature).
+#: Statements built once and executed with parameters on the unit of work's connection: the
+#: rows every token request writes (an ORM flush, a statement built per call, or the ORM's
+#: execute path, which these Core statements do not need, cost more than the signature).
 _INSERT_REFRESH_TOKEN = insert(db.table_of(RefreshToken))
 _INSERT_ACCESS_TOKEN = insert(db.table_of(AccessToken))
+#: The state of an access token that every introspection and resource call reads: five
+#: columns by primary key, read fresh from the database, with no ORM object to build.
+_ACCESS_TOKENS = db.table_of(AccessToken)
+_ACCESS_TOKEN_STATE = select(
+    _ACCESS_TOKENS.c.revoked_at,
+    _ACCESS_TOKENS.c.expires_at,
+    _ACCESS_TOKENS.c.client_id,
+    _ACCESS_TOKENS.c.family_id,
+    _ACCESS_TOKENS.c.subject_jti,
+).where(_ACCESS_TOKENS.c.jti == bindparam("jti"))
 REFRESH_PURPOSE = "refresh_token"
 SUCCESSOR_PURPOSE = "refresh_successor"
 # -- families ------------------------------------------------------------------------------
@@ -263,7 +284,7 @@ def add_refresh_token(
 ) -> None:
     """Store a refresh token's digest; it expires when unused for `idle_ttl`, and never
     later than its family (ASVS 10.4.8). One INSERT: every refresh writes one."""
-    current_session().execute(
+    current_session().connection().execute(
         _INSERT_REFRESH_TOKEN,
         {
             "id": new_id(),
@@ -350,8 +371,9 @@ def record_access_token(
     *,
     subject_jti: str | None = None,
 ) -> None:
-    """The row of an issued access token: one INSERT, as every token request writes one."""
-    current_session().execute(
+    """The row of an issued access token: one INSERT, as every token request writes one,
+    straight on the unit of work's connection."""
+    current_session().connection().execute(
         _INSERT_ACCESS_TOKEN,
         {
             "jti": claims["jti"],
@@ -367,36 +389,35 @@ def record_access_token(
 
 def access_token_is_live(claims: dict[str, Any], now: datetime) -> bool:
     """An access token still counts: recorded, not revoked, its family live, and, for an
-    exchanged token, every token it was exchanged from still live (docs/security.md Q125)."""
-    row = current_session().get(AccessToken, claims["jti"])
-    if row is None or row.client_id != claims["client_id"]:
-        return False
-    return _row_is_live(row, now)
+    exchanged token, every token it was exchanged from still live (docs/security.md Q125).
+    Each link is five columns read fresh by primary key, with no ORM object to build."""
+    connection = current_session().connection()
+    jti: str | None = claims["jti"]
+    expected_client: str | None = claims["client_id"]
+    while jti is not None:
+        state = connection.execute(_ACCESS_TOKEN_STATE, {"jti": jti}).first()
+        if state is None:
+            return False
+        revoked_at, expires_at, client_id, family_id, jti = state
+        if revoked_at is not None or expires_at <= now:
+            return False
+        if expected_client is not None and client_id != expected_client:
+            return False
+        expected_client = None
+        if family_id is None:
+            if clients.query(client_id) is None:
+                return False
+        else:
+            family = current_session().get(TokenFamily, family_id)
+            if family is None or not family_is_live(family, now):
+                return False
+            if family.client_id != client_id and clients.query(client_id) is None:
+                return False
+    return True
 
 
 def access_token_row(jti: str) -> AccessToken | None:
     return current_session().get(AccessToken, jti)
-
-
-def _row_is_live(row: AccessToken | None, now: datetime) -> bool:
-    """The token and, up its exchange chain (bounded at issue), each subject token: an
-    exchanged token shares its subject's family but names its own client."""
-    while row is not None:
-        if row.revoked_at is not None or row.expires_at <= now:
-            return False
-        if row.family_id is None:
-            if clients.query(row.client_id) is None:
-                return False
-        else:
-            family = current_session().get(TokenFamily, row.family_id)
-            if family is None or not family_is_live(family, now):
-                return False
-            if family.client_id != row.client_id and clients.query(row.client_id) is None:
-                return False
-        if row.subject_jti is None:
-            return True
-        row = current_session().get(AccessToken, row.subject_jti)
-    return False
 
 
 def session_of(jti: str) -> str | None:
