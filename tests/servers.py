@@ -33,7 +33,11 @@ def free_port() -> int:
 
 def environment(issuer: str, database_url: str, **settings: str) -> dict[str, str]:
     """A server's process environment: this one's without its `AUTHSERVER_*` settings, then
-    the issuer and database, cheap password hashing, JSON logs, and `settings` on top."""
+    the issuer and database, cheap password hashing, JSON logs, and `settings` on top.
+
+    Back-channel logout delivery is off unless `settings` turns it on: a live server runs
+    for the whole session on the test database, and its worker would claim (and fail to
+    send, not trusting their receivers) the outbox rows of the in-process tests."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")}
     env.update(
         AUTHSERVER_ISSUER=issuer,
@@ -41,6 +45,7 @@ def environment(issuer: str, database_url: str, **settings: str) -> dict[str, st
         AUTHSERVER_PASSWORD_TIME_COST="1",
         AUTHSERVER_PASSWORD_MEMORY_COST="8",
         AUTHSERVER_LOG_FORMAT="json",
+        AUTHSERVER_BACKCHANNEL_LOGOUT="off",
         **settings,
     )
     return env

@@ -100,7 +100,10 @@ def parse(values: Sequence[str]) -> list[str]:
     """The `resource` values, each an absolute URI without a fragment (RFC 8707 §2),
     without repeats."""
     for value in values:
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # an unbalanced IPv6 bracket, say
+            raise InvalidTargetError("The resource must be an absolute URI.") from None
         if (
             len(value) > URI_MAX
             or not parts.scheme

@@ -28,7 +28,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("token_families") as batch:
-        batch.drop_column("dpop_jkt")
-    with op.batch_alter_table("authorization_codes") as batch:
-        batch.drop_column("dpop_jkt")
+    # On SQLite dropping a column rebuilds the table; with foreign keys on, dropping the old
+    # token_families would cascade into every refresh and access token (see revision 0012).
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    if sqlite:
+        with op.get_context().autocommit_block():
+            op.execute("PRAGMA foreign_keys=OFF")
+    try:
+        with op.batch_alter_table("token_families") as batch:
+            batch.drop_column("dpop_jkt")
+        with op.batch_alter_table("authorization_codes") as batch:
+            batch.drop_column("dpop_jkt")
+    finally:
+        if sqlite:
+            with op.get_context().autocommit_block():
+                op.execute("PRAGMA foreign_keys=ON")

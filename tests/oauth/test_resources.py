@@ -134,6 +134,7 @@ def test_without_a_resource_the_token_is_for_this_servers_api_as_before(
         ("openid photos:read", ["https://unknown.example.com"]),
         ("openid photos:read", ["/relative/path"]),
         ("openid photos:read", [f"{PHOTOS}#fragment"]),
+        ("openid photos:read", ["https://[unbalanced/"]),
         ("openid calendar:read", [PHOTOS]),
         ("openid users:read", [PHOTOS]),
         ("openid profile", [PHOTOS]),

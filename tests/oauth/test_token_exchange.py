@@ -193,7 +193,12 @@ def test_an_audience_outside_the_clients_policy_is_invalid_target(
 ) -> None:
     make.resource_server(MAPS, ["photos:read"], "Maps")
 
-    for params in ({"audience": MAPS}, {"audience": "", "resource": MAPS}, {"resource": MAPS}):
+    for params in (
+        {"audience": MAPS},
+        {"audience": "", "resource": MAPS},
+        {"resource": MAPS},
+        {"audience": "https://[unbalanced/"},
+    ):
         response = exchange(client, albums, issued["access_token"], **params)
         assert_oauth_error(response, "invalid_target")
 
@@ -420,7 +425,7 @@ def test_administrators_set_the_policy_through_the_clients_api(
     changed = api.call("PATCH", path, admin.token, {"token_exchange_audiences": [MAPS]})
     assert changed.status_code == 200, changed.text
     assert changed.json()["token_exchange_audiences"] == [MAPS]
-    for refused in (["not a uri"], [STORAGE]):
+    for refused in (["not a uri"], ["https://[unbalanced/"], [STORAGE]):
         bad = api.call("PATCH", path, admin.token, {"token_exchange_audiences": refused})
         assert is_problem(bad, 400)
     cleared = api.call("PATCH", path, admin.token, {"token_exchange_audiences": []})
