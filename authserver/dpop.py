@@ -119,6 +119,11 @@ def bound_key(claims: Mapping[str, Any]) -> str | None:
     return jkt if isinstance(jkt, str) else None
 
 
+def token_type(jkt: str | None) -> str:
+    """The `token_type` of a token (§5, §6.2): `DPoP` when bound to a key, else `Bearer`."""
+    return "DPoP" if jkt is not None else "Bearer"
+
+
 def proof_header(headers: Any) -> str | None:
     """The one `DPoP` header of a request (§4.3: more than one is an error)."""
     values = headers.getlist(HEADER)

@@ -20,7 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authserver import audit, db
-from authserver.dpop import NONCE_HEADER, ProofError, ProofVerifier, bound_key, proof_header
+from authserver.dpop import (
+    NONCE_HEADER,
+    ProofError,
+    ProofVerifier,
+    bound_key,
+    proof_header,
+    token_type,
+)
 from authserver.errors import NO_STORE, AppError, oauth_error_response
 from authserver.keystore import KeyStore
 from authserver.oauth import clients, cors, metadata_documents, resources, token_format, tokens
@@ -216,7 +223,7 @@ class FoundAccessToken:
             "active": True,
             **{n: self.claims.get(n, "") for n in names},
             **({"act": self.claims["act"]} if "act" in self.claims else {}),
-            "token_type": "DPoP" if jkt is not None else "Bearer",
+            "token_type": token_type(jkt),
             **({"cnf": {"jkt": jkt}} if jkt is not None else {}),
         }
 

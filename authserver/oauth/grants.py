@@ -27,6 +27,7 @@ from authserver import audit, db, dpop
 from authserver.db import current_session
 from authserver.oauth import codes, resources, token_format, tokens
 from authserver.oauth.clients import AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS
+from authserver.oauth.requests import proof_key
 from authserver.oauth.token_format import ORGANIZATION, EndUser
 from authserver.oauth.tokens import PresentedRefreshToken
 from authserver.organizations import models as orgs
@@ -88,12 +89,6 @@ class ForResource:
             audience=getattr(self.request, "audience", None),
             jkt=proof_key(self.request),
         )
-
-
-def proof_key(request: Any) -> str | None:
-    """The key of the token request's verified DPoP proof (RFC 9449), if it sent one."""
-    snapshot = getattr(request, "snapshot", None)
-    return snapshot.dpop_jkt if snapshot is not None else None
 
 
 def sent_resources(request: Any) -> list[str]:

@@ -275,3 +275,9 @@ class SnapshotJsonRequest(JsonRequest):
         super().__init__(snapshot.method, snapshot.uri, snapshot.headers)
         self.snapshot = snapshot
         self.payload = SnapshotJsonPayload(snapshot.json)
+
+
+def proof_key(request: Any) -> str | None:
+    """The key of the token request's verified DPoP proof (RFC 9449), if it sent one."""
+    snapshot = getattr(request, "snapshot", None)
+    return snapshot.dpop_jkt if snapshot is not None else None

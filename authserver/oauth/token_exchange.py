@@ -37,12 +37,13 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 from authlib.oauth2.rfc6749.hooks import hooked
 
-from authserver import audit, db
+from authserver import audit, db, dpop
 from authserver.errors import Invalid
 from authserver.oauth import resources, token_format, tokens
 from authserver.oauth.clients import CONFIDENTIAL_AUTH_METHODS
 from authserver.oauth.endpoints import FoundAccessToken
-from authserver.oauth.grants import RESOURCE, proof_key
+from authserver.oauth.grants import RESOURCE
+from authserver.oauth.requests import proof_key
 from authserver.oauth.resources import InvalidTargetError
 from authserver.settings import Settings
 
@@ -180,7 +181,7 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
         token = {
             "access_token": raw,
             "issued_token_type": ACCESS_TOKEN_TYPE,
-            "token_type": "DPoP" if jkt is not None else "Bearer",
+            "token_type": dpop.token_type(jkt),
             "expires_in": claims["exp"] - claims["iat"],
             "scope": audience.scope,
         }

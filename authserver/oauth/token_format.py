@@ -14,7 +14,7 @@ from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc.errors import JoseError
 from joserfc.jwk import Key
 
-from authserver import db, resource_server
+from authserver import db, dpop, resource_server
 from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.oauth import resources
 from authserver.oauth.resources import Audience
@@ -102,7 +102,7 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         else:
             response_scope = resources.response_scope(audience, scope)
         token: dict[str, Any] = {
-            "token_type": "DPoP" if jkt is not None else "Bearer",
+            "token_type": dpop.token_type(jkt),
             "access_token": self.access_token_for(client, user, audience, jkt),
             "expires_in": self.settings.access_token_ttl,
         }

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from authserver import audit, db, resource_server
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.oauth import clients
+from authserver.oauth.requests import proof_key
 from authserver.oauth.token_format import ORGANIZATION, EndUser
 from authserver.organizations import models as orgs
 from authserver.security import Digester
@@ -144,8 +145,6 @@ def store_grant(
     `save_token` files the access token under. A public client's refresh tokens are bound
     to the key of its DPoP proof; a confidential client's are not, as it authenticates
     anyway (RFC 9449 §5)."""
-    snapshot = getattr(request, "snapshot", None)
-    jkt = snapshot.dpop_jkt if snapshot is not None else None
     family = open_family(
         client_id=request.client.id,
         end_user=request.user,
@@ -154,7 +153,7 @@ def store_grant(
         now=now,
         ttl=settings.refresh_token_ttl,
         resources=resources,
-        dpop_jkt=jkt if request.client.is_public else None,
+        dpop_jkt=proof_key(request) if request.client.is_public else None,
     )
     request.family_id = family.id
     if "refresh_token" in token:
