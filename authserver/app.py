@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from authserver import api, dpop, fetch, kv, observability, outbound, rendering, web
+from authserver import api, dpop, fetch, kv, observability, outbound, rendering, serving, web
 from authserver.db import Database
 from authserver.errors import UnexpectedErrorMiddleware, exception_handlers
 from authserver.federation import pages as federation_pages
@@ -181,9 +181,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     services = build_services(settings)
     metrics = observability.Metrics()
+    documents = discovery.PublicDocuments(settings, services.keystore)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         async with anyio.create_task_group() as tasks:
             if settings.purge_interval:
                 tasks.start_soon(purge_periodically, services.db, settings.purge_interval)
@@ -196,7 +197,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 )
             if settings.backchannel_logout:
                 tasks.start_soon(backchannel.deliver_periodically, services)
-            yield
+            yield {
+                serving.PREPARED: serving.PreparedAnswers(
+                    documents,
+                    metrics,
+                    https=settings.is_https,
+                    trusts_proxies=bool(settings.trusted_proxies),
+                )
+            }
             tasks.cancel_scope.cancel()
         services.db.dispose()
         services.keystore.close()
@@ -219,5 +227,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.db = services.db
     app.state.keystore = services.keystore
+    app.state.public_documents = documents
     app.state.templates = rendering.make_templates()
     return app

@@ -756,6 +756,12 @@ class KeyStore:
             self._refresh()
             return tuple(info.kid for info in self._published())
 
+    def answers_from_memory(self) -> bool:
+        """Whether reading the keys now waits on nothing: the folder store looks with one
+        `stat`; the database store only every `refresh_lag` seconds."""
+        interval = self._backend.poll_interval
+        return not interval or time.monotonic() - self._checked < interval
+
     def public_jwks(self) -> dict[str, Any]:
         """The document served at jwks_uri: keys that sign now or soon, and retired keys
         whose tokens may still be live."""

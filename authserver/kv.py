@@ -12,11 +12,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("authserver.kv")
 T = TypeVar("T")
@@ -96,6 +95,9 @@ class RedisKV:
         retry_after: float = REDIS_RETRY_AFTER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        import redis  # 16 MiB, loaded only where Redis is configured
+
+        self._errors = redis.RedisError
         self.client = client
         self.fallback = fallback
         self._prefix = prefix
@@ -106,6 +108,10 @@ class RedisKV:
 
     @classmethod
     def from_url(cls, url: str) -> RedisKV:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         client = redis.Redis.from_url(
             url,
             socket_timeout=REDIS_TIMEOUT,
@@ -144,7 +150,7 @@ class RedisKV:
             return local(self.fallback)
         try:
             result = shared(self.client)
-        except redis.RedisError as exc:
+        except self._errors as exc:
             with self._lock:
                 if self._down_until is None:
                     log.warning(

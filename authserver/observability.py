@@ -116,14 +116,49 @@ class Metrics:
         series[1].observe(seconds)
 
 
+#: A request id names a log line, it guards nothing: a random prefix drawn once per process
+#: and a counter make it unique without a system call per request.
+_ID_PREFIX = new_token(9)
+_ID_COUNTER = itertools.count(1)
+
+
+def request_id(incoming: str) -> str:
+    """The caller's `X-Request-ID` when it looks sane, otherwise a fresh one."""
+    if REQUEST_ID.match(incoming):
+        return incoming
+    return f"{_ID_PREFIX}.{next(_ID_COUNTER):x}"
+
+
+def log_request(scope: Scope, request_id: str, status: int, elapsed: float) -> None:
+    """The access line, made as `Logger.info` makes it but without looking up the caller's
+    file and line, which the line does not show."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    fields = {
+        "request_id": request_id,
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 2),
+        "client_ip": (scope.get("client") or ("", 0))[0],
+    }
+    record = access_log.makeRecord(
+        access_log.name,
+        logging.INFO,
+        __file__,
+        0,
+        "%s %s %s",
+        (scope["method"], scope["path"], status),
+        None,
+        extra={"fields": fields},
+    )
+    access_log.handle(record)
+
+
 class RequestLogMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        # A request id names a log line, it guards nothing: a random prefix drawn once per
-        # process and a counter make it unique without a system call per request.
-        self._id_prefix = new_token(9)
-        self._id_counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,11 +168,7 @@ class RequestLogMiddleware:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
-        if REQUEST_ID.match(incoming):
-            request_id = incoming
-        else:
-            request_id = f"{self._id_prefix}.{next(self._id_counter):x}"
-        scope.setdefault("state", {})["request_id"] = request_id
+        scope.setdefault("state", {})["request_id"] = this_id = request_id(incoming)
         started = time.perf_counter()
         status = 500
 
@@ -147,9 +178,9 @@ class RequestLogMiddleware:
                 status = message["status"]
                 headers = message["headers"] = list(message.get("headers", ()))
                 if any(name.lower() == b"x-request-id" for name, _ in headers):
-                    MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                    MutableHeaders(scope=message)["X-Request-ID"] = this_id
                 else:
-                    headers.append((b"x-request-id", request_id.encode("latin-1")))
+                    headers.append((b"x-request-id", this_id.encode("latin-1")))
             await send(message)
 
         try:
@@ -157,32 +188,7 @@ class RequestLogMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.observe(scope, status, elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                self._log(scope, request_id, status, elapsed)
-
-    @staticmethod
-    def _log(scope: Scope, request_id: str, status: int, elapsed: float) -> None:
-        """The access line, made as `Logger.info` makes it but without looking up the
-        caller's file and line, which the line does not show."""
-        fields = {
-            "request_id": request_id,
-            "method": scope["method"],
-            "path": scope["path"],
-            "status": status,
-            "duration_ms": round(elapsed * 1000, 2),
-            "client_ip": (scope.get("client") or ("", 0))[0],
-        }
-        record = access_log.makeRecord(
-            access_log.name,
-            logging.INFO,
-            __file__,
-            0,
-            "%s %s %s",
-            (scope["method"], scope["path"], status),
-            None,
-            extra={"fields": fields},
-        )
-        access_log.handle(record)
+            log_request(scope, this_id, status, elapsed)
 
 
 async def metrics(request: Request) -> Response:

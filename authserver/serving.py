@@ -9,19 +9,29 @@ refuses one that grows past `MAX_HEAD_BYTES` before the app sees it: 414 (RFC 91
 past this bound; `web.BodySizeLimitMiddleware` counts and measures the headers again and
 answers 414 or 431 in the format of the endpoint asked.
 
+The JWKS and discovery are the most requested documents and the same for every caller, so
+the protocol writes them itself, from the bytes the app encoded (`PreparedAnswers`, handed
+over in the lifespan state), with everything the app's middleware adds: security headers,
+the request id, the access line and the metrics. Only a plain request takes that path: a
+keep-alive HTTP/1.1 GET of the exact path with no query, no body, no header outside
+`PLAIN_HEADERS`, nothing else in flight on the connection and its writes not paused; the
+app answers everything else, so the two answers are the same request for request.
+
 `X-Forwarded-For` is believed only from `AUTHSERVER_TRUSTED_PROXIES`; with none configured
 uvicorn's proxy-headers middleware is off and the peer address is the client's address.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from authserver.observability import configure_logging
+from authserver.oauth.discovery import Headers, PublicDocuments
+from authserver.observability import Metrics, configure_logging, log_request, request_id
 from authserver.settings import Settings
-from authserver.web import MAX_HEADER_BYTES, MAX_URL_BYTES
+from authserver.web import MAX_HEADER_BYTES, MAX_URL_BYTES, headers_over_limit, security_headers
 
 #: The most of a request head (request line and headers) the server buffers.
 MAX_HEAD_BYTES = MAX_HEADER_BYTES + MAX_URL_BYTES
@@ -32,13 +42,73 @@ _REFUSALS = {
 }
 
 
+#: The lifespan state key of the app's `PreparedAnswers`.
+PREPARED = "authserver.prepared_answers"
+
+#: Request headers that change nothing in a public document's answer. A request with any
+#: other header (a body, conditions, forwarding from a trusted proxy) goes to the app.
+PLAIN_HEADERS = frozenset(
+    (b"host", b"user-agent", b"accept", b"accept-encoding", b"accept-language", b"connection",
+     b"cache-control", b"pragma", b"origin", b"referer", b"x-request-id")
+)  # fmt: skip
+
+
+class PreparedAnswers:
+    """What the server may answer without the app (see the module's docstring)."""
+
+    def __init__(
+        self, documents: PublicDocuments, metrics: Metrics, *, https: bool, trusts_proxies: bool
+    ) -> None:
+        self.documents = documents
+        self.metrics = metrics
+        self.security = b"".join(b"%s: %s\r\n" % header for header in security_headers(https))
+        self.plain = PLAIN_HEADERS if trusts_proxies else PLAIN_HEADERS | {b"x-forwarded-for"}
+        #: Encoded heads by the `id` of the headers they encode (kept alive alongside).
+        self._heads: dict[int, tuple[Headers, bytes]] = {}
+
+    def find(
+        self, url: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[Any, bytes, bytes] | None:
+        """The route, encoded headers and body for a plain request of `url`, if prepared."""
+        for name, _ in headers:
+            if name not in self.plain:
+                return None
+        if headers_over_limit(headers):
+            return None
+        found = self.documents.prepared(url)
+        if found is None:
+            return None
+        route, body, own = found
+        cached = self._heads.get(id(own))
+        if cached is None or cached[0] is not own:
+            if len(self._heads) > 16:
+                self._heads.clear()
+            head = b"".join(b"%s: %s\r\n" % header for header in own) + self.security
+            cached = self._heads[id(own)] = (own, head)
+        return route, cached[1], body
+
+    def answered(
+        self, route: Any, path: bytes, client: Any, request_id: str, started: float
+    ) -> None:
+        """The access line and the metrics, as `RequestLogMiddleware` records them."""
+        scope = {"method": "GET", "path": path.decode("ascii"), "client": client, "endpoint": route}
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(scope, 200, elapsed)
+        log_request(scope, request_id, 200, elapsed)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on the request head it buffers."""
+    """uvicorn's httptools protocol with a bound on the request head it buffers, answering
+    plain requests for prepared documents itself."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading_head = True
         self._head_bytes = 0
+        self._prepared: tuple[Any, bytes, bytes] | None = None
+        self._answers: PreparedAnswers | None = self.app_state.get(PREPARED)
+        #: uvicorn's default headers (the date), encoded again when it swaps the list.
+        self._defaults: tuple[Any, bytes] = (None, b"")
 
     def data_received(self, data: bytes) -> None:
         if self.parser is None:
@@ -55,12 +125,46 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
-        super().on_headers_complete()
+        self._prepared = self._plain_request()
+        if self._prepared is None:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._prepared is None:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        if self._prepared is None:
+            super().on_message_complete()
+        else:
+            self._answer(*self._prepared)
         self._reading_head = True
         self._head_bytes = 0
+
+    def _plain_request(self) -> tuple[Any, bytes, bytes] | None:
+        if self._answers is None or self.flow.write_paused or self.parser.get_method() != b"GET":
+            return None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return None
+        if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
+            return None
+        return self._answers.find(self.url, self.headers)
+
+    def _answer(self, route: Any, head: bytes, body: bytes) -> None:
+        started = time.perf_counter()
+        self._prepared = None
+        answers: PreparedAnswers = self._answers  # type: ignore[assignment]
+        incoming = next((v for n, v in self.headers if n == b"x-request-id"), b"")
+        this_id = request_id(incoming.decode("latin-1"))
+        defaults = self.server_state.default_headers
+        if defaults is not self._defaults[0]:
+            self._defaults = (defaults, b"".join(b"%s: %s\r\n" % header for header in defaults))
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\n%s%sx-request-id: %s\r\n\r\n%s"
+            % (self._defaults[1], head, this_id.encode("latin-1"), body)
+        )
+        answers.answered(route, self.url, self.client, this_id, started)
+        self.on_response_complete()
 
     def _refuse(self, status: int) -> None:
         reason = _REFUSALS[status]

@@ -36,23 +36,26 @@ def cookie_name(name: str, https: bool) -> str:
     return f"__Host-{name}" if https else name
 
 
+def security_headers(https: bool) -> list[tuple[bytes, bytes]]:
+    """Headers every response gets (RFC 9700 §4.16, ASVS 3.4), encoded."""
+    headers = {
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Opener-Policy": "same-origin",
+    }
+    if https:
+        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+
 class SecurityHeadersMiddleware:
-    """Headers every response gets (RFC 9700 §4.16, ASVS 3.4)."""
+    """`security_headers` on every response, unless the route set one of them itself."""
 
     def __init__(self, app: ASGIApp, *, https: bool) -> None:
         self.app = app
-        self.headers = {
-            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-            "X-Frame-Options": "DENY",
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-            "Cross-Origin-Opener-Policy": "same-origin",
-        }
-        if https:
-            self.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
-        self._raw = [
-            (name.lower().encode(), value.encode()) for name, value in self.headers.items()
-        ]
+        self._raw = security_headers(https)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,13 +107,11 @@ class BodySizeLimitMiddleware:
             await _refuse(scope, receive, send, 414, "The URL is too long.")
             return
         headers = scope["headers"]
-        size = 0
         declared = None
         for name, value in headers:
-            size += len(name) + len(value) + 4
             if name == b"content-length":
                 declared = value
-        if len(headers) > self.max_headers or size > self.max_header_bytes:
+        if headers_over_limit(headers, self.max_headers, self.max_header_bytes):
             detail = "The request headers are too many or too large."
             await _refuse(scope, receive, send, 431, detail)
             return
@@ -132,6 +133,15 @@ class BodySizeLimitMiddleware:
             await self.app(scope, limited_receive, send)
         except BodyTooLarge:
             await _refuse(scope, receive, send, 413, "The request body is too large.")
+
+
+def headers_over_limit(
+    headers: list[tuple[bytes, bytes]],
+    max_headers: int = MAX_HEADER_COUNT,
+    max_bytes: int = MAX_HEADER_BYTES,
+) -> bool:
+    """Too many request headers, or too many bytes of them, for RFC 6585's 431."""
+    return len(headers) > max_headers or sum(len(n) + len(v) + 4 for n, v in headers) > max_bytes
 
 
 class BodyTooLarge(Exception):

@@ -8,7 +8,8 @@ benchmarks are not.
 It builds the app as `authserver serve` does (`create_app` from the environment, a migrated
 SQLite file, keys and the bench client made by the CLI in a temporary folder; logs, metrics
 and rate limits on, the per-client budget lifted as in `run.py`), runs its lifespan, and
-feeds raw HTTP/1.1 requests to the HTTP protocol `serve` runs (`serving.uvicorn_options`)
+feeds raw HTTP/1.1 requests to the HTTP protocol `serve` runs (`serving.uvicorn_options`,
+with the lifespan's state, so that prepared answers are written as `serve` writes them)
 on one keep-alive connection over an in-memory transport, one request at a time. It reports
 the process's CPU time (`time.process_time()`: the event loop and the threadpool together)
 per request, and the event loop thread's share (`time.thread_time()`), for the round (of
@@ -85,7 +86,7 @@ class Transport(asyncio.Transport):
 
 
 class Connection:
-    def __init__(self, app: Any, settings: Any) -> None:
+    def __init__(self, app: Any, settings: Any, state: dict[str, Any]) -> None:
         import uvicorn
         from uvicorn.server import ServerState
 
@@ -97,7 +98,7 @@ class Connection:
         config.load()
         self.transport = Transport()
         self.protocol = config.http_protocol_class(  # type: ignore[call-arg]
-            config=config, server_state=ServerState(), app_state={}
+            config=config, server_state=ServerState(), app_state=state
         )
         self.protocol.connection_made(self.transport)
 
@@ -129,13 +130,14 @@ def check(workload: str, response: bytes) -> bytes:
 async def measure(
     app: Any,
     settings: Any,
+    state: dict[str, Any],
     client: dict[str, Any],
     workloads: list[str],
     count: int,
     warmup: int,
     repeat: int,
 ) -> dict[str, dict[str, float]]:
-    connection = Connection(app, settings)
+    connection = Connection(app, settings, state)
     basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
     raw_token = request("POST", "/token", TOKEN_FORM, basic)
     requests: dict[str, bytes] = {
@@ -195,8 +197,8 @@ async def serve_and_measure(
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sink)
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        return await measure(app, settings, client, workloads, count, warmup, repeat)
+    async with app.router.lifespan_context(app) as state:
+        return await measure(app, settings, state, client, workloads, count, warmup, repeat)
 
 
 def measure_alg(

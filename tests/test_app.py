@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -265,3 +269,24 @@ def test_security_headers_and_request_id_reach_a_response_with_a_tuple_of_header
     assert names.count(b"x-frame-options") == 1
     assert b"x-content-type-options" in names
     assert b"x-request-id" in names
+
+
+def test_a_worker_loads_optional_libraries_only_when_used(
+    tmp_path: Path, database_url: str, keys_dir: Path
+) -> None:
+    """zxcvbn's word lists, the QR encoder and the Redis client are 34 MiB a worker that never
+    sets a password, enrols a second factor or talks to Redis does not need."""
+    probe = (
+        "import sys\n"
+        "from authserver.app import create_app\n"
+        "from authserver.settings import Settings\n"
+        "create_app(Settings.from_env())\n"
+        "print(' '.join(m for m in ('zxcvbn', 'segno', 'redis') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")}
+    env.update(AUTHSERVER_DATABASE_URL=database_url, AUTHSERVER_KEYS_DIR=str(keys_dir))
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == ""

@@ -4,6 +4,7 @@ started through `serving.run` (what `serve` calls), and through the ASGI app."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,13 +14,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from authserver import serving, web
+from authserver.app import create_app
 from authserver.db import Database
 from authserver.settings import Settings
 
@@ -213,3 +218,252 @@ def test_the_app_refuses_too_large_headers(client: TestClient) -> None:
     big = {"x-big": "a" * 10_000_000}
     assert client.get("/health", headers=big).status_code == 431
     assert client.get("/health", headers={"x-big": "a" * 8_000}).status_code == 200
+
+
+# -- prepared answers: the JWKS and discovery written by the protocol ---------------------------
+
+DOCUMENTS = (
+    "/jwks.json",
+    "/.well-known/openid-configuration",
+    "/.well-known/oauth-authorization-server",
+)
+#: The date header uvicorn would add (it renews the list every second).
+DATE = b"Sat, 05 Dec 2026 12:00:00 GMT"
+#: What may differ between two answers to the same request.
+PER_ANSWER = {b"date", b"x-request-id"}
+
+
+class MemoryTransport(asyncio.Transport):
+    """One client connection in memory: keeps what the server writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra = {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}
+        return extra.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n == name), None)
+
+    def same_as(self, other: Answer) -> bool:
+        def stable(answer: Answer) -> list[tuple[bytes, bytes]]:
+            return sorted((n, v) for n, v in answer.headers if n not in PER_ANSWER)
+
+        return (self.status, stable(self), self.body) == (other.status, stable(other), other.body)
+
+
+def parse_answers(raw: bytes, *, bodies: bool = True) -> list[Answer]:
+    """The whole answers in `raw` (`bodies=False`: answers to HEAD, which have none)."""
+    answers = []
+    while b"\r\n\r\n" in raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status_line, *lines = head.split(b"\r\n")
+        headers = [(n.lower(), v) for n, _, v in (line.partition(b": ") for line in lines)]
+        length = int(next(v for n, v in headers if n == b"content-length")) if bodies else 0
+        if len(rest) < length:
+            break
+        answers.append(Answer(int(status_line.split()[1]), headers, rest[:length]))
+        raw = rest[length:]
+    return answers
+
+
+def request_head(path: str, *extra: str, method: str = "GET", version: str = "1.1") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: 127.0.0.1:8000", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class Connection:
+    """`serve`'s protocol over a `MemoryTransport`, with the lifespan state `serve` hands it,
+    in front of the app; `app_paths` lists the requests the app itself answered."""
+
+    def __init__(self, app: Starlette, settings: Settings, state: dict[str, Any]) -> None:
+        import uvicorn
+        from uvicorn.server import ServerState
+
+        self.app_paths: list[str] = []
+
+        async def counted(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                self.app_paths.append(scope["path"])
+            await app(scope, receive, send)
+
+        options = serving.uvicorn_options(settings)
+        config = uvicorn.Config(counted, lifespan="off", log_level="warning", **options)
+        config.load()
+        server_state = ServerState()
+        server_state.default_headers = [(b"date", DATE)]
+        self.transport = MemoryTransport()
+        self.protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=server_state, app_state=state
+        )
+        self.protocol.connection_made(self.transport)
+
+    async def send(self, raw: bytes, answers: int = 1, *, bodies: bool = True) -> list[Answer]:
+        self.transport.written.clear()
+        self.protocol.data_received(raw)
+        for _ in range(2000):
+            parsed = parse_answers(bytes(self.transport.written), bodies=bodies)
+            if len(parsed) >= answers:
+                return parsed
+            await asyncio.sleep(0.001)
+        raise AssertionError(f"no answer: {bytes(self.transport.written)[:300]!r}")
+
+
+def on_connection(app: Starlette, settings: Settings, test: Callable[[Connection], Any]) -> None:
+    async def run() -> None:
+        async with app.router.lifespan_context(app) as state:
+            await test(Connection(app, settings, dict(state or {})))
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("path", DOCUMENTS)
+def test_public_documents_are_answered_as_the_app_answers_them(
+    app: Starlette, settings: Settings, path: str
+) -> None:
+    async def test(connection: Connection) -> None:
+        [prepared] = await connection.send(request_head(path, "User-Agent: rp", "Accept: */*"))
+        assert connection.app_paths == []
+        [from_app] = await connection.send(request_head(path, "User-Agent: rp", "X-Probe: 1"))
+        assert connection.app_paths == [path]
+        assert prepared.status == 200
+        assert prepared.same_as(from_app)
+        assert prepared.header(b"x-content-type-options") == b"nosniff"
+        assert prepared.header(b"access-control-allow-origin") == b"*"
+        assert prepared.header(b"x-request-id") != from_app.header(b"x-request-id")
+        assert prepared.header(b"date") == from_app.header(b"date") == DATE
+
+    on_connection(app, settings, test)
+
+
+def test_prepared_answers_are_logged_and_counted_like_the_apps(
+    app: Starlette, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def test(connection: Connection) -> None:
+        with caplog.at_level("INFO", logger="authserver.access"):
+            [answer] = await connection.send(request_head("/jwks.json", "X-Request-ID: rp-42"))
+        assert connection.app_paths == []
+        assert answer.header(b"x-request-id") == b"rp-42"
+        [line] = [r for r in caplog.records if r.name == "authserver.access"]
+        assert line.fields["request_id"] == "rp-42"  # type: ignore[attr-defined]
+        assert (line.fields["path"], line.fields["status"]) == ("/jwks.json", 200)  # type: ignore[attr-defined]
+        assert line.fields["client_ip"] == "127.0.0.1"  # type: ignore[attr-defined]
+        samples = app.state.metrics.registry.get_sample_value
+        counted = {"method": "GET", "endpoint": "jwks", "status": "200"}
+        assert samples("authserver_http_requests_total", counted) == 1
+        await connection.send(request_head("/jwks.json", "X-Probe: 1"))
+        assert connection.app_paths == ["/jwks.json"]
+        assert samples("authserver_http_requests_total", counted) == 2
+
+    on_connection(app, settings, test)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        request_head("/jwks.json?x=1"),
+        request_head("/jwks.json", method="HEAD"),
+        request_head("/jwks.json", method="POST"),
+        request_head("/jwks.json", "Connection: close"),
+        request_head("/jwks.json", version="1.0"),
+        request_head("/jwks.json", "If-None-Match: x"),
+        request_head("/jwks.json", "Content-Length: 0"),
+        request_head("/jwks.json/"),
+        request_head("/%6Awks.json"),
+        request_head("/jwks.json", *(f"Accept: a{i}" for i in range(web.MAX_HEADER_COUNT + 1))),
+        request_head("/jwks.json", "Accept: " + "a" * web.MAX_HEADER_BYTES),
+    ],
+    ids=[
+        "query", "head", "post", "close", "http10", "conditional", "body", "slash",
+        "escaped", "too-many-headers", "too-large-headers",
+    ],
+)  # fmt: skip
+def test_anything_but_a_plain_get_goes_to_the_app(
+    app: Starlette, settings: Settings, head: bytes
+) -> None:
+    async def test(connection: Connection) -> None:
+        await connection.send(head, bodies=not head.startswith(b"HEAD"))
+        assert len(connection.app_paths) == 1
+
+    on_connection(app, settings, test)
+
+
+def test_a_forwarded_request_goes_to_the_app_behind_a_trusted_proxy(settings: Settings) -> None:
+    behind = settings.replace(trusted_proxies=("127.0.0.1",))
+    application = create_app(behind)
+    forwarded = request_head("/jwks.json", "X-Forwarded-For: 203.0.113.9")
+
+    async def test(connection: Connection) -> None:
+        await connection.send(forwarded)
+        assert len(connection.app_paths) == 1
+        await connection.send(request_head("/jwks.json"))
+        assert len(connection.app_paths) == 1
+
+    try:
+        on_connection(application, behind, test)
+    finally:
+        application.state.db.dispose()
+
+
+def test_pipelined_answers_keep_their_order(app: Starlette, settings: Settings) -> None:
+    """A prepared answer never overtakes the app's answer to an earlier request."""
+
+    async def test(connection: Connection) -> None:
+        both = request_head("/health") + request_head("/jwks.json")
+        health, jwks = await connection.send(both, answers=2)
+        assert health.body == b'{"status":"ok"}'
+        assert b'"keys"' in jwks.body
+        assert connection.app_paths[0] == "/health"
+
+    on_connection(app, settings, test)
+
+
+def test_a_rotated_key_is_published_at_once(app: Starlette, settings: Settings) -> None:
+    async def test(connection: Connection) -> None:
+        [before] = await connection.send(request_head("/jwks.json"))
+        added = app.state.keystore.rotate()
+        [after] = await connection.send(request_head("/jwks.json"))
+        assert connection.app_paths == []
+        assert added.kid.encode() not in before.body
+        assert added.kid.encode() in after.body
+
+    on_connection(app, settings, test)
+
+
+def test_the_app_answers_while_the_key_store_must_look_again(
+    app: Starlette, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database key store is read in the threadpool, never by the protocol."""
+    monkeypatch.setattr(type(app.state.keystore), "answers_from_memory", lambda self: False)
+
+    async def test(connection: Connection) -> None:
+        [answer] = await connection.send(request_head("/jwks.json"))
+        assert answer.status == 200
+        assert connection.app_paths == ["/jwks.json"]
+
+    on_connection(app, settings, test)

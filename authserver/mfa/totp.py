@@ -17,7 +17,6 @@ import os
 import secrets
 import time
 
-import segno
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA1
@@ -74,6 +73,8 @@ def provisioning_uri(secret: bytes, account: str, issuer_name: str) -> str:
 
 def qr_data_url(uri: str) -> str:
     """The enrolment QR code as an SVG data: URL (the CSP allows data: images only)."""
+    import segno  # 5 MiB, loaded by the first enrolment
+
     out = io.BytesIO()
     segno.make(uri, error="m").save(out, kind="svg", scale=5, border=2)
     return "data:image/svg+xml;base64," + base64.b64encode(out.getvalue()).decode()

@@ -4,9 +4,8 @@ from any origin (`cors.public_preflight` answers their preflights)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -26,8 +25,6 @@ from authserver.oauth.clients import (
 from authserver.resource_server import API_SCOPES, PUBLIC_DOCUMENT, protected_resource_metadata
 from authserver.rest import API_PREFIX
 from authserver.settings import Settings
-
-T = TypeVar("T")
 
 SCOPES = ("openid", "profile", "email", "offline_access", "organization", *API_SCOPES)
 CLAIMS = (
@@ -103,58 +100,85 @@ def public_cache(settings: Settings, keystore: KeyStore) -> dict[str, str]:
     return {"Cache-Control": f"public, max-age={max_age}", "Access-Control-Allow-Origin": "*"}
 
 
-async def _read(keystore: KeyStore, read: Callable[[], T]) -> T:
-    """The folder store answers from memory after one `stat`; the database store may query
-    the database (every `refresh_lag` seconds), which belongs in the threadpool."""
-    return await run_in_threadpool(read) if keystore.refresh_lag else read()
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+class PublicDocuments:
+    """The JWKS and discovery, encoded once per key set and settings, as their routes answer
+    them. `serving` writes them without running the app while the key store knows from memory
+    which keys it publishes (`KeyStore.answers_from_memory`); when the database key store is
+    due to look again, the route answers and reads it in the threadpool."""
+
+    def __init__(self, settings: Settings, keystore: KeyStore) -> None:
+        self.settings = settings
+        self.keystore = keystore
+        self._paths: dict[bytes, tuple[Callable[..., Any], Callable[[], tuple[bytes, Headers]]]]
+        self._paths = {
+            b"/.well-known/openid-configuration": (openid_configuration, self.metadata),
+            b"/.well-known/oauth-authorization-server": (openid_configuration, self.metadata),
+            b"/jwks.json": (jwks, self.jwks),
+        }
+        #: The last document built, with what it was built from; swapped whole, so a
+        #: reader in another thread sees an old pair or a new one, never a mix.
+        self._metadata: tuple[tuple[str, ...] | None, tuple[bytes, Headers]] = (None, (b"", ()))
+        self._jwks: tuple[tuple[str, ...] | None, tuple[bytes, Headers]] = (None, (b"", ()))
+
+    def metadata(self) -> tuple[bytes, Headers]:
+        """Keyed by the algorithms keys exist for, the one thing that changes it at runtime."""
+        algs = tuple(signing_algs(self.keystore))
+        if self._metadata[0] != algs:
+            body = bytes(JSONResponse(metadata(self.settings, algs)).body)
+            self._metadata = (algs, (body, self._headers("application/json", body)))
+        return self._metadata[1]
+
+    def jwks(self) -> tuple[bytes, Headers]:
+        """Every key that may have signed a live token (RFC 7517), encoded again when a key
+        comes or goes (`KeyStore.published_kids`)."""
+        kids = self.keystore.published_kids()
+        if self._jwks[0] != kids:
+            body = bytes(JSONResponse(self.keystore.public_jwks()).body)
+            self._jwks = (kids, (body, self._headers("application/jwk-set+json", body)))
+        return self._jwks[1]
+
+    def _headers(self, media_type: str, body: bytes) -> Headers:
+        """The raw headers, as `Response` would have encoded them; cached no longer than a
+        rotated key waits before it signs (`public_cache`)."""
+        headers = public_cache(self.settings, self.keystore)
+        return tuple(Response(body, headers=headers, media_type=media_type).raw_headers)
+
+    def prepared(self, path: bytes) -> tuple[Callable[..., Any], bytes, Headers] | None:
+        """The route `path` names, with its answer, or None when the app must answer."""
+        found = self._paths.get(path)
+        if found is None or not self.keystore.answers_from_memory():
+            return None
+        route, build = found
+        return route, *build()
+
+    async def answer(self, build: Callable[[], tuple[bytes, Headers]]) -> Response:
+        """The folder store answers from memory after one `stat`; the database store may
+        query the database (every `refresh_lag` seconds), which belongs in the threadpool."""
+        if self.keystore.answers_from_memory():
+            body, headers = build()
+        else:
+            body, headers = await run_in_threadpool(build)
+        return _Prebuilt(body, headers)
 
 
 async def openid_configuration(request: Request) -> Response:
-    state = request.app.state
-    algs = await _read(state.keystore, lambda: tuple(signing_algs(state.keystore)))
-    body = _encoded_metadata(state.settings, algs)
-    return _Prebuilt(body, _headers(state.settings, state.keystore, "application/json", len(body)))
-
-
-@functools.lru_cache(maxsize=16)
-def _encoded_metadata(settings: Settings, signing_algs: tuple[str, ...]) -> bytes:
-    """The document changes only with the settings and the algorithms keys exist for."""
-    return bytes(JSONResponse(metadata(settings, signing_algs)).body)
+    documents: PublicDocuments = request.app.state.public_documents
+    return await documents.answer(documents.metadata)
 
 
 async def jwks(request: Request) -> Response:
-    """Every key that may have signed a live token (RFC 7517); cached no longer than a
-    rotated key waits before it signs."""
-    state = request.app.state
-    keystore = state.keystore
-    body = await _read(keystore, lambda: _encoded_jwks(keystore, keystore.published_kids()))
-    headers = _headers(state.settings, keystore, "application/jwk-set+json", len(body))
-    return _Prebuilt(body, headers)
-
-
-@functools.lru_cache(maxsize=16)
-def _encoded_jwks(keystore: KeyStore, kids: tuple[str, ...]) -> bytes:
-    """The JWKS is encoded once per key set (`kids`), again when a key comes or goes."""
-    return bytes(JSONResponse(keystore.public_jwks()).body)
-
-
-@functools.lru_cache(maxsize=64)
-def _headers(
-    settings: Settings, keystore: KeyStore, media_type: str, length: int
-) -> tuple[tuple[bytes, bytes], ...]:
-    """The raw headers of a public document, as `Response` would have encoded them."""
-    return tuple(
-        Response(
-            b"x" * length, headers=public_cache(settings, keystore), media_type=media_type
-        ).raw_headers
-    )
+    documents: PublicDocuments = request.app.state.public_documents
+    return await documents.answer(documents.jwks)
 
 
 class _Prebuilt(Response):
     """A 200 whose body and headers were encoded beforehand. Each response gets its own
     list of headers: middleware adds to it."""
 
-    def __init__(self, body: bytes, headers: tuple[tuple[bytes, bytes], ...]) -> None:
+    def __init__(self, body: bytes, headers: Headers) -> None:
         self.status_code = 200
         self.body = body
         self.background = None

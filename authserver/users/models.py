@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import Boolean, ForeignKey, String, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
-from zxcvbn import zxcvbn
 
 from authserver.db import Base, current_session, new_id, rowcount, utcnow
 from authserver.errors import Conflict, Forbidden, Invalid, NotFound
@@ -107,6 +106,8 @@ def validate_password(password: str, *, email: str = "", name: str = "") -> str:
         raise Invalid(f"The password must be at least {PASSWORD_MIN} characters long.")
     if len(password) > PASSWORD_MAX:
         raise Invalid(f"The password must be at most {PASSWORD_MAX} characters long.")
+    from zxcvbn import zxcvbn  # its word lists take 13 MiB: loaded when a password is set
+
     context = [PRODUCT_NAME, email, *email.split("@"), *name.split()]
     estimate = zxcvbn(password[:ESTIMATED_LENGTH], user_inputs=[w for w in context if w])
     if estimate["score"] < PASSWORD_MIN_SCORE:
