@@ -12,9 +12,10 @@ from typing import Any
 
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc.errors import JoseError
-from joserfc.jwk import Key
+from joserfc.jwk import Key, KeySet
 
 from authserver import db, dpop, resource_server
+from authserver.cache import TtlCache
 from authserver.keystore import ALGORITHMS, KeyStore
 from authserver.oauth import resources
 from authserver.oauth.resources import Audience
@@ -180,23 +181,42 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):
         return claims
 
 
+#: Signatures already checked, by token and type: a signature under a key never changes, so a
+#: token introspected or presented again skips the RSA or ECDSA check while the key set that
+#: verified it is the one published now (a key that leaves the JWKS takes its tokens with
+#: it). Claims (expiry, audience) and state (revocation) are still checked on every call.
+_VERIFIED: TtlCache[tuple[str, str], tuple[KeySet, dict[str, Any]]] = TtlCache(
+    ttl=300, max_entries=1024
+)
+
+
 def decode_own_jwt(keystore: KeyStore, raw: str | None, *, typ: str) -> dict[str, Any] | None:
     """The claims of a JWT this server signed, or None; claims are the caller's to check.
 
     The shared core (`resource_server.decode`, docs/security.md F51) with our published keys
     and the algorithms the key store signs with.
     """
+    if raw is None:
+        return None
+    keys = keystore.verification_keys()
 
     def find_key(kid: str) -> Key | None:
         try:
-            return keystore.verification_keys().get_by_kid(kid)
+            return keys.get_by_kid(kid)
         except (JoseError, ValueError):
             return None
 
+    def verify() -> tuple[KeySet, dict[str, Any]]:
+        return keys, resource_server.decode(raw, find_key, types=(typ,), algorithms=ALGORITHMS)
+
     try:
-        return resource_server.decode(raw, find_key, types=(typ,), algorithms=ALGORITHMS)
+        verified_by, claims = _VERIFIED.get((raw, typ), verify)
+        if verified_by is not keys:
+            _VERIFIED.forget((raw, typ))
+            verified_by, claims = _VERIFIED.get((raw, typ), verify)
     except TokenError:
         return None
+    return dict(claims)
 
 
 def verify_access_token(

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
+from joserfc.jwk import KeySet
+from starlette.applications import Starlette
 
 from authserver.errors import Invalid
 from authserver.services import Services
@@ -235,3 +237,23 @@ def test_a_public_client_cannot_be_a_resource_server(make: factories.Factory) ->
     """RFC 7662 §2.1: anyone can claim a public client's id."""
     with pytest.raises(Invalid, match="resource server"):
         make.client(name="SPA", auth_method="none", resource_server=True)
+
+
+def test_a_token_introspected_before_goes_inactive_when_revoked(
+    flow: Flow, rp: RP, issued: dict[str, Any]
+) -> None:
+    """docs/security.md E44: a signature checked once is remembered, the token's state never."""
+    assert flow.introspect(rp, issued["access_token"])["active"] is True
+    assert revoke(flow, rp, issued["access_token"]).status_code == 200
+    assert flow.introspect(rp, issued["access_token"]) == {"active": False}
+
+
+def test_a_token_goes_inactive_when_its_key_leaves_the_jwks(
+    flow: Flow, rp: RP, issued: dict[str, Any], app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remembered signature counts only under the key set that checked it."""
+    assert flow.introspect(rp, issued["access_token"])["active"] is True
+    monkeypatch.setattr(type(app.state.keystore), "verification_keys", lambda self: KeySet([]))
+    assert flow.introspect(rp, issued["access_token"]) == {"active": False}
+    monkeypatch.undo()
+    assert flow.introspect(rp, issued["access_token"])["active"] is True
