@@ -148,7 +148,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return None
         if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
             return None
-        return self._answers.find(self.url, self.headers)
+        try:
+            return self._answers.find(self.url, self.headers)
+        except Exception:
+            return None  # the app answers, and reports the failure its own way
 
     def _answer(self, route: Any, head: bytes, body: bytes) -> None:
         started = time.perf_counter()

@@ -26,6 +26,7 @@ from starlette.testclient import TestClient
 from authserver import serving, web
 from authserver.app import create_app
 from authserver.db import Database
+from authserver.keystore import KeyStoreError
 from authserver.settings import Settings
 
 SERVE = (
@@ -465,5 +466,22 @@ def test_the_app_answers_while_the_key_store_must_look_again(
         [answer] = await connection.send(request_head("/jwks.json"))
         assert answer.status == 200
         assert connection.app_paths == ["/jwks.json"]
+
+    on_connection(app, settings, test)
+
+
+def test_a_failing_key_store_leaves_the_answer_to_the_app(
+    app: Starlette, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app turns the failure into its own error page; the protocol never sees it."""
+
+    def unreadable(self: Any) -> tuple[str, ...]:
+        raise KeyStoreError("the manifest cannot be read")
+
+    async def test(connection: Connection) -> None:
+        monkeypatch.setattr(type(app.state.keystore), "published_kids", unreadable)
+        [answer] = await connection.send(request_head("/jwks.json"))
+        assert connection.app_paths == ["/jwks.json"]
+        assert answer.status == 500
 
     on_connection(app, settings, test)
