@@ -129,6 +129,14 @@ def request_id(incoming: str) -> str:
     return f"{_ID_PREFIX}.{next(_ID_COUNTER):x}"
 
 
+def record_request(
+    metrics: Metrics, scope: Scope, request_id: str, status: int, elapsed: float
+) -> None:
+    """What every answered request leaves behind: its metric series and its access line."""
+    metrics.observe(scope, status, elapsed)
+    log_request(scope, request_id, status, elapsed)
+
+
 def log_request(scope: Scope, request_id: str, status: int, elapsed: float) -> None:
     """The access line, made as `Logger.info` makes it but without looking up the caller's
     file and line, which the line does not show."""
@@ -186,9 +194,7 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
-            self.metrics.observe(scope, status, elapsed)
-            log_request(scope, this_id, status, elapsed)
+            record_request(self.metrics, scope, this_id, status, time.perf_counter() - started)
 
 
 async def metrics(request: Request) -> Response:

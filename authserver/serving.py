@@ -29,7 +29,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from authserver.oauth.discovery import Headers, PublicDocuments
-from authserver.observability import Metrics, configure_logging, log_request, request_id
+from authserver.observability import Metrics, configure_logging, record_request, request_id
 from authserver.settings import Settings
 from authserver.web import MAX_HEADER_BYTES, MAX_URL_BYTES, headers_over_limit, security_headers
 
@@ -92,9 +92,7 @@ class PreparedAnswers:
     ) -> None:
         """The access line and the metrics, as `RequestLogMiddleware` records them."""
         scope = {"method": "GET", "path": path.decode("ascii"), "client": client, "endpoint": route}
-        elapsed = time.perf_counter() - started
-        self.metrics.observe(scope, 200, elapsed)
-        log_request(scope, request_id, 200, elapsed)
+        record_request(self.metrics, scope, request_id, 200, time.perf_counter() - started)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
